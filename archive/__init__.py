@@ -1,0 +1,48 @@
+"""archive: a content-addressed, versioned release archive.
+
+Publish a folder as an immutable release ``NAME`` + SemVer ``VERSION``; every file is stored
+once as a blob named by its sha256; fetch exactly the right version back by a SemVer range::
+
+    import archive
+
+    arc = archive.get_interface()                 # the default local archive
+    arc.publish("data/", "calib", "1.2.0", {"message": "new gains"})
+    folder = arc.download("calib", "^1.2", dest="calib")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import (ArchiveError, BackendError, IntegrityError, InvalidInputError,
+                     InvalidRangeError, InvalidVersionError, NoMatchingVersionError,
+                     NotAnArchiveError, NotFoundError, ReleaseExistsError, ReleaseNotFoundError)
+from .interface import ArchiveInterface
+from .locations import get_interface
+from .records import FileEntry, Release
+
+__all__ = [
+    "ArchiveError", "ArchiveInterface", "BackendError", "FileEntry", "IntegrityError",
+    "InvalidInputError", "InvalidRangeError", "InvalidVersionError", "NoMatchingVersionError",
+    "NotAnArchiveError", "NotFoundError", "Release", "ReleaseExistsError", "ReleaseNotFoundError",
+    "download", "get_interface", "publish",
+]
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def publish(folder: str | Path, name: str, version: str, metadata: Mapping[str, Any] | None = None,
+            location: str | None = None) -> Release:
+    """Publish ``folder`` as ``name`` ``version`` to the archive at ``location`` (default archive)."""
+    with get_interface(location) as arc:
+        return arc.publish(folder, name, version, metadata)
+
+
+def download(name: str, range: str = "*", dest: str | Path | None = None,
+             location: str | None = None) -> Path:
+    """Download the highest version of ``name`` matching ``range``; return the folder."""
+    with get_interface(location) as arc:
+        return arc.download(name, range, dest)

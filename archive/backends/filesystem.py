@@ -1,0 +1,129 @@
+"""``FileSystemArchive``: an archive in a local folder or a mounted network share.
+
+Writes go to a unique file under ``tmp/`` in the archive, are flushed to disk with ``fsync``,
+then moved into place: ``os.replace`` for blobs and indexes (an atomic rename), ``os.link``
+for create-only writes, because a hard link fails when the target exists where a rename would
+silently replace it. A temporary file is removed on any error. Objects are stored read-only
+so that nobody edits a blob in place by accident.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from .. import layout
+from ..errors import (BackendError, KeyExistsError, KeyNotFoundError, StorageFullError)
+from ..interface import ArchiveInterface, KeyInfo
+
+logger = logging.getLogger(__name__)
+FILE_MODE = 0o444
+
+
+class FileSystemArchive(ArchiveInterface):
+    """An archive rooted at a folder; ``location`` is shown in messages."""
+
+    max_workers = 4
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+        super().__init__(str(self.root))
+
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self.root.joinpath(*key.split("/"))
+
+    def stat_key(self, key: str) -> KeyInfo:
+        with _translate_errors(key):
+            info = os.stat(self.local_path(key))
+        return KeyInfo(info.st_size, info.st_mtime)
+
+    @contextmanager
+    def open_key(self, key: str) -> Iterator[BinaryIO]:
+        with _translate_errors(key):
+            stream = open(self.local_path(key), "rb")
+        with stream:
+            yield stream
+
+    def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+        target = self.local_path(key)
+        tmp_dir = self.local_path(layout.TMP_DIR)
+        with _translate_errors(key):
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+            try:
+                _write_synced(tmp, chunks)
+                _move_into_place(tmp, target, key, exclusive)
+            finally:
+                tmp.unlink(missing_ok=True)
+            _sync_directory(target.parent)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        try:
+            with os.scandir(self.local_path(prefix)) as entries:
+                return [e.name for e in entries if not e.name.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise _backend_error(prefix, exc) from exc
+
+    def delete_key(self, key: str) -> None:
+        with _translate_errors(key):
+            os.unlink(self.local_path(key))
+
+
+def _write_synced(path: Path, chunks: Iterable[bytes]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE | 0o200)
+    with open(fd, "wb") as stream:
+        for chunk in chunks:
+            stream.write(chunk)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.chmod(path, FILE_MODE)
+
+
+def _move_into_place(tmp: Path, target: Path, key: str, exclusive: bool) -> None:
+    if not exclusive:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise KeyExistsError(key) from None
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _translate_errors(key: str) -> Iterator[None]:
+    """Turn ``OSError`` into the archive's errors at the backend boundary."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise KeyNotFoundError(key) from None
+    except OSError as exc:
+        raise _backend_error(key, exc) from exc
+
+
+def _backend_error(key: str, exc: OSError) -> BackendError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"no space left for {key}: {exc.strerror}")
+    return BackendError(f"{key}: {exc.strerror or exc}")

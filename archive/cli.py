@@ -1,0 +1,186 @@
+"""The ``archive`` command: publish and fetch releases from a shell.
+
+This module owns the terminal: it parses arguments, configures logging, prints results to
+stdout and errors to stderr as one line, ``archive: error: ...``, with exit status 1 (2 for
+usage errors, 130 for Ctrl-C). A traceback is shown only with ``-v``; an exception that is
+not an :class:`ArchiveError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import ArchiveError
+
+logger = logging.getLogger(__name__)
+_verbosity = {"level": 0}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL",
+              help="Archive folder or URL [default: $ARCHIVE_URL, else a local archive in your data folder].")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Parallel transfers.")
+@click.option("--verbose", "-v", count=True, help="More output; -v also shows tracebacks.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars [default: on a terminal].")
+@click.version_option(package_name="archive", prog_name="archive")
+@click.pass_context
+def cli(ctx: click.Context, location: str | None, jobs: int | None, verbose: int, quiet: bool,
+        progress: bool | None) -> None:
+    """Publish folders as immutable, versioned releases and fetch them back by version range."""
+    _verbosity["level"] = -1 if quiet else verbose
+    _configure_logging(_verbosity["level"])
+    ctx.obj = {"location": location, "jobs": jobs, "progress": False if quiet else progress}
+
+
+def _configure_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("archive: %(message)s"))
+    root = logging.getLogger("archive")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR if level < 0 else logging.WARNING if level == 0
+                  else logging.INFO if level == 1 else logging.DEBUG)
+
+
+def _open(ctx: click.Context):
+    from .locations import get_interface
+
+    return get_interface(ctx.obj["location"])
+
+
+@cli.command()
+@click.argument("location")
+def init(location: str) -> None:
+    """Create an empty archive at LOCATION (a folder path or URL)."""
+    from .locations import get_interface
+
+    with get_interface(location, create=True) as arc:
+        click.echo(f"archive ready at {arc.location}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.argument("version")
+@click.option("--message", "-m", help="What this release is.")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
+@click.option("--author", default=None, help="Who publishes [default: your user name].")
+@click.pass_context
+def push(ctx: click.Context, folder: Path, name: str, version: str, message: str | None,
+         meta: tuple[str, ...], author: str | None) -> None:
+    """Publish FOLDER as release NAME VERSION."""
+    metadata = _parse_meta(meta)
+    metadata.setdefault("author", author or _user_name())
+    if message is not None:
+        metadata["message"] = message
+    with _open(ctx) as arc:
+        release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+    click.echo(f"published {release.name} {release.version}: {len(release.files)} files, "
+               f"{format_size(release.total_size)} (record {release.record_id.short})")
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key] = value
+    return metadata
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("range", default="*")
+@click.option("--to", "dest", type=click.Path(path_type=Path), help="Folder to write [default: a read-only folder in the cache].")
+@click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
+@click.option("--pre", is_flag=True, help="Let the range match prereleases.")
+@click.pass_context
+def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool) -> None:
+    """Download the highest version of NAME matching RANGE; print the folder."""
+    with _open(ctx) as arc:
+        folder = arc.download(name, range, dest, force=force, include_prerelease=pre,
+                              jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+    click.echo(str(folder))
+
+
+@cli.command(name="ls")
+@click.argument("name", required=False)
+@click.pass_context
+def list_command(ctx: click.Context, name: str | None) -> None:
+    """List release names, or the versions of NAME, newest first."""
+    with _open(ctx) as arc:
+        for line in (arc.versions(name) if name else arc.names()):
+            click.echo(line)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("range", default="*")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--pre", is_flag=True, help="Let the range match prereleases.")
+@click.pass_context
+def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) -> None:
+    """Show the record of the highest version of NAME matching RANGE."""
+    with _open(ctx) as arc:
+        release = arc.resolve(name, range, include_prerelease=pre)
+    if as_json:
+        click.echo(json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    click.echo(f"{release.name} {release.version}")
+    click.echo(f"  record   {release.record_id}")
+    click.echo(f"  created  {release.created}")
+    for key, value in sorted(release.metadata.items()):
+        click.echo(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
+    click.echo(f"  files    {len(release.files)}, {format_size(release.total_size)}")
+    for path, entry in release.files.items():
+        click.echo(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
+
+
+def format_size(size: int) -> str:
+    """Bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with its status; errors become one line on stderr."""
+    try:
+        cli.main(args=argv, prog_name="archive", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f"\nTry 'archive {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help'." \
+            .replace("  ", " ") if exc.ctx else ""
+        click.echo(f"archive: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("archive: interrupted", err=True)
+        sys.exit(130)
+    except ArchiveError as exc:
+        if _verbosity["level"] > 0:
+            traceback.print_exc()
+        click.echo(f"archive: error: {exc}", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"archive: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,264 @@
+"""``ArchiveInterface``: a handful of storage primitives, and the archive written once above them.
+
+A backend implements five small operations on keys (relative POSIX paths, built only by
+:mod:`archive.layout`): ``stat_key``, ``open_key``, ``write_key``, ``list_keys`` and
+``delete_key``. It never knows what a blob or a release is. Publishing, resolving, downloading
+and verifying are written here, once, for every backend, so a guarantee proven for one backend
+holds for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Mapping
+
+from . import layout
+from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
+                     NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError)
+from .hashing import BlobId, iter_chunks, verified_chunks
+from .records import Release, check_name, load_json, parse_record
+from .versions import parse_range, parse_version
+
+logger = logging.getLogger(__name__)
+MAX_POINTER_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What ``stat_key`` tells: the size in bytes and the modification time (POSIX seconds)."""
+
+    size: int
+    mtime: float
+
+
+class ArchiveInterface(ABC):
+    """An archive of immutable releases on some storage.
+
+    Subclasses implement the primitives; everything else is shared. Use as a context manager,
+    or call :meth:`close`, to release connections.
+    """
+
+    #: Parallel transfers this storage serves well (like restic's ``Connections()``).
+    max_workers: int = 8
+    #: True for storage that can only be read (static HTTP).
+    read_only: bool = False
+    #: False for storage that cannot list keys; versions are then read from the index files.
+    listable: bool = True
+
+    def __init__(self, location: str) -> None:
+        #: Where the archive lives, safe to show (no secrets).
+        self.location = location
+
+    # ---------------------------------------------------------------- primitives
+    @abstractmethod
+    def stat_key(self, key: str) -> KeyInfo:
+        """Size and mtime of the object at ``key``; :class:`KeyNotFoundError` if none."""
+
+    @abstractmethod
+    def open_key(self, key: str) -> ContextManager[BinaryIO]:
+        """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none."""
+
+    @abstractmethod
+    def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+        """Store the bytes of ``chunks`` at ``key``, atomically.
+
+        The object appears whole or not at all: written under a temporary name, then moved into
+        place. If iterating ``chunks`` raises, nothing appears and the exception propagates.
+        With ``exclusive`` the write never replaces an existing object and raises
+        :class:`KeyExistsError` instead; without it an existing object is replaced.
+        """
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """Names of the objects and folders directly below ``prefix`` (none if it is missing).
+
+        Temporary names of writes in flight are never listed.
+        """
+
+    @abstractmethod
+    def delete_key(self, key: str) -> None:
+        """Remove the object at ``key``; :class:`KeyNotFoundError` if none."""
+
+    def close(self) -> None:
+        """Release connections; the default has none."""
+
+    def __enter__(self) -> "ArchiveInterface":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.location!r})"
+
+    # ---------------------------------------------------------------- derived key helpers
+    def has_key(self, key: str) -> bool:
+        try:
+            self.stat_key(key)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def read_key(self, key: str, max_bytes: int) -> bytes:
+        """Read a small object whole, refusing one over ``max_bytes`` (memory stays bounded)."""
+        with self.open_key(key) as stream:
+            data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise IntegrityError(f"{key}: over the {max_bytes} byte limit")
+        return data
+
+    def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        self._check_writable()
+        self.write_key(key, [data], exclusive=exclusive)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyArchiveError(f"{self.location} is read-only")
+
+    # ---------------------------------------------------------------- the archive itself
+    def initialize(self) -> None:
+        """Create an empty archive here; an existing archive is left as it is."""
+        self._check_writable()
+        marker = {"format": "archive", "version": layout.FORMAT_VERSION}
+        from .records import canonical_json
+
+        try:
+            self.write_key(layout.MARKER_KEY, [canonical_json(marker) + b"\n"], exclusive=True)
+            logger.info("created archive at %s", self.location)
+        except KeyExistsError:
+            self.check_archive()
+
+    def check_archive(self) -> None:
+        """Raise :class:`NotAnArchiveError` unless an archive of a known format is here."""
+        try:
+            marker = load_json(self.read_key(layout.MARKER_KEY, 4096), f"{self.location}/{layout.MARKER_KEY}")
+        except KeyNotFoundError:
+            raise NotAnArchiveError(
+                f"{self.location} is not an archive (create one with: archive init {self.location})") from None
+        if not isinstance(marker, dict) or marker.get("format") != "archive":
+            raise NotAnArchiveError(f"{self.location}: {layout.MARKER_KEY} does not describe an archive")
+        if marker.get("version") != layout.FORMAT_VERSION:
+            raise NotAnArchiveError(
+                f"{self.location}: archive format {marker.get('version')!r}, this tool reads {layout.FORMAT_VERSION}")
+
+    def names(self) -> list[str]:
+        """The names of all releases, sorted."""
+        from .index import list_names
+
+        return list_names(self)
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name``, newest first; empty if there are none."""
+        from .index import list_versions
+
+        check_name(name)
+        return sorted(list_versions(self, name), key=parse_version, reverse=True)
+
+    def release_id(self, name: str, version: str) -> BlobId:
+        """The record id that the pointer of ``name`` ``version`` names."""
+        key = layout.release_key(name, version)
+        try:
+            text = self.read_key(key, MAX_POINTER_BYTES).decode("ascii", "replace").strip()
+        except KeyNotFoundError:
+            raise ReleaseNotFoundError(f"no release {name} {version} in {self.location}") from None
+        try:
+            return BlobId.parse(text)
+        except ValueError:
+            raise IntegrityError(f"{key}: not a record id") from None
+
+    def get_release(self, name: str, version: str) -> Release:
+        """Read and verify one release record by exact name and version."""
+        check_name(name)
+        version = str(parse_version(version))
+        record_id = self.release_id(name, version)
+        release = self.read_record(record_id)
+        if (release.name, release.version) != (name, version):
+            raise IntegrityError(
+                f"record {record_id.short} stored as {name} {version} describes {release.name} {release.version}")
+        return release
+
+    def read_record(self, record_id: BlobId) -> Release:
+        """Read a record blob, check it hashes to ``record_id``, and validate it."""
+        from .records import MAX_RECORD_BYTES
+
+        key = layout.blob_key(record_id)
+        try:
+            data = self.read_key(key, MAX_RECORD_BYTES)
+        except KeyNotFoundError:
+            raise IntegrityError(f"record {record_id.short} is missing from {self.location}") from None
+        if BlobId.of_bytes(data) != record_id:
+            raise IntegrityError(f"record {record_id.short}: content does not match its id")
+        return parse_record(data, f"record {record_id.short}")
+
+    def resolve(self, name: str, range: str = "*", *, include_prerelease: bool = False) -> Release:
+        """The release of ``name`` with the highest version matching ``range``.
+
+        Raises
+        ------
+        ReleaseNotFoundError
+            No release of that name exists.
+        NoMatchingVersionError
+            Releases exist, but none matches.
+        """
+        spec = parse_range(range)
+        versions = self.versions(name)
+        if not versions:
+            raise ReleaseNotFoundError(f"no release named {name!r} in {self.location}")
+        best = spec.best(versions, include_prerelease)
+        if best is None:
+            shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")
+            raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {shown})")
+        return self.get_release(name, best)
+
+    def publish(self, folder: str | Path, name: str, version: str,
+                metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
+                progress: bool | None = None) -> Release:
+        """Publish ``folder`` as release ``name`` ``version``; see :func:`archive.publish.publish`."""
+        from .publish import publish
+
+        self._check_writable()
+        return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress)
+
+    def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
+                 force: bool = False, include_prerelease: bool = False, jobs: int | None = None,
+                 progress: bool | None = None) -> Path:
+        """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`."""
+        from .download import download
+
+        release = self.resolve(name, range, include_prerelease=include_prerelease)
+        return download(self, release, None if dest is None else Path(dest), force=force, jobs=jobs,
+                        progress=progress)
+
+    @contextmanager
+    def open(self, name: str, path: str, range: str = "*", *,
+             include_prerelease: bool = False) -> Iterator[BinaryIO]:
+        """Open one file of a release for reading, through the verified local cache."""
+        from .cache import default_cache
+
+        release = self.resolve(name, range, include_prerelease=include_prerelease)
+        entry = release.files.get(path)
+        if entry is None:
+            raise ReleaseNotFoundError(f"{release.name} {release.version} has no file {path!r}")
+        cache = default_cache()
+        cache.fetch(self, entry.blob, entry.size)
+        with cache.open_verified(entry.blob, entry.size) as stream:
+            yield stream
+
+    def copy_blob_to(self, blob_id: BlobId, size: int, target: "ArchiveInterface", on_bytes=None) -> None:
+        """Copy one blob to ``target`` while verifying its content against its id and size."""
+        key = layout.blob_key(blob_id)
+        with self.open_key(key) as stream:
+            chunks = verified_chunks(_counting(iter_chunks(stream), on_bytes), blob_id, size,
+                                     f"blob {blob_id.short} in {self.location}")
+            target.write_key(key, chunks)
+
+
+def _counting(chunks: Iterable[bytes], on_bytes) -> Iterator[bytes]:
+    for chunk in chunks:
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+        yield chunk

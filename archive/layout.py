@@ -1,0 +1,51 @@
+"""The storage layout: the only place where keys are built.
+
+A key is a relative POSIX path inside the archive root. Backends store bytes under keys and
+never know what they mean; everything the archive writes is named here (see docs/format.md,
+which is the public contract for this layout)::
+
+    archive.json                      marker: {"format": "archive", "version": 1}
+    blobs/sha256/ab/abcdef...         file contents and records, named by sha256
+    index.json                        {"format": 1, "names": [...]}
+    releases/NAME/index.json          {"format": 1, "name": ..., "versions": {VERSION: record id}}
+    releases/NAME/VERSION             one line: the record id, "sha256:<hex>"
+    tmp/                              temporary files of writes in flight
+"""
+
+from __future__ import annotations
+
+from .hashing import BlobId
+
+FORMAT_VERSION = 1
+MARKER_KEY = "archive.json"
+BLOBS_DIR = "blobs/sha256"
+RELEASES_DIR = "releases"
+INDEX_FILE = "index.json"
+TMP_DIR = "tmp"
+
+
+def blob_key(blob_id: BlobId) -> str:
+    """``blobs/sha256/ab/<hex>``: a two-hex-digit fan-out keeps folders small (256 of them)."""
+    return f"{BLOBS_DIR}/{blob_id.hexdigest[:2]}/{blob_id.hexdigest}"
+
+
+def blob_id_from_key(key: str) -> BlobId:
+    """The inverse of :func:`blob_key` (for gc and verify, which walk the blob folders)."""
+    return BlobId(key.rsplit("/", 1)[-1])
+
+
+def release_dir(name: str) -> str:
+    return f"{RELEASES_DIR}/{name}"
+
+
+def release_key(name: str, version: str) -> str:
+    """The create-only pointer whose existence publishes ``name`` ``version``."""
+    return f"{RELEASES_DIR}/{name}/{version}"
+
+
+def versions_index_key(name: str) -> str:
+    return f"{RELEASES_DIR}/{name}/{INDEX_FILE}"
+
+
+def names_index_key() -> str:
+    return INDEX_FILE

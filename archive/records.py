@@ -1,0 +1,241 @@
+"""Release records: the immutable description of one published version.
+
+A record maps every relative POSIX path of a published folder to a blob id and a size, and
+carries the name, the version, the UTC creation time and free-form metadata. It is stored as
+canonical JSON (sorted keys, no spaces, UTF-8), itself as a blob, so a record is
+content-addressed like the files it lists. Every record is validated when read: the schema, the
+name rules and every path, because a record may come from a tampered archive. Fields this
+version does not know are kept, so an older client never drops what a newer one wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .errors import IntegrityError, InvalidNameError, InvalidPathError
+from .hashing import BlobId
+from .versions import parse_version
+
+RECORD_FORMAT = 1
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+MAX_METADATA_DEPTH = 16
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
+_DRIVE = re.compile(r"[A-Za-z]:")
+_KNOWN_FIELDS = {"format", "name", "version", "created", "metadata", "files"}
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid release name, else raise :class:`InvalidNameError`.
+
+    Names are lowercase ASCII letters, digits, ``.``, ``_`` and ``-``, start and end with a
+    letter or digit, at most 128 characters. Lowercase only, so that two names can never clash
+    on a case-insensitive filesystem or object store.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid release name {name!r}: use 1-128 lowercase letters, digits, '.', '_' or '-',"
+            " starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_path(path: str) -> str:
+    """Return ``path`` if it is a safe, normalized, relative POSIX path; else raise.
+
+    Refused: empty paths and components, ``.`` and ``..``, absolute paths, drive letters,
+    backslashes, NUL and other control characters, and paths not in Unicode NFC form. A path
+    that passes can be joined to a destination folder without ever leaving it.
+    """
+    problem = _path_problem(path)
+    if problem:
+        raise InvalidPathError(f"unsafe path {path!r} in release: {problem}")
+    return path
+
+
+def _path_problem(path: str) -> str | None:
+    if not isinstance(path, str) or not path:
+        return "empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "control character"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
+    if "\\" in path:
+        return "backslash"
+    if path.startswith("/") or _DRIVE.match(path):
+        return "absolute"
+    if unicodedata.normalize("NFC", path) != path:
+        return "not in Unicode NFC form"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "empty, '.' or '..' component"
+    return None
+
+
+def check_paths(paths: list[str]) -> None:
+    """Check that a set of paths can coexist in one folder on every common filesystem.
+
+    Each path must be safe; no two may collide when case is folded (macOS, Windows); and no
+    file may stand where another needs a directory (``a`` and ``a/b``).
+    """
+    folded: dict[str, str] = {}
+    for path in paths:
+        check_path(path)
+        key = path.casefold()
+        if key in folded:
+            raise InvalidPathError(f"paths {folded[key]!r} and {path!r} clash on a case-insensitive filesystem")
+        folded[key] = path
+    for path in paths:
+        parts = path.casefold().split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in folded:
+                raise InvalidPathError(f"{folded[parent]!r} is a file but {path!r} needs it to be a folder")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a release: its content address and size in bytes."""
+
+    blob: BlobId
+    size: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.extra, "blob": str(self.blob), "size": self.size}
+
+
+@dataclass(frozen=True)
+class Release:
+    """An immutable release record. Build with :meth:`create`, read with :func:`parse_record`."""
+
+    name: str
+    version: str
+    created: str
+    metadata: Mapping[str, Any]
+    files: Mapping[str, FileEntry]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, name: str, version: str, files: Mapping[str, FileEntry],
+               metadata: Mapping[str, Any] | None = None) -> "Release":
+        """A new record stamped with the current UTC time, checked like a stored one."""
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        release = cls(name, version, created, dict(metadata or {}), dict(sorted(files.items())))
+        return parse_record(release.to_bytes())
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "format": RECORD_FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "metadata": dict(self.metadata),
+            "files": {path: entry.to_json() for path, entry in self.files.items()},
+        }
+
+    def to_bytes(self) -> bytes:
+        """The canonical JSON form; its sha256 is the record's id."""
+        return canonical_json(self.to_json())
+
+    @property
+    def record_id(self) -> BlobId:
+        return BlobId.of_bytes(self.to_bytes())
+
+    def same_content(self, other: "Release") -> bool:
+        """True when both describe the same files and metadata (the creation time aside)."""
+        return (self.name, self.version, self.files, dict(self.metadata)) == (
+            other.name, other.version, other.files, dict(other.metadata))
+
+
+def canonical_json(value: Any) -> bytes:
+    """Serialize deterministically: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise IntegrityError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def load_json(data: bytes, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Parse JSON strictly: bounded size, UTF-8, no duplicate keys, no NaN; else IntegrityError."""
+    if len(data) > max_bytes:
+        raise IntegrityError(f"{what}: {len(data)} bytes, over the {max_bytes} byte limit")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys,
+                          parse_constant=_reject_constant)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise IntegrityError(f"non-standard JSON constant {name}")
+
+
+def parse_record(data: bytes, what: str = "release record") -> Release:
+    """Parse and validate a stored record; any defect raises :class:`IntegrityError`."""
+    obj = load_json(data, what)
+    try:
+        return _release_from_json(obj)
+    except (InvalidNameError, InvalidPathError) as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{what}: bad schema ({exc})") from None
+
+
+def _release_from_json(obj: Any) -> Release:
+    _require(isinstance(obj, dict), "a record is a JSON object")
+    _require(obj.get("format") == RECORD_FORMAT, f"unsupported record format {obj.get('format')!r}")
+    name = check_name(obj["name"])
+    version = str(parse_version(obj["version"]))
+    _require(version == obj["version"], "version not in canonical form")
+    created = obj["created"]
+    _require(isinstance(created, str), "created is a string")
+    metadata = obj["metadata"]
+    _require(isinstance(metadata, dict), "metadata is an object")
+    _require(_depth(metadata) <= MAX_METADATA_DEPTH, "metadata nested too deep")
+    files_obj = obj["files"]
+    _require(isinstance(files_obj, dict), "files is an object")
+    check_paths(list(files_obj))
+    files = {path: _entry_from_json(entry) for path, entry in sorted(files_obj.items())}
+    extra = {key: value for key, value in obj.items() if key not in _KNOWN_FIELDS}
+    return Release(name, version, created, metadata, files, extra)
+
+
+def _entry_from_json(obj: Any) -> FileEntry:
+    _require(isinstance(obj, dict), "a file entry is an object")
+    size = obj["size"]
+    _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, "size is a count of bytes")
+    extra = {key: value for key, value in obj.items() if key not in ("blob", "size")}
+    return FileEntry(BlobId.parse(obj["blob"]), size, extra)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,230 @@
+"""Strict SemVer 2.0 versions and the ranges that select them.
+
+Versions are parsed by the ``semver`` package. Ranges follow the npm grammar users already know:
+``^1.2``, ``~1.2.3``, ``1.x``, ``*``, ``>=1.0,<2.0`` (comma or space for AND), ``==1.2.3``,
+``1.2.3``, hyphen ranges ``1.0 - 2.0`` and ``A || B``. Every form is reduced to a union of
+intersections of plain comparators (:class:`Comparator`), so matching is one small loop.
+Prereleases match only when a comparator of the same set names a prerelease of the same
+``major.minor.patch``, or when ``include_prerelease`` is set; the highest match wins.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import semver
+
+from .errors import InvalidRangeError, InvalidVersionError
+
+Version = semver.Version
+_OPS: dict[str, Callable[[Version, Version], bool]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "=": operator.eq,
+}
+_PARTIAL = re.compile(
+    r"(?P<op>\^|~|>=|<=|>|<|==|=)?\s*v?"
+    r"(?P<major>\d+|[xX*])(?:\.(?P<minor>\d+|[xX*]))?(?:\.(?P<patch>\d+|[xX*]))?"
+    r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
+)
+_HYPHEN = re.compile(r"\s+-\s+")
+
+
+def parse_version(text: str) -> Version:
+    """Parse a strict SemVer 2.0 version (``1.2.3``, ``1.2.3-rc.1``); else InvalidVersionError."""
+    if not isinstance(text, str):
+        raise InvalidVersionError(f"invalid version {text!r}: not a string")
+    try:
+        return Version.parse(text)
+    except (ValueError, TypeError):
+        raise InvalidVersionError(
+            f"invalid version {text!r}: use SemVer MAJOR.MINOR.PATCH, e.g. 1.0.0 or 2.1.0-rc.1") from None
+
+
+@dataclass(frozen=True)
+class Comparator:
+    """``version <op> bound`` for one of ``>=``, ``<=``, ``>``, ``<``, ``=``."""
+
+    op: str
+    bound: Version
+
+    def test(self, version: Version) -> bool:
+        return _OPS[self.op](version, self.bound)
+
+    def __str__(self) -> str:
+        return f"{self.op}{self.bound}"
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """A parsed range: a union (``||``) of intersections of comparators."""
+
+    text: str
+    sets: tuple[tuple[Comparator, ...], ...]
+
+    def matches(self, version: Version, include_prerelease: bool = False) -> bool:
+        """True when ``version`` satisfies the range under the npm prerelease rule."""
+        return any(_set_matches(comparators, version, include_prerelease) for comparators in self.sets)
+
+    def best(self, versions: Iterable[str], include_prerelease: bool = False) -> str | None:
+        """The highest of ``versions`` (strings) that matches, or None."""
+        parsed = (parse_version(v) for v in versions)
+        found = [v for v in parsed if self.matches(v, include_prerelease)]
+        return str(max(found)) if found else None
+
+    def names_prerelease(self) -> bool:
+        return any(c.bound.prerelease for comparators in self.sets for c in comparators)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _set_matches(comparators: tuple[Comparator, ...], version: Version, include_prerelease: bool) -> bool:
+    if not all(c.test(version) for c in comparators):
+        return False
+    if not version.prerelease or include_prerelease:
+        return True
+    core = version.finalize_version()
+    return any(c.bound.prerelease and c.bound.finalize_version() == core for c in comparators)
+
+
+def parse_range(text: str) -> VersionRange:
+    """Parse a version range; a malformed one raises :class:`InvalidRangeError`.
+
+    >>> str(parse_range("^1.2").sets[0][1])
+    '<2.0.0-0'
+    """
+    if not isinstance(text, str) or len(text) > 1024:
+        raise InvalidRangeError(f"invalid version range {text!r}")
+    try:
+        sets = tuple(_parse_set(part.strip()) for part in text.split("||"))
+    except ValueError as exc:
+        raise InvalidRangeError(f"invalid version range {text!r}: {exc}") from None
+    return VersionRange(text, sets)
+
+
+def _parse_set(text: str) -> tuple[Comparator, ...]:
+    hyphen = _HYPHEN.split(text)
+    if len(hyphen) == 2:
+        return _hyphen_range(*hyphen)
+    if len(hyphen) > 2:
+        raise ValueError("more than one ' - ' in a hyphen range")
+    tokens = [t for t in re.split(r"[\s,]+", _join_operators(text)) if t]
+    if not tokens:
+        return (Comparator(">=", Version(0, 0, 0)),)
+    return tuple(c for token in tokens for c in _desugar(token))
+
+
+def _join_operators(text: str) -> str:
+    """Allow ``>= 1.0`` by removing space after an operator."""
+    return re.sub(r"(\^|~|>=|<=|>|<|==|=)\s+", r"\1", text)
+
+
+def _match_partial(token: str) -> re.Match[str]:
+    match = _PARTIAL.fullmatch(token)
+    if not match:
+        raise ValueError(f"cannot read {token!r}")
+    return match
+
+
+def _numbers(match: re.Match[str]) -> tuple[int | None, int | None, int | None]:
+    """Major, minor, patch as ints, None where wildcard or missing; wildcards stop the chain."""
+    out: list[int | None] = []
+    for part in (match["major"], match["minor"], match["patch"]):
+        out.append(None if part is None or part in "xX*" or (out and out[-1] is None) else int(part))
+    return out[0], out[1], out[2]
+
+
+def _desugar(token: str) -> list[Comparator]:
+    match = _match_partial(token)
+    op = match["op"] or "="
+    major, minor, patch = _numbers(match)
+    pre = match["pre"]
+    if pre and patch is None:
+        raise ValueError(f"a prerelease needs a full version in {token!r}")
+    if op == "^":
+        return _caret(major, minor, patch, pre)
+    if op == "~":
+        return _tilde(major, minor, patch, pre)
+    return _primitive("=" if op == "==" else op, major, minor, patch, pre)
+
+
+def _v(major: int | None, minor: int | None = 0, patch: int | None = 0, pre: str | None = None) -> Version:
+    return Version(major or 0, minor or 0, patch or 0, prerelease=pre)
+
+
+def _below(major: int, minor: int | None = None) -> Comparator:
+    """The exclusive upper bound just above ``major`` (or ``major.minor``), below any prerelease."""
+    if minor is None:
+        return Comparator("<", Version(major + 1, 0, 0, prerelease="0"))
+    return Comparator("<", Version(major, minor + 1, 0, prerelease="0"))
+
+
+def _caret(major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
+    if major is None:
+        return [Comparator(">=", Version(0, 0, 0))]
+    low = Comparator(">=", _v(major, minor, patch, pre))
+    if major > 0 or minor is None:
+        return [low, _below(major)]
+    if minor > 0 or patch is None:
+        return [low, _below(0, minor)]
+    return [low, Comparator("<", Version(0, 0, patch + 1, prerelease="0"))]
+
+
+def _tilde(major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
+    if major is None:
+        return [Comparator(">=", Version(0, 0, 0))]
+    low = Comparator(">=", _v(major, minor, patch, pre))
+    return [low, _below(major)] if minor is None else [low, _below(major, minor)]
+
+
+def _primitive(op: str, major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
+    if major is None:
+        return [Comparator("<", Version(0, 0, 0, prerelease="0"))] if op in ("<", ">") else [Comparator(">=", Version(0, 0, 0))]
+    if patch is not None:
+        return [Comparator(op, _v(major, minor, patch, pre))]
+    upper = _below(major) if minor is None else _below(major, minor)
+    low = _v(major, minor)
+    if op == "=":
+        return [Comparator(">=", low), upper]
+    if op == ">":
+        return [Comparator(">=", upper.bound.finalize_version())]
+    if op == "<=":
+        return [upper]
+    if op == "<":
+        return [Comparator("<", Version(low.major, low.minor, 0, prerelease="0"))]
+    return [Comparator(">=", low)]
+
+
+def _hyphen_range(low_text: str, high_text: str) -> tuple[Comparator, ...]:
+    low = _match_partial(low_text)
+    high = _match_partial(high_text)
+    if low["op"] or high["op"]:
+        raise ValueError("no operators inside a hyphen range")
+    lmaj, lmin, lpat = _numbers(low)
+    hmaj, hmin, hpat = _numbers(high)
+    lower = [Comparator(">=", _v(lmaj, lmin, lpat, low["pre"]))] if lmaj is not None else []
+    if hmaj is None:
+        upper: list[Comparator] = []
+    elif hpat is None:
+        upper = [_below(hmaj, hmin)]
+    else:
+        upper = [Comparator("<=", _v(hmaj, hmin, hpat, high["pre"]))]
+    return tuple(lower + upper) or (Comparator(">=", Version(0, 0, 0)),)
+
+
+def check_release_version(text: str) -> str:
+    """Check a version to publish under; return its canonical text.
+
+    Beyond strict SemVer, a published version may not carry build metadata (``+build``), which
+    SemVer ignores when ordering, so two releases would tie; nor uppercase letters, so that no two
+    versions clash on a case-insensitive filesystem.
+    """
+    version = parse_version(text)
+    if version.build:
+        raise InvalidVersionError(
+            f"invalid version {text!r}: build metadata ('+{version.build}') does not order releases; drop it")
+    if text != text.lower():
+        raise InvalidVersionError(f"invalid version {text!r}: use lowercase prerelease tags")
+    return str(version)
