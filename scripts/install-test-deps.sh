@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh Debian/Ubuntu machine: the Python package with
+# its test extras, and the real servers the tests start on 127.0.0.1 (OpenSSH's sshd and
+# ssh-agent). Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "please install: ${need_apt[*]} (the tests start a real sshd)" >&2
+    exit 1
+  fi
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,141 @@
+"""The behavioural contract every backend passes, written once.
+
+A backend's test module subclasses :class:`BackendContract` and provides an ``arc`` fixture
+that yields an initialized, empty archive on that backend. Everything here goes through the
+public interface, so a backend that passes can serve every feature of the archive.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from archive import layout
+from archive.errors import (IntegrityError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
+                            ReleaseNotFoundError)
+from archive.hashing import BlobId
+from archive.interface import ArchiveInterface
+from tests.conftest import make_tree
+
+
+class BackendContract:
+    """Subclass and provide an ``arc`` fixture (an empty, initialized archive)."""
+
+    # ------------------------------------------------------------- primitives
+    def test_write_then_read_round_trip(self, arc: ArchiveInterface) -> None:
+        arc.write_key("blobs/sha256/ab/x", [b"hello ", b"world"])
+        with arc.open_key("blobs/sha256/ab/x") as stream:
+            assert stream.read() == b"hello world"
+        assert arc.stat_key("blobs/sha256/ab/x").size == 11
+
+    def test_write_replaces_unless_exclusive(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/n/idx", [b"one"])
+        arc.write_key("releases/n/idx", [b"two"])
+        assert arc.read_key("releases/n/idx", 100) == b"two"
+        with pytest.raises(KeyExistsError):
+            arc.write_key("releases/n/idx", [b"three"], exclusive=True)
+        assert arc.read_key("releases/n/idx", 100) == b"two"
+
+    def test_exclusive_write_creates(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/n/1.0.0", [b"ptr"], exclusive=True)
+        assert arc.read_key("releases/n/1.0.0", 100) == b"ptr"
+
+    def test_missing_key_raises_not_found(self, arc: ArchiveInterface) -> None:
+        with pytest.raises(KeyNotFoundError):
+            arc.stat_key("blobs/sha256/00/missing")
+        with pytest.raises(KeyNotFoundError):
+            with arc.open_key("blobs/sha256/00/missing"):
+                pass
+        with pytest.raises(KeyNotFoundError):
+            arc.delete_key("blobs/sha256/00/missing")
+        assert arc.list_keys("no/such/prefix") == []
+
+    def test_failed_write_leaves_nothing(self, arc: ArchiveInterface) -> None:
+        def failing():
+            yield b"partial data"
+            raise IntegrityError("boom")
+
+        with pytest.raises(IntegrityError):
+            arc.write_key("blobs/sha256/cd/y", failing())
+        assert not arc.has_key("blobs/sha256/cd/y")
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+    def test_listing_shows_children_not_temporaries(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/a/1.0.0", [b"x"])
+        arc.write_key("releases/b/2.0.0", [b"y"])
+        assert sorted(arc.list_keys("releases")) == ["a", "b"]
+        assert arc.list_keys("releases/a") == ["1.0.0"]
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+    def test_delete_removes(self, arc: ArchiveInterface) -> None:
+        arc.write_key("blobs/sha256/ef/z", [b"z"])
+        arc.delete_key("blobs/sha256/ef/z")
+        assert not arc.has_key("blobs/sha256/ef/z")
+
+    def test_concurrent_writes_of_one_blob(self, arc: ArchiveInterface) -> None:
+        data = b"same content" * 10_000
+        key = layout.blob_key(BlobId.of_bytes(data))
+        errors: list[BaseException] = []
+
+        def put() -> None:
+            try:
+                arc.write_key(key, [data[:50_000], data[50_000:]])
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=put) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert arc.read_key(key, len(data)) == data
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+    def test_exclusive_race_has_one_winner(self, arc: ArchiveInterface) -> None:
+        outcomes: list[str] = []
+
+        def create(i: int) -> None:
+            try:
+                arc.write_key("releases/r/1.0.0", [f"writer {i}".encode()], exclusive=True)
+                outcomes.append("won")
+            except KeyExistsError:
+                outcomes.append("lost")
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("won") == 1 and outcomes.count("lost") == 7
+
+    # ------------------------------------------------------------- the archive above them
+    def test_publish_and_download_round_trip(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        files = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256)) * 1000, "sub/deeper/c": b""}
+        src = make_tree(tmp_path / "src", files)
+        release = arc.publish(src, "demo", "1.0.0", {"message": "first"}, progress=False)
+        assert set(release.files) == set(files)
+        out = arc.download("demo", "^1", tmp_path / "out", progress=False)
+        assert {p: (out / p).read_bytes() for p in files} == files
+
+    def test_versions_names_and_resolve(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        src = make_tree(tmp_path / "src", {"f": b"1"})
+        for version in ("1.0.0", "1.2.0", "2.0.0-rc.1", "0.9.0"):
+            arc.publish(src, "demo", version, progress=False)
+        assert arc.names() == ["demo"]
+        assert arc.versions("demo") == ["2.0.0-rc.1", "1.2.0", "1.0.0", "0.9.0"]
+        assert arc.resolve("demo", "^1").version == "1.2.0"
+        assert arc.resolve("demo", "*").version == "1.2.0"
+        assert arc.resolve("demo", "*", include_prerelease=True).version == "2.0.0-rc.1"
+
+    def test_release_is_never_overwritten(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        first = arc.publish(make_tree(tmp_path / "a", {"f": b"one"}), "demo", "1.0.0", progress=False)
+        with pytest.raises(ReleaseExistsError):
+            arc.publish(make_tree(tmp_path / "b", {"f": b"two"}), "demo", "1.0.0", progress=False)
+        assert arc.resolve("demo", "1.0.0").record_id == first.record_id
+
+    def test_missing_release(self, arc: ArchiveInterface) -> None:
+        with pytest.raises(ReleaseNotFoundError):
+            arc.resolve("nothing", "*")

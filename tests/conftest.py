@@ -1,0 +1,54 @@
+"""Shared fixtures: an isolated user environment for every test, and sample folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import archive
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the default archive and the cache at per-test folders; never touch the real ones."""
+    home = tmp_path / "user"
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("ARCHIVE_CACHE_DIR", str(home / "cache" / "archive"))
+    monkeypatch.delenv("ARCHIVE_URL", raising=False)
+    return home
+
+
+@pytest.fixture
+def folder_archive(tmp_path: Path) -> archive.ArchiveInterface:
+    """An empty archive in a fresh folder."""
+    with archive.get_interface(tmp_path / "store", create=True) as arc:
+        yield arc
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Create ``files`` (relative path -> content) under ``root``; return ``root``."""
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return root
+
+
+@pytest.fixture
+def sample_folder(tmp_path: Path) -> Path:
+    """A small folder of mixed files, with one file repeated under two paths."""
+    return make_tree(tmp_path / "sample", {
+        "readme.txt": b"calibration set\n",
+        "data/gains.csv": b"ch,gain\n1,0.98\n2,1.01\n",
+        "data/raw/run1.bin": os.urandom(200_000),
+        "data/copy-of-readme.txt": b"calibration set\n",
+        "empty.dat": b"",
+    })
+
+
+def count_blob_files(root: Path) -> int:
+    """How many blob files a folder archive holds on disk."""
+    return sum(1 for p in (root / "blobs").rglob("*") if p.is_file())
