@@ -18,7 +18,7 @@ from .errors import InvalidInputError
 from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
-_SCHEMES = {"": "filesystem", "file": "filesystem"}
+_SCHEMES = {"": "filesystem", "file": "filesystem", "sftp": "sftp"}
 
 
 def default_location() -> str:
@@ -68,6 +68,10 @@ def make_backend(location: str) -> ArchiveInterface:
     kind = _SCHEMES.get(scheme)
     if kind is None:
         raise InvalidInputError(f"unsupported archive location {location!r}: use a folder path or file:// URL")
+    if kind == "sftp":
+        from .backends.sftp import SFTPArchive
+
+        return SFTPArchive(location)
     from .backends.filesystem import FileSystemArchive
 
     return FileSystemArchive(_file_path(location) if scheme else location)

@@ -1,0 +1,4 @@
+"""Fixtures of the backend tests: the real SSH parts live in :mod:`tests.sshd`."""
+
+from tests.sshd import (keyring_file, password_user, ssh_agent, ssh_home, ssh_key_home,  # noqa: F401
+                        sshd)

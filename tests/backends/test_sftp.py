@@ -1,0 +1,259 @@
+"""The SFTP backend against a real OpenSSH sshd: the shared contract, logins, host keys, CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keyring
+import pytest
+
+import archive
+from archive import layout
+from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
+from archive.errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
+                            KeyNotFoundError)
+from tests.backends.conformance import BackendContract
+from tests.conftest import make_tree
+from tests.sshd import LocalUser, SSHServer, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class TestSFTPContract(BackendContract):
+    @pytest.fixture
+    def arc(self, tmp_path: Path, sshd: SSHServer, ssh_key_home: Path):
+        with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+            yield arc
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """The server folder the archive of a test lives in (same machine, so tests can look)."""
+    return tmp_path / "store"
+
+
+# ------------------------------------------------------------------ logins
+def test_key_and_host_from_ssh_config(sshd: SSHServer, ssh_home: Path, store: Path) -> None:
+    key = ssh_home / "lab_key"
+    shutil.copy(sshd.client_key, key)
+    (ssh_home / ".ssh" / "config").write_text(
+        f"Host lab\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {key}\n")
+    with archive.get_interface(f"sftp://lab{store}", create=True) as arc:
+        arc.write_bytes("releases/x/1.0.0", b"ptr")
+    assert (store / "releases" / "x" / "1.0.0").read_bytes() == b"ptr"
+
+
+def test_agent_login(sshd: SSHServer, ssh_agent: str, store: Path) -> None:
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        assert arc.has_key(layout.MARKER_KEY)
+    assert f"Accepted publickey for {sshd.user}" in sshd.log()
+
+
+def test_no_key_no_agent_no_password_is_refused(sshd: SSHServer, ssh_home: Path, store: Path) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        archive.get_interface(sshd.url(store), create=True)
+    assert "authentication failed" in str(info.value) and "\n" not in str(info.value)
+    assert not store.exists()
+
+
+def test_password_from_keyring(sshd: SSHServer, ssh_home: Path, password_user: LocalUser,
+                               caplog: pytest.LogCaptureFixture) -> None:
+    keyring.set_password(KEYRING_SERVICE, f"{password_user.name}@{sshd.host}", password_user.password)
+    caplog.set_level(logging.DEBUG)
+    with archive.get_interface(sshd.url("/~/store", user=password_user.name), create=True) as arc:
+        arc.publish(make_tree(ssh_home / "src", {"a": b"alpha"}), "demo", "1.0.0", progress=False)
+        assert arc.resolve("demo").version == "1.0.0"
+    marker = password_user.home / "store" / layout.MARKER_KEY
+    assert marker.stat().st_uid == _uid(password_user.name)
+    assert f"Accepted password for {password_user.name}" in sshd.log()
+    assert password_user.password not in caplog.text
+
+
+def test_password_in_url_is_used_and_redacted(sshd: SSHServer, ssh_home: Path, password_user: LocalUser,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = sshd.url("/~/store", user=password_user.name, password=password_user.password)
+    with archive.get_interface(url, create=True) as arc:
+        assert password_user.password not in arc.location + repr(arc)
+        assert f"{password_user.name}:***@" in arc.location
+    assert password_user.password not in caplog.text
+    # a password that worked from a URL is not written to the keyring; a prompted one would be
+    assert keyring.get_password(KEYRING_SERVICE, f"{password_user.name}@{sshd.host}") is None
+
+
+def test_wrong_password_is_an_authentication_error(sshd: SSHServer, ssh_home: Path, password_user: LocalUser,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "not-" + password_user.password
+    with pytest.raises(AuthenticationError) as info:
+        archive.get_interface(sshd.url("/~/store", user=password_user.name, password=wrong), create=True)
+    message = str(info.value)
+    assert message == f"{password_user.name}@{sshd.host}: authentication failed (no key or password was accepted)"
+    assert wrong not in caplog.text and password_user.password not in caplog.text
+
+
+def test_permission_denied_is_a_one_line_backend_error(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path,
+                                                       password_user: LocalUser) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # owned by root: the throwaway user may not write here
+    with pytest.raises(BackendError, match="permission denied") as info:
+        archive.get_interface(sshd.url(private / "store", user=password_user.name), create=True)
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ host keys
+def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    (ssh_key_home / ".ssh" / "known_hosts").write_text("")
+    with pytest.raises(AuthenticationError) as info:
+        archive.get_interface(sshd.url(store), create=True)
+    message = str(info.value)
+    assert "\n" not in message and "not known" in message
+    assert _fingerprint(sshd.folder / "host_key.pub") in message
+    assert f"ssh-keyscan -p {sshd.port} {sshd.host} >> ~/.ssh/known_hosts" in message
+    assert not store.exists()
+
+
+def test_changed_host_key_is_refused(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path, store: Path) -> None:
+    from tests.sshd import keygen
+
+    other = keygen(tmp_path / "other_host_key").with_suffix(".pub").read_text().split()
+    (ssh_key_home / ".ssh" / "known_hosts").write_text(f"[{sshd.host}]:{sshd.port} {other[0]} {other[1]}\n")
+    with pytest.raises(AuthenticationError, match="CHANGED") as info:
+        archive.get_interface(sshd.url(store), create=True)
+    assert _fingerprint(sshd.folder / "host_key.pub") in str(info.value)
+
+
+# ------------------------------------------------------------------ connections and paths
+def test_unreachable_server_is_unavailable(ssh_key_home: Path, store: Path) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(BackendUnavailableError, match=f"cannot reach 127.0.0.1:{port}"):
+        archive.get_interface(f"sftp://127.0.0.1:{port}{store}")
+
+
+def test_dropped_connection_is_replaced(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_bytes("releases/a/1.0.0", b"1")
+        _drop_connections(arc)
+        assert arc.read_key("releases/a/1.0.0", 10) == b"1"
+
+
+def test_connection_lost_mid_read_is_unavailable(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_key("blobs/sha256/aa/big", [os.urandom(1 << 20)] * 24)
+        with pytest.raises(BackendUnavailableError, match="cannot reach"):
+            with arc.open_key("blobs/sha256/aa/big") as stream:
+                stream.read(1 << 20)
+                _drop_connections(arc)
+                while stream.read(1 << 20):
+                    pass
+        assert arc.stat_key("blobs/sha256/aa/big").size == 24 << 20  # a new connection serves
+
+
+def test_large_blob_round_trip_in_chunks(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_key("blobs/sha256/bb/large", [data[i:i + 100_000] for i in range(0, len(data), 100_000)])
+        with arc.open_key("blobs/sha256/bb/large") as stream:
+            got = b"".join(iter(lambda: stream.read(65_536), b""))
+    assert got == data
+    assert (store / "blobs" / "sha256" / "bb" / "large").read_bytes() == data
+
+
+def test_home_relative_path(sshd: SSHServer, ssh_key_home: Path, password_user: LocalUser) -> None:
+    with archive.get_interface(sshd.url("/~/rel/store", user=password_user.name), create=True) as arc:
+        assert arc.location.endswith("/~/rel/store")
+    assert (password_user.home / "rel" / "store" / layout.MARKER_KEY).is_file()
+
+
+@pytest.mark.parametrize("url, root", [
+    ("sftp://h/srv/archive", "/srv/archive"),
+    ("sftp://u@h:2222/srv/archive/", "/srv/archive"),
+    ("sftp://h/~/archive", "archive"),
+    ("sftp://h/~", "."),
+    ("sftp://h/with%20space", "/with space"),
+])
+def test_url_path_rule(url: str, root: str) -> None:
+    assert SFTPArchive(url).root == root
+
+
+@pytest.mark.parametrize("url", ["sftp://h", "sftp://h/", "sftp:///path", "sftp://h:99999/x"])
+def test_bad_urls_are_invalid_input(url: str) -> None:
+    with pytest.raises(InvalidInputError):
+        SFTPArchive(url)
+
+
+def test_missing_key_and_listing(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        with pytest.raises(KeyNotFoundError):
+            arc.read_key("releases/none/1.0.0", 10)
+        (store / "releases" / ".hidden").mkdir(parents=True)
+        assert arc.list_keys("releases") == []
+
+
+# ------------------------------------------------------------------ the command line
+def test_cli_end_to_end(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path, store: Path) -> None:
+    url = sshd.url(store)
+    src = make_tree(tmp_path / "src", {"data/a.bin": os.urandom(300_000), "readme": b"hi\n"})
+    assert _cli("init", url).returncode == 0
+    pushed = _cli("--archive", url, "push", str(src), "calib", "1.0.0", "-m", "first")
+    assert pushed.returncode == 0, pushed.stderr
+    assert _cli("--archive", url, "ls").stdout.split() == ["calib"]
+    pulled = _cli("--archive", url, "pull", "calib", "^1", "--to", str(tmp_path / "out"))
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "out" / "data" / "a.bin").read_bytes() == (src / "data" / "a.bin").read_bytes()
+
+
+def test_cli_reports_unreachable_host_in_one_line(ssh_key_home: Path, store: Path) -> None:
+    result = _cli("--archive", f"sftp://127.0.0.1:{free_port()}{store}", "ls")
+    assert result.returncode == 1
+    assert result.stderr.startswith("archive: error: cannot reach 127.0.0.1:")
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_never_shows_a_url_password(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    result = _cli("-vv", "--archive", sshd.url(store, password="s3cret-pw"), "ls")
+    assert result.returncode == 1  # no archive there yet
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert ":***@" in result.stderr
+
+
+# ------------------------------------------------------------------ helpers
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "archive", "--no-progress", *args], env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=60, cwd=REPO)
+
+
+def _fingerprint(pub: Path) -> str:
+    out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()[1]
+
+
+def _uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
+
+
+def _drop_connections(arc: SFTPArchive) -> None:
+    """Cut the TCP connections under the archive, as a network failure would."""
+    import gc
+
+    import paramiko
+
+    dropped = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, paramiko.Transport) and obj.is_active():
+            try:
+                obj.sock.shutdown(socket.SHUT_RDWR)
+                dropped += 1
+            except OSError:  # a transport of an earlier test whose socket is gone already
+                continue
+    assert dropped
