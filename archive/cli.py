@@ -168,9 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        hint = f"\nTry 'archive {exc.ctx.info_name if exc.ctx and exc.ctx.parent else ''} --help'." \
-            .replace("  ", " ") if exc.ctx else ""
-        click.echo(f"archive: error: {exc.format_message()}{hint}", err=True)
+        command = exc.ctx.command_path if exc.ctx else "archive"
+        click.echo(f"archive: error: {exc.format_message()}\nTry '{command} --help'.", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("archive: interrupted", err=True)

@@ -90,3 +90,56 @@ def sample_folder(tmp_path: Path) -> Path:
 def count_blob_files(root: Path) -> int:
     """How many blob files a folder archive holds on disk."""
     return sum(1 for p in (root / "blobs").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def shared_tmp() -> Path:
+    """A world-writable scratch folder an unprivileged user can reach (for ``run_unprivileged``);
+    pytest's own tmp_path sits below a folder only root may enter."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="archive-test-"))
+    base.chmod(0o777)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def run_unprivileged(action):
+    """Run ``action()`` as an unprivileged user and return its (picklable) result.
+
+    As a normal user this just calls it. As root (as in CI), it forks, drops to ``nobody``
+    in the child, and sends the result back through a pipe: that is how tests show what a
+    user without permissions gets, which root itself can never see.
+    """
+    import pickle
+    import traceback
+
+    if os.geteuid() != 0:
+        return action()
+    # The child cannot read root's Python install: import what it may need before forking.
+    import concurrent.futures.thread  # noqa: F401
+    import archive.download  # noqa: F401
+    import archive.publish  # noqa: F401
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges for good, run, report, exit without cleanup
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.umask(0)
+            payload = ("ok", action())
+        except BaseException:  # reported to the parent, which fails the test with it
+            payload = ("error", traceback.format_exc())
+        with os.fdopen(write_end, "wb") as out:
+            pickle.dump(payload, out)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as inp:
+        status, value = pickle.load(inp)
+    os.waitpid(pid, 0)
+    assert status == "ok", value
+    return value

@@ -1,0 +1,143 @@
+"""The ``archive`` command, run as a real subprocess: outputs, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree
+from tests.test_publish import snapshot
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    location = str(tmp_path / "store")
+    assert run("init", location).returncode == 0
+    return location
+
+
+def test_round_trip_on_the_default_archive(sample_folder: Path, tmp_path: Path, isolated_user_dirs) -> None:
+    push = run("push", str(sample_folder), "calib", "1.0.0", "-m", "first")
+    assert push.returncode == 0, push.stderr
+    assert push.stdout.startswith("published calib 1.0.0: 5 files")
+    assert (isolated_user_dirs / "data" / "archive" / "archive" / "archive.json").is_file()
+    pull = run("pull", "calib", "^1", "--to", str(tmp_path / "out"))
+    assert pull.returncode == 0 and pull.stdout.strip() == str(tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(sample_folder)
+    cached = run("pull", "calib")
+    assert snapshot(Path(cached.stdout.strip())) == snapshot(sample_folder)
+
+
+def test_ls_and_show(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"hello", "b/c.bin": b"\x00" * 2048})
+    for version in ("1.0.0", "1.10.0", "1.2.0"):
+        assert run("-a", store, "push", str(src), "calib", version, "--meta", "site=lab2").returncode == 0
+    run("-a", store, "push", str(src), "other", "0.1.0")
+    assert run("-a", store, "ls").stdout.split() == ["calib", "other"]
+    assert run("-a", store, "ls", "calib").stdout.split() == ["1.10.0", "1.2.0", "1.0.0"]
+    shown = run("-a", store, "show", "calib", "<1.5").stdout
+    assert shown.splitlines()[0] == "calib 1.2.0" and "site     lab2" in shown and "b/c.bin" in shown
+    record = json.loads(run("-a", store, "show", "calib", "--json").stdout)
+    assert record["version"] == "1.10.0" and record["files"]["a.txt"]["size"] == 5
+
+
+def test_archive_url_selects_the_archive(store: str, sample_folder: Path) -> None:
+    assert run("push", str(sample_folder), "calib", "1.0.0", env={"ARCHIVE_URL": store}).returncode == 0
+    assert run("-a", store, "ls").stdout.split() == ["calib"]
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert result.returncode == code, result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("archive: error: "), result.stderr
+    assert text in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, text", [
+    (["push", "{src}", "Bad Name", "1.0.0"], "invalid release name 'Bad Name'"),
+    (["push", "{src}", "calib", "1.0"], "invalid version '1.0'"),
+    (["push", "{tmp}/missing", "calib", "1.0.0"], "does not exist"),
+    (["push", "{tmp}/empty", "calib", "1.0.0"], "has no files"),
+    (["push", "{other}", "calib", "1.0.0"], "exists already with other content"),
+    (["pull", "calib", "^9"], "no version of 'calib' matches '^9' (have 1.0.0)"),
+    (["pull", "calib", ">>1"], "invalid version range '>>1'"),
+    (["pull", "nope"], "no release named 'nope'"),
+    (["show", "calib", "1.x.y"], "invalid version range"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(store: str, tmp_path: Path, args, text) -> None:
+    src = make_tree(tmp_path / "src", {"f": b"1"})
+    other = make_tree(tmp_path / "other", {"f": b"2"})
+    (tmp_path / "empty").mkdir()
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    before = snapshot(Path(store))
+    args = [a.format(src=src, tmp=tmp_path, other=other) for a in args]
+    one_line_error(run("-a", store, *args), 1, text)
+    assert snapshot(Path(store)) == before
+
+
+def test_locations_that_are_not_archives(tmp_path: Path, sample_folder: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    one_line_error(run("-a", str(tmp_path / "plain"), "push", str(sample_folder), "calib", "1.0.0"), 1,
+                   f"{tmp_path / 'plain'} is not an archive (create one with: archive init")
+    assert list((tmp_path / "plain").iterdir()) == []
+    one_line_error(run("-a", str(tmp_path / "missing"), "ls"), 1, "is not an archive")
+    assert not (tmp_path / "missing").exists()
+    one_line_error(run("-a", "ftp://host/x", "ls"), 1, "unsupported archive location")
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    result = run("-v", "-a", str(tmp_path / "missing"), "ls")
+    assert result.returncode == 1 and "Traceback" in result.stderr and "archive: error:" in result.stderr
+
+
+def test_usage_errors_exit_2(store: str) -> None:
+    result = run("-a", store, "push")
+    assert result.returncode == 2 and result.stderr.startswith("archive: error: ")
+    assert run("frobnicate").returncode == 2
+    bad_meta = run("-a", store, "push", ".", "calib", "1.0.0", "--meta", "novalue")
+    assert bad_meta.returncode == 2 and "KEY=VALUE" in bad_meta.stderr
+
+
+def test_help_and_version() -> None:
+    assert run("--help").returncode == 0 and "push" in run("--help").stdout
+    assert run("--version").stdout.startswith("archive, version")
+
+
+def test_pull_refuses_to_overwrite_local_changes(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"release"})
+    run("-a", store, "push", str(src), "calib", "1.0.0")
+    out = make_tree(tmp_path / "out", {"a.txt": b"my edit"})
+    one_line_error(run("-a", store, "pull", "calib", "--to", str(out)), 1, "a.txt")
+    assert (out / "a.txt").read_bytes() == b"my edit"
+    assert run("-a", store, "pull", "calib", "--to", str(out), "--force").returncode == 0
+    assert (out / "a.txt").read_bytes() == b"release"
+
+
+def test_sigint_exits_130(store: str, tmp_path: Path) -> None:
+    """Ctrl-C during a pull: exit status 130, one line, no partial file in the destination."""
+    import signal
+    import time
+
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
+    assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (Path(os.environ["ARCHIVE_CACHE_DIR"]) / "blobs").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the pull finished before the signal; make the data set bigger")
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "archive: interrupted"
+    for path in out.rglob("*") if out.exists() else []:
+        assert path.name.endswith(".bin") and path.read_bytes() == (big / path.name).read_bytes()

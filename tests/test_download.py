@@ -1,0 +1,151 @@
+"""Downloading: verified bytes only, never a partial file, never outside the destination."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from archive import layout
+from archive.cache import default_cache
+from archive.errors import DestinationConflictError, IntegrityError, InvalidPathError
+from archive.hashing import BlobId
+from archive.records import FileEntry, Release, canonical_json
+from tests.conftest import make_tree
+from tests.test_publish import snapshot
+
+FILES = {"a.txt": b"alpha", "sub/b.bin": os.urandom(100_000), "sub/c.txt": b"gamma"}
+
+
+@pytest.fixture
+def published(folder_archive, tmp_path: Path):
+    folder_archive.publish(make_tree(tmp_path / "src", FILES), "calib", "1.0.0", progress=False)
+    return folder_archive
+
+
+def corrupt_blob(arc, content: bytes, replacement: bytes) -> None:
+    path = arc.local_path(layout.blob_key(BlobId.of_bytes(content)))
+    path.chmod(0o644)
+    path.write_bytes(replacement)
+
+
+def test_pull_into_folder(published, tmp_path: Path) -> None:
+    out = published.download("calib", "^1", tmp_path / "out", progress=False)
+    assert snapshot(out) == FILES
+
+
+def test_pull_without_destination_gives_read_only_snapshot(published) -> None:
+    folder = published.download("calib", "1.0.0", progress=False)
+    assert folder.is_relative_to(default_cache().root)
+    assert snapshot(folder) == FILES
+    assert all(p.stat().st_mode & 0o222 == 0 for p in folder.rglob("*") if p.is_file())
+    assert published.download("calib", "1.0.0", progress=False) == folder
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "extended"])
+def test_corrupt_blob_in_archive_is_refused(published, tmp_path: Path, damage: str) -> None:
+    good = FILES["sub/b.bin"]
+    bad = {"flipped": bytes([good[0] ^ 1]) + good[1:], "truncated": good[:-1], "extended": good + b"x"}[damage]
+    corrupt_blob(published, good, bad)
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="blob"):
+        published.download("calib", "^1", out, progress=False)
+    assert not (out / "sub" / "b.bin").exists()
+    assert not list(default_cache().root.rglob(BlobId.of_bytes(good).hexdigest))
+
+
+def test_corrupt_cache_blob_is_evicted_and_fetched_again(published, tmp_path: Path) -> None:
+    published.download("calib", "^1", tmp_path / "first", progress=False)
+    cached = default_cache().path_of(BlobId.of_bytes(FILES["a.txt"]))
+    cached.chmod(0o644)
+    cached.write_bytes(b"rot")
+    out = published.download("calib", "^1", tmp_path / "second", progress=False)
+    assert snapshot(out) == FILES
+    assert cached.read_bytes() == FILES["a.txt"]
+
+
+def test_existing_identical_files_are_kept(published, tmp_path: Path) -> None:
+    out = make_tree(tmp_path / "out", {"a.txt": FILES["a.txt"], "mine.txt": b"keep me"})
+    inode = (out / "a.txt").stat().st_ino
+    published.download("calib", "^1", out, progress=False)
+    assert (out / "a.txt").stat().st_ino == inode
+    assert (out / "mine.txt").read_bytes() == b"keep me"
+
+
+def test_different_existing_file_needs_force(published, tmp_path: Path) -> None:
+    out = make_tree(tmp_path / "out", {"a.txt": b"local edit", "sub/c.txt": b"also edited"})
+    with pytest.raises(DestinationConflictError, match=r"2 file\(s\) .* a.txt, sub/c.txt .*--force") as info:
+        published.download("calib", "^1", out, progress=False)
+    assert info.value.paths == ["a.txt", "sub/c.txt"]
+    assert snapshot(out) == {"a.txt": b"local edit", "sub/c.txt": b"also edited"}
+    published.download("calib", "^1", out, force=True, progress=False)
+    assert snapshot(out) == FILES
+
+
+def hostile_release(arc, files: dict[str, FileEntry]) -> None:
+    """Store a record that bypasses the publisher's checks, as an attacker with write access could."""
+    obj = Release("calib", "6.6.6", "2026-01-01T00:00:00Z", {}, {}).to_json()
+    obj["files"] = {path: entry.to_json() for path, entry in files.items()}
+    data = canonical_json(obj)
+    arc.write_key(layout.blob_key(BlobId.of_bytes(data)), [data])
+    arc.write_key(layout.release_key("calib", "6.6.6"), [f"{BlobId.of_bytes(data)}\n".encode()])
+
+
+@pytest.mark.parametrize("path", ["../escape.txt", "/tmp/abs.txt", "sub/../../x", "C:/x", "a\\..\\..\\x"])
+def test_hostile_record_paths_write_nothing(published, tmp_path: Path, path: str) -> None:
+    entry = FileEntry(BlobId.of_bytes(FILES["a.txt"]), len(FILES["a.txt"]))
+    hostile_release(published, {"ok.txt": entry, path: entry})
+    out = tmp_path / "nest" / "out"
+    with pytest.raises(IntegrityError, match="unsafe path"):
+        published.download("calib", "6.6.6", out, progress=False)
+    assert not out.exists() and snapshot(tmp_path / "nest") == {}
+
+
+def test_symlink_in_destination_cannot_redirect_writes(published, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidPathError, match="outside"):
+        published.download("calib", "^1", out, progress=False)
+    assert list(outside.iterdir()) == []
+
+
+def test_record_under_wrong_name_is_refused(published, tmp_path: Path) -> None:
+    """A pointer for 2.0.0 that names the record of 1.0.0 (mix-and-match) is detected."""
+    published.write_key(layout.release_key("calib", "2.0.0"),
+                        [f"{published.release_id('calib', '1.0.0')}\n".encode()])
+    with pytest.raises(IntegrityError, match="stored as calib 2.0.0 describes calib 1.0.0"):
+        published.download("calib", "^2", tmp_path / "out", progress=False)
+
+
+def test_tampered_record_is_refused(published, tmp_path: Path) -> None:
+    record_id = published.release_id("calib", "1.0.0")
+    path = published.local_path(layout.blob_key(record_id))
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes().replace(b'"a.txt"', b'"A.txt"'))
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        published.download("calib", "^1", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch) -> None:
+    """Kill the copy midway through a file: the target path never holds a partial file."""
+    import archive.cache as cache_mod
+
+    real = cache_mod.BlobCache.verified_chunks
+
+    def dying(self, blob, size):
+        for i, chunk in enumerate(real(self, blob, size)):
+            yield chunk[: len(chunk) // 2]
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod.BlobCache, "verified_chunks", dying)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        published.download("calib", "^1", out, jobs=1, progress=False)
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    assert snapshot(published.download("calib", "^1", out, progress=False)) == FILES

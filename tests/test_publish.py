@@ -1,0 +1,185 @@
+"""Publishing: dedup, immutability, and every bad input refused with the archive untouched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import archive
+from archive.errors import (InvalidInputError, InvalidNameError, InvalidPathError, InvalidVersionError,
+                            ReleaseExistsError)
+from tests.conftest import count_blob_files, make_tree
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file of a folder with its content, to prove that nothing changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dedup_within_and_across_releases(folder_archive, sample_folder: Path, tmp_path: Path) -> None:
+    store = Path(folder_archive.location)
+    first = folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
+    # 5 files, 2 with the same content: 4 distinct blobs, plus 1 record blob.
+    assert len(first.files) == 5
+    assert count_blob_files(store) == 4 + 1
+
+    (sample_folder / "data" / "new.txt").write_bytes(b"one new file")
+    second = folder_archive.publish(sample_folder, "calib", "1.1.0", progress=False)
+    assert len(second.files) == 6
+    assert count_blob_files(store) == 4 + 1 + 1 + 1  # one new content blob, one new record
+
+
+def test_same_content_again_is_a_no_op(folder_archive, sample_folder: Path) -> None:
+    first = folder_archive.publish(sample_folder, "calib", "1.0.0", {"message": "m"}, progress=False)
+    before = snapshot(Path(folder_archive.location))
+    again = folder_archive.publish(sample_folder, "calib", "1.0.0", {"message": "m"}, progress=False)
+    assert again.record_id == first.record_id
+    assert snapshot(Path(folder_archive.location)) == before
+
+
+@pytest.mark.parametrize("change", ["content", "metadata", "extra file"])
+def test_existing_release_is_never_overwritten(folder_archive, sample_folder: Path, change: str) -> None:
+    folder_archive.publish(sample_folder, "calib", "1.0.0", {"message": "m"}, progress=False)
+    before = snapshot(Path(folder_archive.location))
+    metadata = {"message": "m"}
+    if change == "content":
+        (sample_folder / "readme.txt").write_bytes(b"changed")
+    elif change == "metadata":
+        metadata = {"message": "other"}
+    else:
+        (sample_folder / "more.txt").write_bytes(b"more")
+    with pytest.raises(ReleaseExistsError, match="calib 1.0.0 exists already with other content"):
+        folder_archive.publish(sample_folder, "calib", "1.0.0", metadata, progress=False)
+    assert snapshot(Path(folder_archive.location)) == before
+
+
+@pytest.mark.parametrize("name, version, error", [
+    ("Calib", "1.0.0", InvalidNameError), ("../x", "1.0.0", InvalidNameError),
+    ("calib", "1.0", InvalidVersionError), ("calib", "latest", InvalidVersionError),
+    ("calib", "1.0.0+b1", InvalidVersionError),
+])
+def test_bad_name_or_version_writes_nothing(folder_archive, sample_folder, name, version, error) -> None:
+    before = snapshot(Path(folder_archive.location))
+    with pytest.raises(error):
+        folder_archive.publish(sample_folder, name, version, progress=False)
+    assert snapshot(Path(folder_archive.location)) == before
+
+
+def test_bad_folders_write_nothing(folder_archive, tmp_path: Path) -> None:
+    before = snapshot(Path(folder_archive.location))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for folder, match in [(tmp_path / "missing", "does not exist"), (tmp_path / "empty", "no files"),
+                          (tmp_path / "file.txt", "is not a folder")]:
+        with pytest.raises(InvalidInputError, match=match):
+            folder_archive.publish(folder, "calib", "1.0.0", progress=False)
+    assert snapshot(Path(folder_archive.location)) == before
+
+
+def test_unreadable_file_writes_nothing(shared_tmp: Path) -> None:
+    """A file the publisher may not read stops the publish before anything is uploaded.
+
+    Root reads everything, so when the suite runs as root the publish runs in a forked child
+    that has dropped to an unprivileged user (see ``run_unprivileged``).
+    """
+    from tests.conftest import run_unprivileged
+
+    base = shared_tmp
+    src = make_tree(base / "src", {"ok.txt": b"fine", "secret.bin": b"s"})
+    (src / "secret.bin").chmod(0)
+    store = base / "store"
+
+    def attempt() -> str:
+        arc = archive.get_interface(store, create=True)
+        try:
+            arc.publish(src, "calib", "1.0.0", progress=False)
+        except InvalidInputError as exc:
+            return f"{str(exc)} | names={arc.names()} | blobs={sorted(p.name for p in (store / 'blobs').rglob('*') if p.is_file())}"
+        return "published"
+
+    assert run_unprivileged(attempt) == "cannot read 'secret.bin': Permission denied | names=[] | blobs=[]"
+
+
+def test_symlink_inside_is_stored_as_its_target(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"real/data.csv": b"1,2,3"})
+    (src / "alias.csv").symlink_to("real/data.csv")
+    (src / "linked-dir").symlink_to("real", target_is_directory=True)
+    release = folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    assert set(release.files) == {"real/data.csv", "alias.csv", "linked-dir/data.csv"}
+    assert len({e.blob for e in release.files.values()}) == 1
+
+
+@pytest.mark.parametrize("make_link", [
+    lambda src, outside: (src / "leak").symlink_to(outside / "secret.txt"),
+    lambda src, outside: (src / "leakdir").symlink_to(outside, target_is_directory=True),
+])
+def test_symlink_outside_is_refused(folder_archive, tmp_path: Path, make_link) -> None:
+    outside = make_tree(tmp_path / "outside", {"secret.txt": b"private"})
+    src = make_tree(tmp_path / "src", {"ok.txt": b"ok"})
+    make_link(src, outside)
+    with pytest.raises(InvalidInputError, match="outside the published folder"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    assert folder_archive.names() == []
+
+
+def test_symlink_loop_and_broken_link_are_refused(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"sub/f": b"x"})
+    (src / "sub" / "loop").symlink_to("..", target_is_directory=True)
+    with pytest.raises(InvalidInputError, match="loops back"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    (src / "sub" / "loop").unlink()
+    (src / "dangling").symlink_to("nowhere")
+    with pytest.raises(InvalidInputError, match="broken link"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+
+
+def test_special_files_are_refused(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"f": b"x"})
+    os.mkfifo(src / "pipe")
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+
+
+def test_names_that_clash_on_other_systems_are_refused(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"Data.txt": b"1", "data.txt": b"2"})
+    with pytest.raises(InvalidPathError, match="case-insensitive"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    nfd = make_tree(tmp_path / "nfd", {"caf\u00e9": b"1", "cafe\u0301": b"2"})
+    with pytest.raises(InvalidPathError, match="clash"):
+        folder_archive.publish(nfd, "calib", "1.0.0", progress=False)
+
+
+def test_nfd_file_names_are_recorded_in_nfc(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"cafe\u0301.txt": b"1"})
+    release = folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    assert list(release.files) == ["caf\u00e9.txt"]
+
+
+def test_file_changed_during_upload_fails_cleanly(folder_archive, sample_folder: Path, monkeypatch) -> None:
+    """A file rewritten between hashing and upload is caught by the upload's own hash check."""
+    import archive.publish as pub
+
+    real_upload = pub.upload_missing_blobs
+
+    def change_then_upload(arc, sources, entries, *args, **kwargs):
+        (sample_folder / "data" / "gains.csv").write_bytes(b"ch,gain\n1,0.50\n2,1.01\n")
+        return real_upload(arc, sources, entries, *args, **kwargs)
+
+    monkeypatch.setattr(pub, "upload_missing_blobs", change_then_upload)
+    with pytest.raises(archive.ArchiveError, match="gains.csv' changed while being published"):
+        folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
+    assert folder_archive.names() == []
+    assert folder_archive.list_keys("tmp") == []
+
+
+def test_index_files_list_every_version(folder_archive, sample_folder: Path) -> None:
+    from archive.index import _read_index
+
+    for version in ("1.0.0", "1.1.0", "2.0.0-rc.1"):
+        folder_archive.publish(sample_folder, "calib", version, progress=False)
+    index = _read_index(folder_archive, "releases/calib/index.json")
+    assert list(index["versions"]) == ["1.0.0", "1.1.0", "2.0.0-rc.1"]
+    assert index["versions"]["1.1.0"] == str(folder_archive.release_id("calib", "1.1.0"))
+    assert _read_index(folder_archive, "index.json")["names"] == ["calib"]
