@@ -96,7 +96,7 @@ def _wait_ready(proc: subprocess.Popen, port: int) -> bool:
     return False
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     """Stop exactly the process started here."""
     if proc.poll() is None:
         proc.terminate()
@@ -107,12 +107,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
-    """An OpenSSH server on 127.0.0.1 that accepts the test key for the current user."""
-    if not Path(SSHD).exists():
-        pytest.skip("sshd is not installed (scripts/install-test-deps.sh installs openssh-server)")
-    folder = tmp_path_factory.mktemp("sshd")
+def start_sshd(folder: Path) -> tuple[subprocess.Popen, SSHServer]:
+    """Start sshd from ``folder`` (keys made there) on a free port; used by tests and bench."""
     keygen(folder / "host_key", "test-host")
     client_key = keygen(folder / "client_key")
     shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
@@ -125,15 +121,24 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         if _wait_ready(proc, port):
             break
-        _stop(proc)
+        stop_process(proc)
     else:
-        pytest.fail(f"sshd did not start: {(folder / 'sshd.log').read_text()[-2000:]}")
+        raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()[-2000:]}")
     host_pub = (folder / "host_key.pub").read_text().split()
+    return proc, SSHServer("127.0.0.1", port, _current_user(), folder, client_key,
+                           f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """An OpenSSH server on 127.0.0.1 that accepts the test key for the current user."""
+    if not Path(SSHD).exists():
+        pytest.skip("sshd is not installed (scripts/install-test-deps.sh installs openssh-server)")
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
     try:
-        yield SSHServer("127.0.0.1", port, _current_user(), folder, client_key,
-                        f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}")
+        yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _current_user() -> str:
@@ -217,5 +222,5 @@ def ssh_agent(monkeypatch: pytest.MonkeyPatch, sshd: SSHServer, ssh_home: Path) 
         monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         yield sock
     finally:
-        _stop(proc)
+        stop_process(proc)
         shutil.rmtree(folder, ignore_errors=True)

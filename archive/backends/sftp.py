@@ -30,11 +30,13 @@ import logging
 import stat
 import threading
 import uuid
+from collections import deque
 from contextlib import contextmanager
 from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import paramiko
+from paramiko.sftp import CMD_DATA, CMD_EXTENDED, CMD_READ, int64
 
 from .. import layout
 from ..credentials import SSHConnector, resolve_target
@@ -45,7 +47,8 @@ from ..interface import ArchiveInterface, KeyInfo
 logger = logging.getLogger(__name__)
 KEYRING_SERVICE = "archive-sftp"
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead when reading: bounds memory per stream
-SFTP_REQUEST = 32 * 1024  # what OpenSSH's sftp-server answers per read request at most
+SFTP_REQUEST = 32 * 1024  # the size every SFTP server takes; more if limits@openssh.com allows
+MAX_REQUEST = 255 * 1024  # bigger requests cut per-request Python work: reads 2-4x faster here
 WINDOW_SIZE = 8 * 1024 * 1024  # SSH channel window: enough in flight to fill a fast link
 MAX_CONNECTING = 4  # below sshd's MaxStartups (10), which drops extra handshakes
 
@@ -81,17 +84,18 @@ class SFTPArchive(ArchiveInterface):
                 handle = conn.sftp.open(self.remote_path(key), "r")
                 size = handle.stat().st_size or 0
             with handle:  # only the reads are translated: the caller's own errors pass as they are
-                yield io.BufferedReader(_WindowedReader(handle, size, lambda: conn.errors(key)),
+                yield io.BufferedReader(_WindowedReader(conn, handle, size, lambda: conn.errors(key)),
                                         buffer_size=1024 * 1024)
 
     def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         target = self.remote_path(key)
         tmp = self.remote_path(f"{layout.TMP_DIR}/{uuid.uuid4().hex}.part")
-        with self._pool.session(key) as sftp:
+        with self._pool.borrow() as conn, conn.errors(key):
+            sftp = conn.sftp
             self._ensure_dir(sftp, self.remote_path(layout.TMP_DIR))
             self._ensure_dir(sftp, _parent(target))
             try:
-                size = _upload(sftp, tmp, chunks)
+                size = _upload(sftp, tmp, chunks, conn.write_size)
                 _confirm_size(sftp, tmp, size, key)
                 self._move_into_place(sftp, tmp, target, key, exclusive)
             except BaseException:
@@ -159,11 +163,12 @@ class SFTPArchive(ArchiveInterface):
             self._dirs.clear()
 
 
-def _upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes]) -> int:
+def _upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> int:
     """Stream ``chunks`` into a new file with pipelined writes; return the bytes written."""
     size = 0
     with sftp.open(path, "wx") as handle:
         handle.set_pipelined(True)
+        handle.MAX_REQUEST_SIZE = request_size  # an instance attribute that paramiko reads
         for chunk in chunks:
             handle.write(chunk)
             size += len(chunk)
@@ -175,6 +180,21 @@ def _confirm_size(sftp: paramiko.SFTPClient, path: str, size: int, key: str) -> 
     stored = sftp.stat(path).st_size
     if stored != size:
         raise BackendError(f"{key}: the server stored {stored} of {size} bytes")
+
+
+def _limits(sftp: paramiko.SFTPClient) -> tuple[int, int]:
+    """The read and write request sizes to use on this channel.
+
+    OpenSSH's server reports its limits (``limits@openssh.com``, about 256 KiB); others get
+    the 32 KiB every SFTP server accepts.
+    """
+    try:
+        _, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+    except OSError:
+        return SFTP_REQUEST, SFTP_REQUEST
+    msg.get_int64()  # max packet length
+    read, write = msg.get_int64(), msg.get_int64()
+    return min(read or MAX_REQUEST, MAX_REQUEST), min(write or MAX_REQUEST, MAX_REQUEST)
 
 
 def _remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
@@ -200,44 +220,75 @@ def _parent(path: str) -> str:
 
 
 class _WindowedReader(io.RawIOBase):
-    """Reads a remote file with up to :data:`READ_WINDOW` bytes of requests in flight.
+    """Reads a remote file with up to :data:`READ_WINDOW` bytes of read requests in flight.
 
-    paramiko's own ``prefetch`` asks for the whole file at once and buffers whatever arrives
-    ahead of the reader; asking one window at a time keeps memory flat for any file size.
+    paramiko's ``prefetch``/``readv`` ask for the whole file from a helper thread and buffer
+    whatever arrives ahead of the reader (memory grows with the file, and a dropped connection
+    kills that thread with a stray traceback). Here the reading thread keeps a sliding window
+    of requests itself: memory stays flat, and errors surface in the caller's ``read``.
     """
 
-    def __init__(self, handle: paramiko.SFTPFile, size: int, errors) -> None:
+    def __init__(self, conn: "_Connection", handle: paramiko.SFTPFile, size: int, errors) -> None:
         super().__init__()
-        self._handle, self._size, self._requested, self._errors = handle, size, 0, errors
-        self._blocks: Iterator[bytes] = iter(())
+        self._sftp, self._handle, self._size, self._errors = conn.sftp, handle, size, errors
+        self._request_size, self._offset = conn.read_size, 0  # next byte to ask for
+        self._pending: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
+        self._arrived: dict[int, bytes | BaseException] = {}
         self._buffer = b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target) -> int:
-        with self._errors():
-            return self._fill(target)
-
-    def _fill(self, target) -> int:
-        while not self._buffer:
-            block = next(self._blocks, None)
-            if block is None:
-                if self._requested >= self._size:
-                    return 0
-                self._blocks = self._next_window()
-            else:
-                self._buffer = block
+        if not self._buffer:
+            with self._errors():
+                self._buffer = self._next_block()
         n = min(len(target), len(self._buffer))
         target[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
         return n
 
-    def _next_window(self) -> Iterator[bytes]:
-        start = self._requested
-        end = min(self._size, start + READ_WINDOW)
-        self._requested = end
-        return self._handle.readv([(off, min(SFTP_REQUEST, end - off)) for off in range(start, end, SFTP_REQUEST)])
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        """Called by paramiko for each reply to one of our requests."""
+        if t == CMD_DATA:
+            self._arrived[num] = msg.get_string()
+            return
+        try:
+            self._sftp._convert_status(msg)
+            self._arrived[num] = OSError(f"unexpected SFTP reply {t} to a read")
+        except EOFError:
+            self._arrived[num] = b""
+        except OSError as exc:
+            self._arrived[num] = exc
+
+    def _next_block(self) -> bytes:
+        self._fill_window()
+        if not self._pending:
+            return b""
+        num, offset, length = self._pending.popleft()
+        while num not in self._arrived:
+            self._sftp._read_response()
+        data = self._arrived.pop(num)
+        if isinstance(data, BaseException):
+            raise data
+        if len(data) < length:  # a short read: the server caps replies lower, or the file shrank
+            self._restart_at(offset + len(data), len(data))
+        return data
+
+    def _fill_window(self) -> None:
+        while self._offset < self._size and len(self._pending) * self._request_size < READ_WINDOW:
+            length = min(self._request_size, self._size - self._offset)
+            num = self._sftp._async_request(self, CMD_READ, self._handle.handle, int64(self._offset), int(length))
+            self._pending.append((num, self._offset, length))
+            self._offset += length
+
+    def _restart_at(self, offset: int, served: int) -> None:
+        """Forget requests in flight after a short read and ask again from ``offset``."""
+        for num, _, _ in self._pending:
+            self._arrived.pop(num, None)
+        self._pending.clear()
+        self._offset = offset if served else self._size  # an empty reply means the end
+        self._request_size = max(served, 1024)
 
 
 class _Connection:
@@ -245,6 +296,7 @@ class _Connection:
 
     def __init__(self, transport: paramiko.Transport, sftp: paramiko.SFTPClient, host: str) -> None:
         self.transport, self.sftp, self.host = transport, sftp, host
+        self.read_size, self.write_size = _limits(sftp)
 
     @contextmanager
     def errors(self, key: str) -> Iterator[None]:
@@ -317,12 +369,13 @@ class _ConnectionPool:
         host = self._connector.target.hostname
         transport = self._connector.connect()
         try:
-            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE)
+            conn = _Connection(transport, paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE), host)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             transport.close()
             raise BackendUnavailableError(f"cannot reach {host}: no SFTP service ({_sftp_reason(exc)})") from exc
-        logger.debug("opened an SFTP connection to %s", self._location)
-        return _Connection(transport, sftp, host)
+        logger.debug("opened an SFTP connection to %s (requests of %d/%d bytes)", self._location,
+                     conn.read_size, conn.write_size)
+        return conn
 
     def _give_back(self, conn: _Connection) -> None:
         with self._lock:
