@@ -151,6 +151,51 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
         click.echo(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("range", required=False)
+@click.option("--full", is_flag=True, help="Re-hash every blob, not only check its size.")
+@click.option("--cache", "check_cache", is_flag=True, help="Verify the local cache instead (corrupt blobs are evicted).")
+@click.option("--repair", is_flag=True, help="Rewrite stale index files.")
+@click.pass_context
+def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool) -> None:
+    """Check that releases are sound: records valid, every blob present (and intact with --full)."""
+    if check_cache:
+        from .cache import default_cache
+        from .verify import verify_cache
+
+        report = verify_cache(default_cache(), jobs=ctx.obj["jobs"] or 4, progress=ctx.obj["progress"])
+        what = f"{report.blobs} cached blobs ({format_size(report.bytes)})"
+    else:
+        with _open(ctx) as arc:
+            report = arc.verify(name, range, full=full, repair=repair, jobs=ctx.obj["jobs"],
+                                progress=ctx.obj["progress"])
+        what = f"{report.releases} releases, {report.blobs} blobs ({format_size(report.bytes)})"
+    for line in report.warnings:
+        click.echo(f"warning: {line}")
+    for line in report.errors:
+        click.echo(f"error: {line}")
+    click.echo(f"verified {what}{' re-hashed' if full or check_cache else ''}: "
+               f"{len(report.errors)} problem(s)")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed.")
+@click.option("--grace", "grace_hours", type=click.FloatRange(min=0), default=24.0, show_default=True,
+              help="Keep anything younger than this many hours (protects publishes in flight).")
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
+    """Remove blobs no release references and stale temporary files."""
+    with _open(ctx) as arc:
+        report = arc.collect_garbage(grace_hours=grace_hours, dry_run=dry_run)
+    for key in report.removed:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {key}")
+    click.echo(f"{'would free' if dry_run else 'freed'} {format_size(report.bytes_freed)} in "
+               f"{len(report.removed)} objects ({report.kept_young} unreferenced but younger than {grace_hours:g} h kept)")
+
+
 def format_size(size: int) -> str:
     """Bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
     value = float(size)

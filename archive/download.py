@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import BlobCache, default_cache
-from .errors import DestinationConflictError, IntegrityError, InvalidInputError, InvalidPathError
+from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
+                     InvalidPathError)
 from .hashing import hash_file
 from .records import FileEntry, Release
 from .transfer import make_progress, run_jobs
@@ -104,9 +105,12 @@ def _existing_state(target: Path, entry: FileEntry) -> str:
         if target.is_dir() and not target.is_symlink():
             raise DestinationConflictError(f"{str(target)!r} is a folder where the release has a file", [str(target)])
         return "different"
-    if target.stat().st_size != entry.size:
-        return "different"
-    return "same" if hash_file(target)[0] == entry.blob else "different"
+    try:
+        if target.stat().st_size != entry.size:
+            return "different"
+        return "same" if hash_file(target)[0] == entry.blob else "different"
+    except OSError as exc:
+        raise DestinationError(f"cannot read {str(target)!r}: {exc.strerror or exc}") from exc
 
 
 def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEntry], workers: int,
@@ -137,19 +141,23 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement) -> No
 
 
 def _copy_out(cache: BlobCache, placement: Placement) -> None:
+    """Copy a cache blob to a temporary file beside the target, verified, then rename it."""
     target = placement.target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    safe_target(Path(os.path.realpath(target.parent)), target.name)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PART_SUFFIX)
     try:
-        with open(fd, "wb") as out:
-            for chunk in cache.verified_chunks(placement.entry.blob, placement.entry.size):
-                out.write(chunk)
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, target)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+        safe_target(Path(os.path.realpath(target.parent)), target.name)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PART_SUFFIX)
+        try:
+            with open(fd, "wb") as out:
+                for chunk in cache.verified_chunks(placement.entry.blob, placement.entry.size):
+                    out.write(chunk)
+            os.chmod(tmp_name, 0o666 & ~_umask())
+            os.replace(tmp_name, target)
+        except BaseException:
+            os.unlink(tmp_name)
+            raise
+    except OSError as exc:
+        raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
 
 
 _UMASK: int | None = None

@@ -74,7 +74,11 @@ class KeyExistsError(ArchiveError):
         self.key = key
 
 
-class DestinationConflictError(ArchiveError):
+class DestinationError(ArchiveError):
+    """Writing into the download destination failed (no space, no permission, ...)."""
+
+
+class DestinationConflictError(DestinationError):
     """Files in the destination differ from the release and would be overwritten."""
 
     def __init__(self, message: str, paths: list[str]) -> None:

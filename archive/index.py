@@ -42,6 +42,11 @@ def list_versions(arc: "ArchiveInterface", name: str) -> list[str]:
     """All versions of ``name`` (unsorted), from a listing where possible, else the index."""
     if arc.listable:
         return _listed_versions(arc, name)
+    return versions_in_index(arc, name)
+
+
+def versions_in_index(arc: "ArchiveInterface", name: str) -> list[str]:
+    """The versions the index file of ``name`` lists (empty if it has none)."""
     return list(_read_index(arc, layout.versions_index_key(name)).get("versions", {}))
 
 

@@ -233,6 +233,19 @@ class ArchiveInterface(ABC):
         return download(self, release, None if dest is None else Path(dest), force=force, jobs=jobs,
                         progress=progress)
 
+    def verify(self, name: str | None = None, range: str | None = None, *, full: bool = False,
+               repair: bool = False, jobs: int | None = None, progress: bool | None = None):
+        """Check releases and their blobs; see :func:`archive.verify.verify_archive`."""
+        from .verify import verify_archive
+
+        return verify_archive(self, name, range, full=full, repair=repair, jobs=jobs, progress=progress)
+
+    def collect_garbage(self, *, grace_hours: float = 24.0, dry_run: bool = False):
+        """Remove unreferenced blobs and stale temporaries; see :func:`archive.gc.collect_garbage`."""
+        from .gc import collect_garbage
+
+        return collect_garbage(self, grace_hours=grace_hours, dry_run=dry_run)
+
     @contextmanager
     def open(self, name: str, path: str, range: str = "*", *,
              include_prerelease: bool = False) -> Iterator[BinaryIO]:

@@ -38,14 +38,24 @@ class FileSystemArchive(ArchiveInterface):
         """The file that holds ``key``."""
         return self.root.joinpath(*key.split("/"))
 
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Turn ``OSError`` into the archive's errors at the backend boundary."""
+        try:
+            yield
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyNotFoundError(key) from None
+        except OSError as exc:
+            raise _backend_error(key, self.root, exc) from exc
+
     def stat_key(self, key: str) -> KeyInfo:
-        with _translate_errors(key):
+        with self._errors(key):
             info = os.stat(self.local_path(key))
         return KeyInfo(info.st_size, info.st_mtime)
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
-        with _translate_errors(key):
+        with self._errors(key):
             stream = open(self.local_path(key), "rb")
         with stream:
             yield stream
@@ -53,7 +63,7 @@ class FileSystemArchive(ArchiveInterface):
     def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         target = self.local_path(key)
         tmp_dir = self.local_path(layout.TMP_DIR)
-        with _translate_errors(key):
+        with self._errors(key):
             tmp_dir.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
@@ -71,10 +81,10 @@ class FileSystemArchive(ArchiveInterface):
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
-            raise _backend_error(prefix, exc) from exc
+            raise _backend_error(prefix, self.root, exc) from exc
 
     def delete_key(self, key: str) -> None:
-        with _translate_errors(key):
+        with self._errors(key):
             os.unlink(self.local_path(key))
 
 
@@ -112,18 +122,7 @@ def _sync_directory(path: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def _translate_errors(key: str) -> Iterator[None]:
-    """Turn ``OSError`` into the archive's errors at the backend boundary."""
-    try:
-        yield
-    except (FileNotFoundError, NotADirectoryError):
-        raise KeyNotFoundError(key) from None
-    except OSError as exc:
-        raise _backend_error(key, exc) from exc
-
-
-def _backend_error(key: str, exc: OSError) -> BackendError:
+def _backend_error(key: str, root: Path, exc: OSError) -> BackendError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFullError(f"no space left for {key}: {exc.strerror}")
-    return BackendError(f"{key}: {exc.strerror or exc}")
+        return StorageFullError(f"no space left for {key} in {root}: {exc.strerror}")
+    return BackendError(f"{root}/{key}: {exc.strerror or exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from archive import layout
 from archive.backends.filesystem import FileSystemArchive
 from archive.errors import NotAnArchiveError, StorageFullError
 from tests.backends.conformance import BackendContract
+from tests.conftest import make_tree
 
 
 class TestFileSystemContract(BackendContract):
@@ -38,17 +40,38 @@ def test_marker_names_the_format(folder_archive: FileSystemArchive) -> None:
     assert '"format":"archive"' in text and '"version":1' in text
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-def test_disk_full_is_a_one_line_backend_error(folder_archive: FileSystemArchive, monkeypatch) -> None:
-    import archive.backends.filesystem as fs
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """A real 1 MiB tmpfs mounted for the test (as root, as in CI), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; CI runs as root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
 
-    real_open = os.open
 
-    def open_full(path, flags, mode=0o777, **kw):
-        if str(path).endswith(".part"):
-            return real_open("/dev/full", os.O_WRONLY)
-        return real_open(path, flags, mode, **kw)
+def test_disk_full_on_publish_is_one_line_and_harmless(small_filesystem: Path, tmp_path: Path) -> None:
+    arc = archive.get_interface(small_filesystem / "store", create=True)
+    fits = make_tree(tmp_path / "fits", {"small.txt": b"x" * 1000})
+    arc.publish(fits, "calib", "1.0.0", progress=False)
+    big = make_tree(tmp_path / "big", {f"f{i}.bin": os.urandom(300_000) for i in range(5)})
+    with pytest.raises(StorageFullError, match="^no space left for blobs/sha256/"):
+        arc.publish(big, "calib", "2.0.0", progress=False, jobs=1)
+    assert arc.versions("calib") == ["1.0.0"]
+    assert arc.verify(full=True).ok
+    assert arc.list_keys(layout.TMP_DIR) == []
 
-    monkeypatch.setattr(fs.os, "open", open_full)
-    with pytest.raises(StorageFullError, match="no space left"):
-        folder_archive.write_key("blobs/sha256/bb/y", [b"x" * 100_000])
+
+def test_disk_full_on_download_leaves_no_partial_file(small_filesystem: Path, tmp_path: Path) -> None:
+    from archive.errors import DestinationError
+
+    arc = archive.get_interface(tmp_path / "store", create=True)
+    arc.publish(make_tree(tmp_path / "src", {"a.bin": os.urandom(600_000), "b.bin": os.urandom(600_000)}),
+                "calib", "1.0.0", progress=False)
+    out = small_filesystem / "out"
+    with pytest.raises(DestinationError, match="cannot write .*: No space left on device"):
+        arc.download("calib", "*", out, progress=False, jobs=1)
+    for path in out.rglob("*"):
+        assert not path.is_file() or path.stat().st_size == 600_000
