@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .cache import BlobCache, default_cache
 from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 PART_SUFFIX = ".archive-part"
+_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     if dest is None:
         return _snapshot(arc, release, cache, workers, progress)
     placements = plan(release, dest, force)
+    remove_stale_parts(placements)
     _umask()  # read once here, in one thread: reading it means setting it for a moment
     fetch_blobs(arc, cache, [p.entry for p in placements], workers, progress)
     run_jobs([lambda p=p: place(arc, cache, p) for p in placements], workers)
@@ -141,23 +145,57 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement) -> No
 
 
 def _copy_out(cache: BlobCache, placement: Placement) -> None:
-    """Copy a cache blob to a temporary file beside the target, verified, then rename it."""
+    """Copy a cache blob into place through a temporary file, verified as it is copied."""
     target = placement.target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_target(Path(os.path.realpath(target.parent)), target.name)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=PART_SUFFIX)
-        try:
-            with open(fd, "wb") as out:
-                for chunk in cache.verified_chunks(placement.entry.blob, placement.entry.size):
-                    out.write(chunk)
-            os.chmod(tmp_name, 0o666 & ~_umask())
-            os.replace(tmp_name, target)
-        except BaseException:
-            os.unlink(tmp_name)
-            raise
+        chunks = cache.verified_chunks(placement.entry.blob, placement.entry.size)
+        write_file_atomically(target, chunks, 0o666 & ~_umask())
     except OSError as exc:
         raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+
+
+def write_file_atomically(target: Path, chunks: Iterable[bytes], mode: int) -> None:
+    """Write ``chunks`` to ``target`` so that it is never seen partial.
+
+    The data goes to a hidden temporary file beside the target (same filesystem, so the rename
+    is atomic) and replaces the target only once complete; on any error the temporary file is
+    removed. A process killed with SIGKILL cannot clean up, so the next download into the same
+    folder removes what it left (:func:`remove_stale_parts`).
+    """
+    tmp_name = _temporary_name(target)
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+            os.fchmod(out.fileno(), mode)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _temporary_name(target: Path) -> str:
+    return str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}")
+
+
+def remove_stale_parts(placements: list[Placement]) -> None:
+    """Remove temporary files that a killed download left beside the files it was writing."""
+    wanted: dict[Path, set[str]] = {}
+    for placement in placements:
+        wanted.setdefault(placement.target.parent, set()).add(placement.target.name)
+    for folder, names in wanted.items():
+        try:
+            entries = [e.name for e in os.scandir(folder)]
+        except OSError:
+            continue
+        for entry in entries:
+            match = _PART.fullmatch(entry)
+            if match and match["name"] in names:
+                (folder / entry).unlink(missing_ok=True)
+                logger.info("removed %s, left by an interrupted download", folder / entry)
 
 
 _UMASK: int | None = None

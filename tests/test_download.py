@@ -149,3 +149,56 @@ def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, 
     assert [p for p in out.rglob("*") if p.is_file()] == []
     monkeypatch.undo()
     assert snapshot(published.download("calib", "^1", out, progress=False)) == FILES
+
+
+def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> None:
+    """SIGKILL a pull while it writes: only complete files under release paths, no leftovers;
+    the next pull completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    big = {f"f{i}.bin": os.urandom(8 << 20) for i in range(12)}
+    published.publish(make_tree(tmp_path / "big", big), "big", "1.0.0", progress=False)
+    default_cache_blobs = default_cache().root / "blobs"
+    published.download("big", "*", tmp_path / "warm", progress=False)  # cache filled: kill while writing dest
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", published.location, "-j", "1", "pull",
+                             "big", "--to", str(out)], stderr=subprocess.PIPE)
+    while not out.exists() and proc.poll() is None:
+        time.sleep(0.001)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the pull finished before the kill"
+    assert default_cache_blobs.exists()
+    leftovers = []
+    for path in out.rglob("*"):
+        if path.name.endswith(".archive-part"):
+            leftovers.append(path.name)  # the hidden temporary the killed writer could not remove
+        else:
+            assert path.read_bytes() == big[path.name], f"{path.name} is partial"
+    assert len(leftovers) <= 1
+    assert snapshot(published.download("big", "*", out, progress=False)) == big  # and no leftovers
+
+
+def test_stale_named_temporaries_are_removed_by_the_next_pull(published, tmp_path: Path) -> None:
+    out = make_tree(tmp_path / "out", {".a.txt.0123456789ab.archive-part": b"alph",
+                                       ".mine.0123456789ab.archive-part": b"not ours to touch"})
+    published.download("calib", "*", out, progress=False)
+    assert snapshot(out) == {**FILES, ".mine.0123456789ab.archive-part": b"not ours to touch"}
+
+
+def test_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
+    from archive.download import write_file_atomically
+
+    def failing():
+        yield b"half"
+        raise IntegrityError("boom")
+
+    with pytest.raises(IntegrityError):
+        write_file_atomically(tmp_path / "x", failing(), 0o644)
+    assert list(tmp_path.iterdir()) == []
+    write_file_atomically(tmp_path / "x", [b"whole"], 0o644)
+    assert [p.name for p in tmp_path.iterdir()] == ["x"] and (tmp_path / "x").read_bytes() == b"whole"
