@@ -109,11 +109,13 @@ def _user_name() -> str:
 @click.option("--to", "dest", type=click.Path(path_type=Path), help="Folder to write [default: a read-only folder in the cache].")
 @click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
+@click.option("--expect", metavar="RECORD_ID", help="Refuse the release unless its record id is this (sha256:...).")
 @click.pass_context
-def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool) -> None:
+def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool,
+         expect: str | None) -> None:
     """Download the highest version of NAME matching RANGE; print the folder."""
     with _open(ctx) as arc:
-        folder = arc.download(name, range, dest, force=force, include_prerelease=pre,
+        folder = arc.download(name, range, dest, force=force, include_prerelease=pre, expect=expect,
                               jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
     click.echo(str(folder))
 

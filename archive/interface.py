@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Iterable, Iterator, Mapping
 
 from . import layout
 from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
@@ -22,6 +22,9 @@ from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchin
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
 from .versions import parse_range, parse_version
+
+if TYPE_CHECKING:
+    from .pins import SeenRecords
 
 logger = logging.getLogger(__name__)
 MAX_POINTER_BYTES = 1024
@@ -52,6 +55,8 @@ class ArchiveInterface(ABC):
     def __init__(self, location: str) -> None:
         #: Where the archive lives, safe to show (no secrets).
         self.location = location
+        #: Record ids seen before (:mod:`archive.pins`); ``get_interface`` sets the user's.
+        self.seen: "SeenRecords | None" = None
 
     # ---------------------------------------------------------------- primitives
     @abstractmethod
@@ -179,6 +184,8 @@ class ArchiveInterface(ABC):
         if (release.name, release.version) != (name, version):
             raise IntegrityError(
                 f"record {record_id.short} stored as {name} {version} describes {release.name} {release.version}")
+        if self.seen is not None:
+            self.seen.check(self.location, name, version, record_id)
         return release
 
     def read_record(self, record_id: BlobId) -> Release:
@@ -194,8 +201,12 @@ class ArchiveInterface(ABC):
             raise IntegrityError(f"record {record_id.short}: content does not match its id")
         return parse_record(data, f"record {record_id.short}")
 
-    def resolve(self, name: str, range: str = "*", *, include_prerelease: bool = False) -> Release:
+    def resolve(self, name: str, range: str = "*", *, include_prerelease: bool = False,
+                expect: str | None = None) -> Release:
         """The release of ``name`` with the highest version matching ``range``.
+
+        ``expect`` pins the result: a record id (``sha256:...``) the release must have, as a
+        lock file would hold it; anything else raises :class:`IntegrityError`.
 
         Raises
         ------
@@ -212,7 +223,10 @@ class ArchiveInterface(ABC):
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")
             raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {shown})")
-        return self.get_release(name, best)
+        release = self.get_release(name, best)
+        if expect is not None and release.record_id != BlobId.parse(expect):
+            raise IntegrityError(f"{name} {best} has record {release.record_id.short}, expected {expect}")
+        return release
 
     def publish(self, folder: str | Path, name: str, version: str,
                 metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
@@ -224,12 +238,12 @@ class ArchiveInterface(ABC):
         return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress)
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
-                 force: bool = False, include_prerelease: bool = False, jobs: int | None = None,
-                 progress: bool | None = None) -> Path:
+                 force: bool = False, include_prerelease: bool = False, expect: str | None = None,
+                 jobs: int | None = None, progress: bool | None = None) -> Path:
         """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`."""
         from .download import download
 
-        release = self.resolve(name, range, include_prerelease=include_prerelease)
+        release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
         return download(self, release, None if dest is None else Path(dest), force=force, jobs=jobs,
                         progress=progress)
 

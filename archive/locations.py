@@ -57,6 +57,10 @@ def get_interface(location: str | os.PathLike[str] | None = None, *, create: boo
         arc.initialize()
     else:
         arc.check_archive()
+    from .cache import default_cache
+    from .pins import SeenRecords
+
+    arc.seen = SeenRecords(default_cache().root / "seen")
     return arc
 
 

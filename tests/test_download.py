@@ -202,3 +202,32 @@ def test_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     write_file_atomically(tmp_path / "x", [b"whole"], 0o644)
     assert [p.name for p in tmp_path.iterdir()] == ["x"] and (tmp_path / "x").read_bytes() == b"whole"
+
+
+def replace_release(arc, name: str, version: str, files: dict[str, bytes]) -> None:
+    """Swap the record behind an existing release for a valid one with other content, as
+    someone with write access to the storage (or a restore from another copy) could."""
+    entries = {}
+    for path, data in files.items():
+        blob = BlobId.of_bytes(data)
+        arc.write_key(layout.blob_key(blob), [data])
+        entries[path] = FileEntry(blob, len(data))
+    record = Release.create(name, version, entries)
+    arc.write_key(layout.blob_key(record.record_id), [record.to_bytes()])
+    arc.write_key(layout.release_key(name, version), [f"{record.record_id}\n".encode()])
+
+
+def test_release_changed_since_first_read_is_refused(published, tmp_path: Path) -> None:
+    published.download("calib", "1.0.0", tmp_path / "first", progress=False)
+    replace_release(published, "calib", "1.0.0", {"a.txt": b"evil"})
+    with pytest.raises(IntegrityError, match="calib 1.0.0 in .* has changed: record .* was read here before"):
+        published.download("calib", "1.0.0", tmp_path / "second", progress=False)
+    assert not (tmp_path / "second").exists()
+
+
+def test_expected_record_id_pins_a_download(published, tmp_path: Path) -> None:
+    record_id = str(published.release_id("calib", "1.0.0"))
+    published.download("calib", "1.0.0", tmp_path / "ok", expect=record_id, progress=False)
+    with pytest.raises(IntegrityError, match="expected sha256:0000"):
+        published.download("calib", "1.0.0", tmp_path / "bad", expect="sha256:" + "0" * 64, progress=False)
+    assert not (tmp_path / "bad").exists()
