@@ -25,7 +25,7 @@ from typing import Iterator
 
 import paramiko
 
-from .errors import AuthenticationError, BackendUnavailableError
+from .errors import AuthenticationError, BackendUnavailableError, HostKeyError
 
 logger = logging.getLogger(__name__)
 SSH_PORT = 22
@@ -113,7 +113,7 @@ def check_host_key(target: SSHTarget, known: paramiko.HostKeys, key: paramiko.PK
 
     Raises
     ------
-    AuthenticationError
+    HostKeyError
         The key is unknown or differs from the known one; the message shows the fingerprint
         and the command that trusts the host.
     """
@@ -125,10 +125,10 @@ def check_host_key(target: SSHTarget, known: paramiko.HostKeys, key: paramiko.PK
     trust = f"ssh-keyscan {port}{target.hostname} >> ~/.ssh/known_hosts"
     shown = f"{key.get_name()} {fingerprint(key)}"
     if entry:
-        raise AuthenticationError(
+        raise HostKeyError(
             f"host key of {target.host_key_name} has CHANGED (now {shown}); this may be an attack:"
             f" if the change is expected, run ssh-keygen -R '{target.host_key_name}' then {trust}")
-    raise AuthenticationError(
+    raise HostKeyError(
         f"host key of {target.host_key_name} is not known ({shown}); if that is the right key,"
         f" trust it with: {trust} (or connect once with ssh)")
 

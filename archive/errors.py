@@ -106,7 +106,11 @@ class AuthenticationError(BackendError):
     """The storage refused the credentials."""
 
 
-class BackendUnavailableError(BackendError):
+class HostKeyError(AuthenticationError):
+    """The server's host key is unknown or has changed; it is never accepted silently."""
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
     """The storage cannot be reached (network, server down). Transfers retry these."""
 
 

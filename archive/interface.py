@@ -58,6 +58,11 @@ class ArchiveInterface(ABC):
         #: Record ids seen before (:mod:`archive.pins`); ``get_interface`` sets the user's.
         self.seen: "SeenRecords | None" = None
 
+    @classmethod
+    def from_location(cls, location: str) -> "ArchiveInterface":
+        """The backend for a location string of its scheme (see :mod:`archive.locations`)."""
+        return cls(location)
+
     # ---------------------------------------------------------------- primitives
     @abstractmethod
     def stat_key(self, key: str) -> KeyInfo:

@@ -9,16 +9,20 @@ scatters blobs into a random folder.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidInputError
 from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
-_SCHEMES = {"": "filesystem", "file": "filesystem", "sftp": "sftp"}
+# scheme -> "module:class" in archive.backends, imported only when used (fast start-up)
+_BACKENDS = {"": "filesystem:FileSystemArchive", "file": "filesystem:FileSystemArchive",
+             "sftp": "sftp:SFTPArchive"}
+_PASSWORD = re.compile(r"//([^/@:]*):[^/@]*@")
 
 
 def default_location() -> str:
@@ -68,28 +72,16 @@ def make_backend(location: str) -> ArchiveInterface:
     """The backend object for ``location``, not yet checked for an archive."""
     if not location:
         raise InvalidInputError("empty archive location")
-    scheme = _scheme(location)
-    kind = _SCHEMES.get(scheme)
-    if kind is None:
-        raise InvalidInputError(f"unsupported archive location {location!r}: use a folder path or file:// URL")
-    if kind == "sftp":
-        from .backends.sftp import SFTPArchive
-
-        return SFTPArchive(location)
-    from .backends.filesystem import FileSystemArchive
-
-    return FileSystemArchive(_file_path(location) if scheme else location)
+    scheme = "" if "://" not in location else location.split("://", 1)[0].lower()
+    spec = _BACKENDS.get(scheme)
+    if spec is None:
+        raise InvalidInputError(f"unsupported archive location {redact(location)!r}:"
+                                f" use a folder path or a {', '.join(s + '://' for s in _BACKENDS if s)} URL")
+    module, _, name = spec.partition(":")
+    backend = getattr(importlib.import_module(f".backends.{module}", __package__), name)
+    return backend.from_location(location)
 
 
-def _scheme(location: str) -> str:
-    """The URL scheme, or '' for a plain path (including Windows drive paths like C:\\data)."""
-    if "://" not in location:
-        return ""
-    return location.split("://", 1)[0].lower()
-
-
-def _file_path(location: str) -> str:
-    parts = urlsplit(location)
-    if parts.netloc not in ("", "localhost"):
-        raise InvalidInputError(f"file:// URL with a host is not supported: {location!r}")
-    return unquote(parts.path)
+def redact(location: str) -> str:
+    """``location`` with any password in it replaced by ``***``, safe to show and log."""
+    return _PASSWORD.sub(r"//\1:***@", location)

@@ -16,9 +16,10 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
+from urllib.parse import unquote, urlsplit
 
 from .. import layout
-from ..errors import (BackendError, KeyExistsError, KeyNotFoundError, StorageFullError)
+from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ class FileSystemArchive(ArchiveInterface):
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
         super().__init__(str(self.root))
+
+    @classmethod
+    def from_location(cls, location: str) -> "FileSystemArchive":
+        """A plain path, or a ``file://`` URL (``file:///srv/archive``)."""
+        if "://" not in location:
+            return cls(location)
+        parts = urlsplit(location)
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidInputError(f"file:// URL with a host is not supported: {location!r}")
+        return cls(unquote(parts.path))
 
     def local_path(self, key: str) -> Path:
         """The file that holds ``key``."""
