@@ -20,6 +20,7 @@ from . import layout
 from .backends.filesystem import FileSystemArchive
 from .errors import KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
+from .statcache import StatCache
 from .transfer import with_retries
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class BlobCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
         self.store = FileSystemArchive(self.root)
+        #: Remembered hashes of files (published sources and cached blobs).
+        self.stat_cache = StatCache(self.root / "stat.sqlite")
 
     def __repr__(self) -> str:
         return f"BlobCache({str(self.root)!r})"

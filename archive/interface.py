@@ -237,10 +237,12 @@ class ArchiveInterface(ABC):
                 metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
                 progress: bool | None = None) -> Release:
         """Publish ``folder`` as release ``name`` ``version``; see :func:`archive.publish.publish`."""
+        from .cache import default_cache
         from .publish import publish
 
         self._check_writable()
-        return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress)
+        return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress,
+                       stat_cache=default_cache().stat_cache)
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,

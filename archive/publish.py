@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from .errors import (InvalidInputError, KeyExistsError, KeyNotFoundError, Releas
 from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths
+from .statcache import StatCache, identity
 from .transfer import make_progress, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -38,13 +40,16 @@ class SourceFile:
 
     path: str
     location: Path
-    size: int
-    mtime_ns: int
+    info: os.stat_result
+
+    @property
+    def size(self) -> int:
+        return self.info.st_size
 
 
 def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
             metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
-            progress: bool | None = None) -> Release:
+            progress: bool | None = None, stat_cache: StatCache | None = None) -> Release:
     """Publish ``folder`` as ``name`` ``version`` on ``arc`` and return the stored record.
 
     Publishing the same files and metadata again under an existing version is a no-op that
@@ -54,7 +59,7 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     check_name(name)
     version = check_release_version(version)
     sources = scan_folder(folder)
-    entries = hash_sources(sources, progress)
+    entries = hash_sources(sources, progress, stat_cache)
     release = Release.create(name, version, entries, metadata)
     existing = _existing_release(arc, release)
     if existing is not None:
@@ -100,7 +105,7 @@ def _walk(root: Path, directory: Path, prefix: str, ancestors: frozenset[Path]) 
                 raise InvalidInputError(f"{path!r} is a link that loops back to a folder containing it")
             yield from _walk(root, Path(entry.path), path + "/", ancestors | {real})
         elif stat.S_ISREG(info.st_mode):
-            yield SourceFile(path, Path(entry.path), info.st_size, info.st_mtime_ns)
+            yield SourceFile(path, Path(entry.path), info)
         else:
             raise InvalidInputError(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
 
@@ -120,9 +125,16 @@ def _stat_entry(root: Path, entry: os.DirEntry[str], path: str) -> os.stat_resul
         raise InvalidInputError(f"cannot read {path!r}: {exc.strerror}") from None
 
 
-def hash_sources(sources: list[SourceFile], progress: bool | None = None) -> dict[str, FileEntry]:
-    """Hash every file in parallel; a file that changes meanwhile fails the publish."""
-    bar = make_progress("hashing", sum(s.size for s in sources), len(sources), progress)
+def hash_sources(sources: list[SourceFile], progress: bool | None = None,
+                 known: StatCache | None = None) -> dict[str, FileEntry]:
+    """Hash every file in parallel, except those ``known`` remembers unchanged.
+
+    A file that changes while it is hashed fails the publish.
+    """
+    started = time.time_ns()
+    remembered = {s.path: known.lookup(s.location, s.info) for s in sources} if known else {}
+    todo = [s for s in sources if remembered.get(s.path) is None]
+    bar = make_progress("hashing", sum(s.size for s in todo), len(todo), progress)
     try:
         def job(source: SourceFile) -> FileEntry:
             entry = _hash_source(source)
@@ -130,10 +142,13 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None) -> dic
             bar.file_done()
             return entry
 
-        results = run_jobs([lambda s=s: job(s) for s in sources], os.cpu_count() or 2)
+        hashed = dict(zip((s.path for s in todo), run_jobs([lambda s=s: job(s) for s in todo], os.cpu_count() or 2)))
     finally:
         bar.close()
-    return {source.path: entry for source, entry in zip(sources, results)}
+    if known:
+        known.remember([(s.location, s.info, hashed[s.path].blob) for s in todo], started)
+    logger.debug("hashed %d files, %d unchanged since last time", len(todo), len(sources) - len(todo))
+    return {s.path: hashed.get(s.path) or FileEntry(remembered[s.path], s.size) for s in sources}
 
 
 def _hash_source(source: SourceFile) -> FileEntry:
@@ -142,7 +157,7 @@ def _hash_source(source: SourceFile) -> FileEntry:
         after = os.stat(source.location)
     except OSError as exc:
         raise InvalidInputError(f"cannot read {source.path!r}: {exc.strerror}") from None
-    if (size, after.st_size, after.st_mtime_ns) != (source.size, source.size, source.mtime_ns):
+    if size != source.size or identity(after) != identity(source.info):
         raise InvalidInputError(f"{source.path!r} changed while being published; publish again when it is stable")
     return FileEntry(blob_id, size)
 
