@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 from . import layout
 from .backends.filesystem import FileSystemArchive
-from .errors import KeyNotFoundError
+from .errors import IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .statcache import StatCache
 from .transfer import with_retries
@@ -58,27 +57,44 @@ class BlobCache:
             return
         logger.debug("fetching blob %s (%d bytes) from %s", blob.short, size, arc.location)
         with_retries(lambda: arc.copy_blob_to(blob, size, self.store, on_bytes), f"download of blob {blob.short}")
+        self._remember_verified(blob)
+
+    def verified_path(self, arc: "ArchiveInterface", blob: BlobId, size: int) -> Path:
+        """The cache file of ``blob``, known to be intact: fetched if missing; re-hashed unless
+        verified before and unchanged since; evicted and fetched again once if corrupt."""
+        self.fetch(arc, blob, size)
+        path = self.path_of(blob)
+        try:
+            if self.stat_cache.lookup(path, os.stat(path), with_ctime=False) == blob:
+                return path
+            self._check(blob, size)
+        except (IntegrityError, KeyNotFoundError, FileNotFoundError):
+            self.evict(blob)
+            self.fetch(arc, blob, size)
+            self._check(blob, size)
+        self._remember_verified(blob)
+        return path
+
+    def _check(self, blob: BlobId, size: int) -> None:
+        with self.store.open_key(layout.blob_key(blob)) as stream:
+            for _ in verified_chunks(iter_chunks(stream), blob, size, f"cached blob {blob.short}"):
+                pass
+
+    def _remember_verified(self, blob: BlobId) -> None:
+        """Note that the cache file of ``blob`` was verified as it is now. Cache files are written
+        only by us, whole, and read-only, so no racily-clean margin is needed (ctime is left out:
+        hard links to the file change it)."""
+        path = self.path_of(blob)
+        self.stat_cache.remember([(path, os.stat(path), blob)], hashed_at_ns=None, with_ctime=False)
 
     def evict(self, blob: BlobId) -> None:
         """Remove a blob found corrupt, so that the next fetch replaces it."""
         logger.warning("evicting corrupt blob %s from the cache %s", blob.short, self.root)
+        self.stat_cache.forget(self.path_of(blob))
         try:
             self.store.delete_key(layout.blob_key(blob))
         except KeyNotFoundError:
             pass
-
-    def verified_chunks(self, blob: BlobId, size: int) -> Iterator[bytes]:
-        """The blob's bytes, checked against its id and size as they are read."""
-        with self.store.open_key(layout.blob_key(blob)) as stream:
-            yield from verified_chunks(iter_chunks(stream), blob, size, f"cached blob {blob.short}")
-
-    @contextmanager
-    def open_verified(self, blob: BlobId, size: int) -> Iterator[BinaryIO]:
-        """Open a cached blob for reading after checking its whole content once."""
-        for _ in self.verified_chunks(blob, size):
-            pass
-        with self.store.open_key(layout.blob_key(blob)) as stream:
-            yield stream
 
     def snapshot_dir(self, name: str, version: str, record_id: BlobId) -> Path:
         """Where the read-only copy of a release lives; the record id keeps two archives'

@@ -110,13 +110,16 @@ def _user_name() -> str:
 @click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
 @click.option("--expect", metavar="RECORD_ID", help="Refuse the release unless its record id is this (sha256:...).")
+@click.option("--link", type=click.Choice(["auto", "reflink", "hard", "symlink", "copy"]), default="auto",
+              show_default=True, help="How files come from the cache: auto is reflink where the filesystem"
+              " can, else copy (never shared with the cache); hard and symlink are instant but read-only.")
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool,
-         expect: str | None) -> None:
+         expect: str | None, link: str) -> None:
     """Download the highest version of NAME matching RANGE; print the folder."""
     with _open(ctx) as arc:
         folder = arc.download(name, range, dest, force=force, include_prerelease=pre, expect=expect,
-                              jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+                              link=link, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
     click.echo(str(folder))
 
 

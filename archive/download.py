@@ -1,12 +1,13 @@
 """Downloading a release: fetch missing blobs into the cache, then materialize the files.
 
-Every byte written to a destination comes from a verified cache blob and is checked again on
-the way out. Each file is written to a temporary file beside its target and renamed over it
-only once complete and verified, so an interrupted download never leaves a partial or corrupt
-file under a release path. Files already there with the right content are kept; files with
-other content are only replaced with ``force``, and the whole download is refused before
-anything is written otherwise. Nothing is ever written outside the destination, whatever the
-record says and whatever symbolic links the destination holds.
+Every byte placed in a destination comes from a cache blob verified against its id: when it
+was fetched, and again before use unless the stat cache knows it unchanged since. Each file is
+placed through a temporary file beside its target and renamed over it only once complete, so
+an interrupted download never leaves a partial or corrupt file under a release path. Files
+already there with the right content are kept; files with other content are only replaced
+with ``force``, and otherwise the whole download is refused before anything is written.
+Nothing is ever written outside the destination, whatever the record says and whatever
+symbolic links the destination holds.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
+import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .cache import BlobCache, default_cache
-from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
-                     InvalidPathError)
-from .hashing import hash_file
+from .errors import DestinationConflictError, DestinationError, InvalidInputError, InvalidPathError
+from .hashing import BlobId, hash_file
+from .materialize import PART_SUFFIX, check_link_mode, place_file
 from .records import FileEntry, Release
 from .transfer import make_progress, run_jobs
 
@@ -32,8 +34,16 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
-PART_SUFFIX = ".archive-part"
 _PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
+
+
+class Existing(Enum):
+    """What a destination path holds before a download."""
+
+    ABSENT = "absent"
+    SAME = "the release's content, known from the stat cache"
+    SAME_BY_HASH = "the release's content, found by hashing"
+    DIFFERENT = "something else"
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,15 @@ class Placement:
 
 
 def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
-             jobs: int | None = None, progress: bool | None = None, cache: BlobCache | None = None) -> Path:
+             link: str = "auto", jobs: int | None = None, progress: bool | None = None,
+             cache: BlobCache | None = None) -> Path:
     """Materialize ``release`` into ``dest`` (or a read-only snapshot in the cache); return the folder.
+
+    Parameters
+    ----------
+    link
+        How files are placed: ``auto`` (reflink, else copy), ``reflink``, ``hard``, ``symlink``
+        or ``copy``; see :mod:`archive.materialize`.
 
     Raises
     ------
@@ -57,33 +74,41 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
         A blob does not match its id or size, in the archive or (twice) in the cache.
     """
     cache = cache or default_cache()
+    check_link_mode(link)
     workers = jobs or arc.max_workers
     if dest is None:
         return _snapshot(arc, release, cache, workers, progress)
-    placements = plan(release, dest, force)
+    placements = plan(release, dest, force, cache)
     remove_stale_parts(placements)
-    _umask()  # read once here, in one thread: reading it means setting it for a moment
+    file_mode = 0o666 & ~_umask()
     fetch_blobs(arc, cache, [p.entry for p in placements], workers, progress)
-    run_jobs([lambda p=p: place(arc, cache, p) for p in placements], workers)
+    started = time.time_ns()
+    run_jobs([lambda p=p: place(arc, cache, p, link, file_mode) for p in placements], workers)
+    _remember_placed(cache, placements, started)
     logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
     return dest
 
 
-def plan(release: Release, dest: Path, force: bool) -> list[Placement]:
+def plan(release: Release, dest: Path, force: bool, cache: BlobCache) -> list[Placement]:
     """The files to write into ``dest``: all but those already there with the same content."""
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
     root = Path(os.path.realpath(dest))
     todo: list[Placement] = []
     conflicts: list[str] = []
+    hashed_same: list[tuple[Path, os.stat_result, BlobId]] = []
+    started = time.time_ns()
     for path, entry in release.files.items():
         target = safe_target(root, path)
-        state = _existing_state(target, entry)
-        if state == "same":
+        state = _existing_state(target, entry, cache)
+        if state is Existing.SAME_BY_HASH:
+            hashed_same.append((target, target.stat(), entry.blob))
+        if state in (Existing.SAME, Existing.SAME_BY_HASH):
             continue
-        if state == "different":
+        if state is Existing.DIFFERENT:
             conflicts.append(path)
         todo.append(Placement(path, entry, target))
+    cache.stat_cache.remember(hashed_same, started)
     if conflicts and not force:
         shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
         raise DestinationConflictError(
@@ -101,18 +126,21 @@ def safe_target(root: Path, path: str) -> Path:
     return target
 
 
-def _existing_state(target: Path, entry: FileEntry) -> str:
-    """'absent', 'same' (a regular file with the release's content) or 'different'."""
+def _existing_state(target: Path, entry: FileEntry, cache: BlobCache) -> "Existing":
+    """What is at ``target`` now, compared with the release's file."""
     if not os.path.lexists(target):
-        return "absent"
+        return Existing.ABSENT
+    if target.is_dir() and not target.is_symlink():
+        raise DestinationConflictError(f"{str(target)!r} is a folder where the release has a file", [str(target)])
     if target.is_symlink() or not target.is_file():
-        if target.is_dir() and not target.is_symlink():
-            raise DestinationConflictError(f"{str(target)!r} is a folder where the release has a file", [str(target)])
-        return "different"
+        return Existing.DIFFERENT
     try:
-        if target.stat().st_size != entry.size:
-            return "different"
-        return "same" if hash_file(target)[0] == entry.blob else "different"
+        info = target.stat()
+        if info.st_size != entry.size:
+            return Existing.DIFFERENT
+        if cache.stat_cache.lookup(target, info) == entry.blob:
+            return Existing.SAME
+        return Existing.SAME_BY_HASH if hash_file(target)[0] == entry.blob else Existing.DIFFERENT
     except OSError as exc:
         raise DestinationError(f"cannot read {str(target)!r}: {exc.strerror or exc}") from exc
 
@@ -133,52 +161,27 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
         bar.close()
 
 
-def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement) -> None:
-    """Write one file from the cache; a corrupt cache blob is evicted and fetched again once."""
-    entry = placement.entry
-    try:
-        _copy_out(cache, placement)
-    except IntegrityError:
-        cache.evict(entry.blob)
-        cache.fetch(arc, entry.blob, entry.size)
-        _copy_out(cache, placement)
-
-
-def _copy_out(cache: BlobCache, placement: Placement) -> None:
-    """Copy a cache blob into place through a temporary file, verified as it is copied."""
+def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str, file_mode: int) -> None:
+    """Place one file from a verified cache blob, atomically."""
+    source = cache.verified_path(arc, placement.entry.blob, placement.entry.size)
     target = placement.target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_target(Path(os.path.realpath(target.parent)), target.name)
-        chunks = cache.verified_chunks(placement.entry.blob, placement.entry.size)
-        write_file_atomically(target, chunks, 0o666 & ~_umask())
+        place_file(source, target, link, file_mode)
     except OSError as exc:
         raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
 
 
-def write_file_atomically(target: Path, chunks: Iterable[bytes], mode: int) -> None:
-    """Write ``chunks`` to ``target`` so that it is never seen partial.
-
-    The data goes to a hidden temporary file beside the target (same filesystem, so the rename
-    is atomic) and replaces the target only once complete; on any error the temporary file is
-    removed. A process killed with SIGKILL cannot clean up, so the next download into the same
-    folder removes what it left (:func:`remove_stale_parts`).
-    """
-    tmp_name = _temporary_name(target)
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with open(fd, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-            os.fchmod(out.fileno(), mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _temporary_name(target: Path) -> str:
-    return str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}")
+def _remember_placed(cache: BlobCache, placements: list[Placement], started: int) -> None:
+    """Remember what was written, so the next pull into this folder need not re-hash it."""
+    entries = []
+    for placement in placements:
+        try:
+            entries.append((placement.target, os.stat(placement.target), placement.entry.blob))
+        except OSError:
+            continue
+    cache.stat_cache.remember(entries, started)
 
 
 def remove_stale_parts(placements: list[Placement]) -> None:
@@ -202,6 +205,7 @@ _UMASK: int | None = None
 
 
 def _umask() -> int:
+    """The process umask, read once (reading it means setting it for a moment: main thread only)."""
     global _UMASK
     if _UMASK is None:
         _UMASK = os.umask(0o022)
@@ -211,16 +215,17 @@ def _umask() -> int:
 
 def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, workers: int,
               progress: bool | None) -> Path:
-    """A read-only copy of the release in the cache, built aside and renamed into place whole."""
+    """A read-only copy of the release in the cache, built aside and renamed into place whole.
+
+    Its files are hard links to the (read-only) cache blobs: the snapshot belongs to the cache.
+    """
     final = cache.snapshot_dir(release.name, release.version, release.record_id)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
     try:
-        download(arc, release, building, jobs=workers, progress=progress, cache=cache)
-        for path in release.files:
-            os.chmod(building.joinpath(*path.split("/")), 0o444)
+        download(arc, release, building, link="hard", jobs=workers, progress=progress, cache=cache)
         os.rename(building, final)
     except OSError:
         if not final.is_dir():

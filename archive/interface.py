@@ -246,13 +246,13 @@ class ArchiveInterface(ABC):
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,
-                 jobs: int | None = None, progress: bool | None = None) -> Path:
+                 link: str = "auto", jobs: int | None = None, progress: bool | None = None) -> Path:
         """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`."""
         from .download import download
 
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
-        return download(self, release, None if dest is None else Path(dest), force=force, jobs=jobs,
-                        progress=progress)
+        return download(self, release, None if dest is None else Path(dest), force=force, link=link,
+                        jobs=jobs, progress=progress)
 
     def verify(self, name: str | None = None, range: str | None = None, *, full: bool = False,
                repair: bool = False, jobs: int | None = None, progress: bool | None = None):
@@ -277,9 +277,7 @@ class ArchiveInterface(ABC):
         entry = release.files.get(path)
         if entry is None:
             raise ReleaseNotFoundError(f"{release.name} {release.version} has no file {path!r}")
-        cache = default_cache()
-        cache.fetch(self, entry.blob, entry.size)
-        with cache.open_verified(entry.blob, entry.size) as stream:
+        with open(default_cache().verified_path(self, entry.blob, entry.size), "rb") as stream:
             yield stream
 
     def copy_blob_to(self, blob_id: BlobId, size: int, target: "ArchiveInterface", on_bytes=None) -> None:

@@ -45,7 +45,7 @@ class SeenRecords:
         return self.root / archive_key / name / version
 
     def _remember(self, note: Path, record_id: BlobId) -> None:
-        from .download import write_file_atomically
+        from .materialize import write_file_atomically
 
         try:
             note.parent.mkdir(parents=True, exist_ok=True)

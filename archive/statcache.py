@@ -66,11 +66,12 @@ class StatCache:
         except ValueError:
             return None
 
-    def remember(self, entries: list[tuple[Path, os.stat_result, BlobId]], hashed_at_ns: int,
+    def remember(self, entries: list[tuple[Path, os.stat_result, BlobId]], hashed_at_ns: int | None,
                  with_ctime: bool = True) -> None:
-        """Remember the hashes of files that had settled before they were hashed."""
-        rows = [(os.fsdecode(path), *identity(info, with_ctime), str(blob))
-                for path, info, blob in entries if is_settled(info, hashed_at_ns)]
+        """Remember the hashes of files that had settled before they were hashed at ``hashed_at_ns``
+        (None: files only this program writes, whole and read-only, which cannot be racy)."""
+        rows = [(os.fsdecode(path), *identity(info, with_ctime), str(blob)) for path, info, blob in entries
+                if hashed_at_ns is None or is_settled(info, hashed_at_ns)]
         if rows:
             self._execute_many("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 

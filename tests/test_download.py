@@ -9,7 +9,7 @@ import pytest
 
 from archive import layout
 from archive.cache import default_cache
-from archive.errors import DestinationConflictError, IntegrityError, InvalidPathError
+from archive.errors import DestinationConflictError, DestinationError, IntegrityError, InvalidPathError
 from archive.hashing import BlobId
 from archive.records import FileEntry, Release, canonical_json
 from tests.conftest import make_tree
@@ -132,20 +132,17 @@ def test_tampered_record_is_refused(published, tmp_path: Path) -> None:
 
 
 def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch) -> None:
-    """Kill the copy midway through a file: the target path never holds a partial file."""
-    import archive.cache as cache_mod
+    """Interrupt the copy midway through a file: the target path never holds a partial file."""
+    import archive.materialize as materialize
 
-    real = cache_mod.BlobCache.verified_chunks
+    def dying_copy(source, tmp):
+        Path(tmp).write_bytes(Path(source).read_bytes()[:10])
+        raise KeyboardInterrupt
 
-    def dying(self, blob, size):
-        for i, chunk in enumerate(real(self, blob, size)):
-            yield chunk[: len(chunk) // 2]
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cache_mod.BlobCache, "verified_chunks", dying)
+    monkeypatch.setattr(materialize.shutil, "copyfile", dying_copy)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        published.download("calib", "^1", out, jobs=1, progress=False)
+        published.download("calib", "^1", out, jobs=1, link="copy", progress=False)
     assert [p for p in out.rglob("*") if p.is_file()] == []
     monkeypatch.undo()
     assert snapshot(published.download("calib", "^1", out, progress=False)) == FILES
@@ -191,7 +188,7 @@ def test_stale_named_temporaries_are_removed_by_the_next_pull(published, tmp_pat
 
 
 def test_failed_write_leaves_no_temporary(tmp_path: Path) -> None:
-    from archive.download import write_file_atomically
+    from archive.materialize import write_file_atomically
 
     def failing():
         yield b"half"
@@ -231,3 +228,61 @@ def test_expected_record_id_pins_a_download(published, tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="expected sha256:0000"):
         published.download("calib", "1.0.0", tmp_path / "bad", expect="sha256:" + "0" * 64, progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("link", ["auto", "copy"])
+def test_independent_copies_never_touch_the_cache(published, tmp_path: Path, link: str) -> None:
+    out = published.download("calib", "*", tmp_path / "out", link=link, progress=False)
+    cached = default_cache().path_of(BlobId.of_bytes(FILES["a.txt"]))
+    assert (out / "a.txt").stat().st_ino != cached.stat().st_ino
+    (out / "a.txt").write_bytes(b"user edit")
+    assert cached.read_bytes() == FILES["a.txt"]
+
+
+def test_hard_links_share_the_read_only_cache_file(published, tmp_path: Path) -> None:
+    out = published.download("calib", "*", tmp_path / "out", link="hard", progress=False)
+    cached = default_cache().path_of(BlobId.of_bytes(FILES["sub/b.bin"]))
+    assert (out / "sub" / "b.bin").stat().st_ino == cached.stat().st_ino
+    assert (out / "sub" / "b.bin").stat().st_mode & 0o222 == 0
+
+
+def test_symlinks_point_into_the_cache(published, tmp_path: Path) -> None:
+    out = published.download("calib", "*", tmp_path / "out", link="symlink", progress=False)
+    link = out / "a.txt"
+    assert link.is_symlink() and Path(os.readlink(link)) == default_cache().path_of(BlobId.of_bytes(FILES["a.txt"]))
+    assert snapshot(out) == FILES
+
+
+def test_reflink_works_or_fails_in_one_line(published, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    try:
+        published.download("calib", "*", out, link="reflink", progress=False)
+    except DestinationError as exc:
+        assert "not supported" in str(exc) and "\n" not in str(exc)
+        assert [p for p in out.rglob("*") if p.is_file()] == []
+    else:
+        assert snapshot(out) == FILES
+
+
+def test_unknown_link_mode_is_refused(published, tmp_path: Path) -> None:
+    from archive.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="unknown link mode 'magic'"):
+        published.download("calib", "*", tmp_path / "out", link="magic", progress=False)
+
+
+def test_pulling_again_into_a_settled_folder_does_not_rehash(published, tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    import archive.download as download_module
+
+    out = published.download("calib", "*", tmp_path / "out", progress=False)
+    old = time.time() - 3600
+    for path in out.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    published.download("calib", "*", out, progress=False)  # remembers the settled files
+    calls = []
+    monkeypatch.setattr(download_module, "hash_file", lambda path: calls.append(path))
+    published.download("calib", "*", out, progress=False)
+    assert calls == []
