@@ -156,16 +156,15 @@ def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> Non
     import sys
     import time
 
-    big = {f"f{i}.bin": os.urandom(8 << 20) for i in range(12)}
+    big = {f"f{i}.bin": os.urandom(16 << 20) for i in range(16)}
     published.publish(make_tree(tmp_path / "big", big), "big", "1.0.0", progress=False)
     default_cache_blobs = default_cache().root / "blobs"
     published.download("big", "*", tmp_path / "warm", progress=False)  # cache filled: kill while writing dest
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", published.location, "-j", "1", "pull",
                              "big", "--to", str(out)], stderr=subprocess.PIPE)
-    while not out.exists() and proc.poll() is None:
-        time.sleep(0.001)
-    time.sleep(0.05)
+    while proc.poll() is None and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.0005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the pull finished before the kill"
