@@ -14,13 +14,14 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ContextManager, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from . import layout
 from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
                      NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError)
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
+from .transfer import reporting
 from .versions import parse_range, parse_version
 
 if TYPE_CHECKING:
@@ -280,17 +281,12 @@ class ArchiveInterface(ABC):
         with open(default_cache().verified_path(self, entry.blob, entry.size), "rb") as stream:
             yield stream
 
-    def copy_blob_to(self, blob_id: BlobId, size: int, target: "ArchiveInterface", on_bytes=None) -> None:
+    def copy_blob_to(self, blob_id: BlobId, size: int, target: "ArchiveInterface",
+                     on_bytes: Callable[[int], None] | None = None) -> None:
         """Copy one blob to ``target`` while verifying its content against its id and size."""
         key = layout.blob_key(blob_id)
         with self.open_key(key) as stream:
-            chunks = verified_chunks(_counting(iter_chunks(stream), on_bytes), blob_id, size,
+            chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), blob_id, size,
                                      f"blob {blob_id.short} in {self.location}")
             target.write_key(key, chunks)
 
-
-def _counting(chunks: Iterable[bytes], on_bytes) -> Iterator[bytes]:
-    for chunk in chunks:
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-        yield chunk

@@ -25,7 +25,7 @@ from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths
 from .statcache import StatCache, identity
-from .transfer import make_progress, run_jobs, with_retries
+from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
 if TYPE_CHECKING:
@@ -195,15 +195,9 @@ def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any) ->
     except OSError as exc:
         raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
     with stream:
-        chunks = verified_chunks(_advancing(iter_chunks(stream), bar), blob, src.size,
+        chunks = verified_chunks(reporting(iter_chunks(stream), bar.advance), blob, src.size,
                                  f"{src.path!r} changed while being published")
         arc.write_key(layout.blob_key(blob), chunks)
-
-
-def _advancing(chunks: Iterator[bytes], bar: Any) -> Iterator[bytes]:
-    for chunk in chunks:
-        bar.advance(len(chunk))
-        yield chunk
 
 
 def _existing_release(arc: "ArchiveInterface", release: Release) -> Release | None:

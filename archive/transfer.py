@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import BackendUnavailableError
 
@@ -119,3 +119,11 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEM
             logger.warning("%s failed (%s); retry %d of %d in %.1f s", what, exc, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def reporting(chunks: Iterable[bytes], advance: Callable[[int], None] | None) -> Iterator[bytes]:
+    """Pass chunks through, telling ``advance`` (a progress callback) how many bytes went by."""
+    for chunk in chunks:
+        if advance is not None:
+            advance(len(chunk))
+        yield chunk
