@@ -63,9 +63,8 @@ class TqdmProgress(Progress):
         super().__init__(description, total_bytes, total_files)
         from tqdm import tqdm  # imported here: the CLI starts faster without it
 
-        self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True,
-                         unit_divisor=1024, file=sys.stderr, leave=False, dynamic_ncols=True)
-        self._show_files()
+        self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+                         file=sys.stderr, leave=False, dynamic_ncols=True, postfix=f"0/{total_files} files")
 
     def _show_bytes(self, nbytes: int) -> None:
         self._bar.update(nbytes)

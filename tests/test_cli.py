@@ -144,3 +144,34 @@ def test_sigint_exits_130(store: str, tmp_path: Path) -> None:
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "archive: interrupted"
     for path in out.rglob("*") if out.exists() else []:
         assert path.name.endswith(".bin") and path.read_bytes() == (big / path.name).read_bytes()
+
+
+def test_progress_bars_only_on_a_terminal(store: str, tmp_path: Path) -> None:
+    """On a pseudo-terminal, push shows tqdm bars on stderr; through a pipe, nothing."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(50_000) for i in range(4)})
+    piped = run("-a", store, "push", str(src), "calib", "1.0.0")
+    assert piped.returncode == 0 and piped.stderr == ""
+
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "push", str(src), "calib", "1.1.0"],
+                            stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    out, _ = proc.communicate(timeout=60)
+    shown = b""
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        shown += data
+    os.close(primary)
+    assert proc.returncode == 0 and out.startswith("published calib 1.1.0")
+    assert b"hashing" in shown and b"195k" in shown and b"0/4 files" in shown
