@@ -45,6 +45,7 @@ class SSHTarget:
     identity_files: tuple[str, ...] = ()
     proxy_command: str | None = None
     known_hosts_files: tuple[str, ...] = ()
+    proxy_jump: str | None = None
 
     @property
     def host_key_name(self) -> str:
@@ -78,6 +79,7 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         config = paramiko.SSHConfig.from_path(str(path))
     entry = config.lookup(host)
     proxy = entry.get("proxycommand")
+    jump = entry.get("proxyjump")
     known = entry.get("userknownhostsfile")
     known_files = tuple(known.split()) if known else (str(ssh_dir() / "known_hosts"), str(ssh_dir() / "known_hosts2"))
     return SSHTarget(
@@ -88,6 +90,7 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         identity_files=tuple(entry.get("identityfile", ())),
         proxy_command=None if not proxy or proxy.lower() == "none" else proxy,
         known_hosts_files=tuple(str(Path(f).expanduser()) for f in known_files),
+        proxy_jump=None if not jump or jump.lower() == "none" else jump,
     )
 
 
@@ -196,44 +199,13 @@ class SSHConnector:
         AuthenticationError
             Unknown host key, or no key or password was accepted.
         """
-        transport = self._start()
+        transport = open_transport(self.target, self.window_size)
         try:
             self._authenticate(transport)
         except BaseException:
             transport.close()
             raise
         return transport
-
-    def _start(self) -> paramiko.Transport:
-        target = self.target
-        known = load_known_hosts(target)
-        sock = self._open_socket()
-        kwargs = {"default_window_size": self.window_size} if self.window_size else {}
-        transport = paramiko.Transport(sock, **kwargs)
-        try:
-            _prefer_known_key_types(transport, known.lookup(target.host_key_name))
-            transport.start_client(timeout=CONNECT_TIMEOUT)
-            check_host_key(target, known, transport.get_remote_server_key())
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            transport.close()
-            raise BackendUnavailableError(f"cannot reach {target.hostname}: {_reason(exc)}") from exc
-        except BaseException:
-            transport.close()
-            raise
-        return transport
-
-    def _open_socket(self) -> socket.socket | paramiko.ProxyCommand:
-        target = self.target
-        if target.proxy_command:
-            logger.debug("connecting to %s through ProxyCommand", target.alias)
-            return paramiko.ProxyCommand(target.proxy_command)
-        try:
-            sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: {_reason(exc)}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(None)
-        return sock
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         if not self._password_works and self._try_keys(transport):
@@ -264,7 +236,10 @@ class SSHConnector:
         except paramiko.BadAuthenticationType as exc:
             logger.debug("server refuses this method; it allows %s", exc.allowed_types)
             return False
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            if not transport.is_active():  # paramiko reports a connection lost mid-login as refused
+                raise BackendUnavailableError(f"cannot reach {self.target.hostname}: connection lost while logging"
+                                              " in") from exc
             return False
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {_reason(exc)}") from exc
@@ -287,6 +262,56 @@ class SSHConnector:
         logger.debug("%s: logged in with a password (%s)", self.target.account, source)
         if source == "prompt":
             store_password(self.keyring_service, self.target.account, password)
+
+
+def open_transport(target: SSHTarget, window_size: int | None = None) -> paramiko.Transport:
+    """A paramiko transport to ``target`` whose host key known_hosts lists; not yet logged in.
+
+    Raises
+    ------
+    BackendUnavailableError
+        The host cannot be reached or the SSH handshake broke off.
+    HostKeyError
+        The host key is unknown or changed.
+    """
+    known = load_known_hosts(target)
+    sock = _open_socket(target)
+    kwargs = {"default_window_size": window_size} if window_size else {}
+    transport = paramiko.Transport(sock, **kwargs)
+    try:
+        _prefer_known_key_types(transport, known.lookup(target.host_key_name))
+        transport.start_client(timeout=CONNECT_TIMEOUT)
+        check_host_key(target, known, transport.get_remote_server_key())
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        transport.close()
+        raise BackendUnavailableError(f"cannot reach {target.hostname}: {_reason(exc)}") from exc
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+def probe_host_key(target: SSHTarget) -> None:
+    """Raise the :class:`HostKeyError` (with fingerprint) that ``target``'s host key deserves.
+
+    Used after OpenSSH refused a host key, to tell the user which key it was: OpenSSH's own
+    message for an unknown key does not show it. Returns quietly when the key is known after
+    all; a host that cannot be reached directly raises :class:`BackendUnavailableError`.
+    """
+    open_transport(target).close()
+
+
+def _open_socket(target: SSHTarget) -> socket.socket | paramiko.ProxyCommand:
+    if target.proxy_command:
+        logger.debug("connecting to %s through ProxyCommand", target.alias)
+        return paramiko.ProxyCommand(target.proxy_command)
+    try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: {_reason(exc)}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock
 
 
 def _private_keys(target: SSHTarget, agent: paramiko.Agent) -> Iterator[paramiko.PKey]:

@@ -16,6 +16,7 @@ import pytest
 import archive
 from archive import layout
 from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
+from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
                             KeyNotFoundError)
 from tests.backends.conformance import BackendContract
@@ -25,10 +26,18 @@ from tests.sshd import LocalUser, SSHServer, free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(params=["ssh", "paramiko"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each transport in turn: the system ssh client as a child process, and paramiko's own."""
+    monkeypatch.setenv(TRANSPORT_ENV, request.param)
+    return request.param
+
+
 class TestSFTPContract(BackendContract):
     @pytest.fixture
-    def arc(self, tmp_path: Path, sshd: SSHServer, ssh_key_home: Path):
+    def arc(self, tmp_path: Path, sshd: SSHServer, ssh_key_home: Path, transport: str):
         with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+            assert arc.transport == transport
             yield arc
 
 
@@ -45,6 +54,7 @@ def test_key_and_host_from_ssh_config(sshd: SSHServer, ssh_home: Path, store: Pa
     (ssh_home / ".ssh" / "config").write_text(
         f"Host lab\n  HostName {sshd.host}\n  Port {sshd.port}\n  User {sshd.user}\n  IdentityFile {key}\n")
     with archive.get_interface(f"sftp://lab{store}", create=True) as arc:
+        assert arc.transport == "ssh"
         arc.write_bytes("releases/x/1.0.0", b"ptr")
     assert (store / "releases" / "x" / "1.0.0").read_bytes() == b"ptr"
 
@@ -67,6 +77,7 @@ def test_password_from_keyring(sshd: SSHServer, ssh_home: Path, password_user: L
     keyring.set_password(KEYRING_SERVICE, f"{password_user.name}@{sshd.host}", password_user.password)
     caplog.set_level(logging.DEBUG)
     with archive.get_interface(sshd.url("/~/store", user=password_user.name), create=True) as arc:
+        assert arc.transport == "paramiko"  # ssh found no key: paramiko logs in with the password
         arc.publish(make_tree(ssh_home / "src", {"a": b"alpha"}), "demo", "1.0.0", progress=False)
         assert arc.resolve("demo").version == "1.0.0"
     marker = password_user.home / "store" / layout.MARKER_KEY
@@ -108,7 +119,8 @@ def test_permission_denied_is_a_one_line_backend_error(sshd: SSHServer, ssh_key_
 
 
 # ------------------------------------------------------------------ host keys
-def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: SSHServer, ssh_key_home: Path, store: Path,
+                                                          transport: str) -> None:
     (ssh_key_home / ".ssh" / "known_hosts").write_text("")
     with pytest.raises(AuthenticationError) as info:
         archive.get_interface(sshd.url(store), create=True)
@@ -119,7 +131,8 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: SSHServer, ssh_k
     assert not store.exists()
 
 
-def test_changed_host_key_is_refused(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path, store: Path) -> None:
+def test_changed_host_key_is_refused(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path, store: Path,
+                                     transport: str) -> None:
     from tests.sshd import keygen
 
     other = keygen(tmp_path / "other_host_key").with_suffix(".pub").read_text().split()
@@ -130,20 +143,21 @@ def test_changed_host_key_is_refused(sshd: SSHServer, ssh_key_home: Path, tmp_pa
 
 
 # ------------------------------------------------------------------ connections and paths
-def test_unreachable_server_is_unavailable(ssh_key_home: Path, store: Path) -> None:
+def test_unreachable_server_is_unavailable(ssh_key_home: Path, store: Path, transport: str) -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(BackendUnavailableError, match=f"cannot reach 127.0.0.1:{port}"):
         archive.get_interface(f"sftp://127.0.0.1:{port}{store}")
 
 
-def test_dropped_connection_is_replaced(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+def test_dropped_connection_is_replaced(sshd: SSHServer, ssh_key_home: Path, store: Path, transport: str) -> None:
     with archive.get_interface(sshd.url(store), create=True) as arc:
         arc.write_bytes("releases/a/1.0.0", b"1")
         _drop_connections(arc)
         assert arc.read_key("releases/a/1.0.0", 10) == b"1"
 
 
-def test_connection_lost_mid_read_is_unavailable(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+def test_connection_lost_mid_read_is_unavailable(sshd: SSHServer, ssh_key_home: Path, store: Path,
+                                                  transport: str) -> None:
     with archive.get_interface(sshd.url(store), create=True) as arc:
         arc.write_key("blobs/sha256/aa/big", [os.urandom(1 << 20)] * 24)
         with pytest.raises(BackendUnavailableError, match="cannot reach"):
@@ -182,7 +196,8 @@ def test_url_path_rule(url: str, root: str) -> None:
     assert SFTPArchive(url).root == root
 
 
-@pytest.mark.parametrize("url", ["sftp://h", "sftp://h/", "sftp:///path", "sftp://h:99999/x"])
+@pytest.mark.parametrize("url", ["sftp://h", "sftp://h/", "sftp:///path", "sftp://h:99999/x",
+                                 "sftp://-oProxyCommand=x/path", "sftp://-lroot@h/path"])
 def test_bad_urls_are_invalid_input(url: str) -> None:
     with pytest.raises(InvalidInputError):
         SFTPArchive(url)
@@ -243,14 +258,23 @@ def _uid(name: str) -> int:
 
 
 def _drop_connections(arc: SFTPArchive) -> None:
-    """Cut the TCP connections under the archive, as a network failure would."""
+    """Cut the connections under the archive, as a network failure would.
+
+    paramiko's TCP sockets are shut down; an ssh child is killed (its pipes see EOF at once).
+    """
     import gc
+    import signal
 
     import paramiko
 
+    from archive.backends.sftp_pipe import SSHPipe
+
     dropped = 0
     for obj in gc.get_objects():
-        if isinstance(obj, paramiko.Transport) and obj.is_active():
+        if isinstance(obj, SSHPipe) and obj.is_active():
+            os.kill(obj.pid, signal.SIGKILL)
+            dropped += 1
+        elif isinstance(obj, paramiko.Transport) and obj.is_active():
             try:
                 obj.sock.shutdown(socket.SHUT_RDWR)
                 dropped += 1

@@ -1,0 +1,242 @@
+"""SFTP connections for :class:`~archive.backends.sftp.SFTPArchive`: two transports and a pool.
+
+A connection is one SFTP session on one SSH connection, used by one thread at a time. It runs
+over one of two transports, picked once per archive:
+
+* the system ``ssh`` client as a child process (:mod:`archive.backends.sftp_pipe`), whenever
+  an ``ssh`` binary exists and it logs in without a password (keys, agent, ssh_config). Its
+  C crypto runs on its own core: on loopback this is what reaches OpenSSH's own speed;
+* paramiko's own SSH transport (:mod:`archive.credentials`) otherwise: a password in the URL,
+  a password from the keyring or a prompt, or no ``ssh`` on this machine.
+
+``$ARCHIVE_SFTP_TRANSPORT`` (``ssh`` or ``paramiko``) forces one of them; ``auto`` (the
+default) tries ssh first and falls back to paramiko only when ssh's keys were refused.
+Errors of both are mapped here to :mod:`archive.errors`, at the backend boundary.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import paramiko
+
+from ..credentials import SSHConnector, SSHTarget
+from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
+from .sftp_io import free_space, server_limits
+from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
+
+logger = logging.getLogger(__name__)
+TRANSPORT_ENV = "ARCHIVE_SFTP_TRANSPORT"
+WINDOW_SIZE = 8 * 1024 * 1024  # paramiko's SSH channel window: enough in flight to fill a fast link
+MAX_CONNECTING = 4  # below sshd's MaxStartups (10), which drops extra handshakes
+
+
+class Link(Protocol):
+    """What a connection needs of its transport: :class:`paramiko.Transport` or :class:`SSHPipe`."""
+
+    def is_active(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to connect, as the URL said it (ssh applies ``~/.ssh/config`` to this itself)."""
+
+    host: str
+    user: str | None
+    port: int | None
+    password: str | None
+
+
+class Connection:
+    """One SFTP session on one SSH connection, used by one thread at a time."""
+
+    def __init__(self, link: Link, sftp: paramiko.SFTPClient, host: str) -> None:
+        self.link, self.sftp, self.host = link, sftp, host
+        self.read_size, self.write_size = server_limits(sftp)
+
+    def alive(self) -> bool:
+        return self.link.is_active()
+
+    def close(self) -> None:
+        self.link.close()
+
+    def broken(self, exc: BaseException) -> bool:
+        """True if ``exc`` (or the state of the link) means this connection is gone."""
+        lost = (EOFError, paramiko.SSHException, ConnectionError, paramiko.SFTPError)
+        return isinstance(exc, lost) or not self.alive()
+
+    @contextmanager
+    def errors(self, key: str) -> Iterator[None]:
+        """Turn paramiko, pipe and socket errors into the archive's errors for ``key``.
+
+        A broken connection is closed here, so the pool drops it and a retry reconnects.
+        """
+        try:
+            yield
+        except FileNotFoundError:
+            raise KeyNotFoundError(key) from None
+        except ArchiveError:
+            raise
+        except (EOFError, paramiko.SSHException, paramiko.SFTPError, OSError) as exc:
+            if self.broken(exc):
+                raise BackendUnavailableError(f"cannot reach {self.host}: {self._lost_reason(exc)}") from exc
+            if isinstance(exc, PermissionError):
+                raise BackendError(f"{key}: permission denied on {self.host}") from exc
+            raise BackendError(f"{key}: {sftp_reason(exc)} on {self.host}") from exc
+
+    def _lost_reason(self, exc: BaseException) -> str:
+        if isinstance(self.link, SSHPipe):
+            return self.link.reason()
+        self.close()
+        return sftp_reason(exc)
+
+    def storage_full(self, exc: BaseException, folder: str) -> bool:
+        """True if ``exc`` of a write means the server's disk is full.
+
+        OpenSSH's server reports ENOSPC as a bare "Failure"; a failure while (almost) no space
+        is left in ``folder`` is taken for one. Call it before removing the failed file.
+        """
+        if not isinstance(exc, OSError) or isinstance(exc, PermissionError):
+            return False
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        try:
+            free = free_space(self.sftp, folder)
+        except (EOFError, paramiko.SSHException, OSError):
+            return False
+        return free is not None and free < max(self.write_size, 64 * 1024)
+
+
+class Connector:
+    """Opens connections over the transport that works, decided on the first connection."""
+
+    def __init__(self, endpoint: Endpoint, target: SSHTarget, keyring_service: str) -> None:
+        self.target = target
+        self._endpoint = endpoint
+        self._requested = _requested_transport(endpoint)
+        self._chosen: str | None = None if self._requested == "auto" else self._requested
+        self._ssh = find_ssh()
+        self._paramiko = SSHConnector(target, endpoint.password, keyring_service=keyring_service,
+                                      window_size=WINDOW_SIZE)
+
+    @property
+    def transport(self) -> str:
+        """``ssh`` or ``paramiko`` once decided; ``auto`` before the first connection."""
+        return self._chosen or "auto"
+
+    def open(self) -> Connection:
+        """A new connection; see :func:`archive.backends.sftp_pipe.open_pipe_sftp` for errors."""
+        if self._chosen in (None, "ssh"):
+            try:
+                conn = self._open_pipe()
+                self._chosen = "ssh"
+                return conn
+            except KeysRefusedError:
+                if self._chosen == "ssh":
+                    raise
+                logger.debug("%s: ssh found no usable key; logging in with paramiko", self.target.account)
+                self._chosen = "paramiko"
+        return self._open_paramiko()
+
+    def _open_pipe(self) -> Connection:
+        if self._ssh is None:
+            raise InvalidInputError(f"{TRANSPORT_ENV}=ssh, but there is no ssh client on PATH")
+        e = self._endpoint
+        pipe, sftp = open_pipe_sftp(ssh_command(self._ssh, self.target, e.host, e.user, e.port), self.target)
+        try:
+            return Connection(pipe, sftp, self.target.hostname)
+        except (EOFError, paramiko.SSHException, OSError) as exc:
+            raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {pipe.reason()}") from exc
+
+    def _open_paramiko(self) -> Connection:
+        host = self.target.hostname
+        transport = self._paramiko.connect()
+        try:
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE)
+            return Connection(transport, sftp, host)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport.close()
+            raise BackendUnavailableError(f"cannot reach {host}: no SFTP service ({sftp_reason(exc)})") from exc
+
+
+def _requested_transport(endpoint: Endpoint) -> str:
+    """``ssh``, ``paramiko`` or ``auto`` from the environment and what the URL needs."""
+    requested = os.environ.get(TRANSPORT_ENV, "auto").strip().lower() or "auto"
+    if requested not in ("auto", "ssh", "paramiko"):
+        raise InvalidInputError(f"{TRANSPORT_ENV} must be auto, ssh or paramiko, not {requested!r}")
+    if requested == "auto" and (endpoint.password or os.name != "posix" or find_ssh() is None):
+        return "paramiko"  # ssh cannot take a password without a terminal
+    return requested
+
+
+class ConnectionPool:
+    """Connections lent to one thread at a time.
+
+    A connection is opened when every open one is busy and kept for reuse afterwards, so the
+    pool grows to the number of threads that use it at once. A connection that broke is
+    dropped; the next borrower gets a fresh one.
+    """
+
+    def __init__(self, connector: Connector, location: str) -> None:
+        self.connector, self._location = connector, location
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._connecting = threading.BoundedSemaphore(MAX_CONNECTING)
+        self._closed = False
+
+    @contextmanager
+    def borrow(self) -> Iterator[Connection]:
+        """Lend a connection for the duration of the block."""
+        conn = self._take()
+        try:
+            yield conn
+        finally:
+            self._give_back(conn)
+
+    @contextmanager
+    def session(self, key: str) -> Iterator[paramiko.SFTPClient]:
+        """Borrow an SFTP client; errors inside are mapped to archive errors for ``key``."""
+        with self.borrow() as conn, conn.errors(key):
+            yield conn.sftp
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _take(self) -> Connection:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.alive():
+                    return conn
+                conn.close()
+        with self._connecting:
+            conn = self.connector.open()
+        logger.debug("opened an SFTP connection to %s over %s (requests of %d/%d bytes)", self._location,
+                     self.connector.transport, conn.read_size, conn.write_size)
+        return conn
+
+    def _give_back(self, conn: Connection) -> None:
+        with self._lock:
+            if conn.alive() and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+def sftp_reason(exc: BaseException) -> str:
+    """One line from an SFTP status (``Failure``, ``Permission denied``...) or socket error."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on the server"
+    text = " ".join(str(getattr(exc, "strerror", None) or str(exc)).split()).rstrip(": ")
+    return text or type(exc).__name__

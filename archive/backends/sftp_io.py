@@ -1,0 +1,251 @@
+"""SFTP file transfer with many requests in flight, on any transport paramiko's SFTP client runs on.
+
+paramiko's own pipelined ``SFTPFile.write`` checks the server's replies only now and then and
+never after the last hundred writes or on close, so a failed write (a full disk) could pass
+unnoticed; its ``prefetch`` buffers whole files in a helper thread. The classes here keep a
+bounded window of requests in flight from the calling thread, check every reply, and raise
+errors where the caller can map them. They use paramiko's message code
+(``_async_request``/``_read_response``), so they work the same over an SSH channel and over
+the pipes of an ``ssh -s sftp`` child.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import deque
+from typing import Callable, ContextManager, Iterable
+
+import paramiko
+from paramiko.sftp import (CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT,
+                           CMD_FSTAT, CMD_HANDLE, CMD_OPEN, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_FLAG_CREATE,
+                           SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE, int64)
+
+logger = logging.getLogger(__name__)
+READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead when reading: bounds memory per stream
+WRITE_WINDOW = 4 * 1024 * 1024  # bytes of writes not yet acknowledged
+SFTP_REQUEST = 32 * 1024  # the size every SFTP server takes; more if limits@openssh.com allows
+MAX_REQUEST = 255 * 1024  # bigger requests cut per-request Python work: reads 2-4x faster here
+NEW_FILE = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+EXISTING_FILE = SFTP_FLAG_READ | SFTP_FLAG_WRITE
+
+
+def server_limits(sftp: paramiko.SFTPClient) -> tuple[int, int]:
+    """The read and write request sizes to use on this session.
+
+    OpenSSH's server reports its limits (``limits@openssh.com``, about 256 KiB); others get
+    the 32 KiB every SFTP server accepts.
+    """
+    try:
+        _, msg = sftp._request(CMD_EXTENDED, "limits@openssh.com")
+    except OSError:
+        return SFTP_REQUEST, SFTP_REQUEST
+    msg.get_int64()  # max packet length
+    read, write = msg.get_int64(), msg.get_int64()
+    return min(read or MAX_REQUEST, MAX_REQUEST), min(write or MAX_REQUEST, MAX_REQUEST)
+
+
+def free_space(sftp: paramiko.SFTPClient, path: str) -> int | None:
+    """Bytes available to us on the server's filesystem at ``path``; None if it won't say.
+
+    OpenSSH reports a full disk as a bare "Failure"; ``statvfs@openssh.com`` tells why.
+    """
+    try:
+        t, msg = sftp._request(CMD_EXTENDED, "statvfs@openssh.com", path)
+    except OSError as exc:
+        logger.debug("statvfs of %s refused: %s", path, exc)
+        return None
+    if t != CMD_EXTENDED_REPLY:
+        return None
+    _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+    return bavail * frsize
+
+
+def open_handle(sftp: paramiko.SFTPClient, path: str, flags: int) -> bytes:
+    """Open ``path`` with SFTP ``flags`` and return the server's handle."""
+    t, msg = sftp._request(CMD_OPEN, path, flags, paramiko.SFTPAttributes())
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError(f"unexpected SFTP reply {t} to open")
+    return msg.get_binary()
+
+
+def close_handle(sftp: paramiko.SFTPClient, handle: bytes) -> None:
+    """Close a handle; unlike paramiko's ``SFTPFile.close`` an error is raised, not ignored."""
+    sftp._request(CMD_CLOSE, handle)
+
+
+def close_quietly(sftp: paramiko.SFTPClient, handle: bytes) -> None:
+    """Close a handle after another error, which must not be masked: a failure is only logged."""
+    try:
+        close_handle(sftp, handle)
+    except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as exc:
+        logger.debug("closing a handle after an error failed too: %s", exc)
+
+
+def remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
+    """Remove a temporary file after a failed write; a failure here is logged, not raised."""
+    try:
+        sftp.remove(path)
+    except FileNotFoundError:
+        return
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        logger.warning("could not remove temporary file %s: %s", path, exc)
+
+
+def upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> int:
+    """Stream ``chunks`` into a new file with pipelined writes; return the bytes written."""
+    handle = open_handle(sftp, path, NEW_FILE)
+    writer = PipelinedWriter(sftp, handle, request_size)
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.finish()
+    except BaseException:
+        close_quietly(sftp, handle)
+        raise
+    close_handle(sftp, handle)
+    return writer.offset
+
+
+def file_size(sftp: paramiko.SFTPClient, handle: bytes) -> int:
+    """The size of an open file (``fstat``)."""
+    t, msg = sftp._request(CMD_FSTAT, handle)
+    if t != CMD_ATTRS:
+        raise paramiko.SFTPError(f"unexpected SFTP reply {t} to fstat")
+    return paramiko.SFTPAttributes._from_msg(msg).st_size or 0
+
+
+def truncate_handle(sftp: paramiko.SFTPClient, handle: bytes, size: int) -> None:
+    attrs = paramiko.SFTPAttributes()
+    attrs.st_size = size
+    sftp._request(CMD_FSETSTAT, handle, attrs)
+
+
+class PipelinedWriter:
+    """Writes at increasing offsets with up to :data:`WRITE_WINDOW` bytes unacknowledged.
+
+    Every reply is checked: the first failed write raises in :meth:`write` or :meth:`finish`.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, handle: bytes, request_size: int, offset: int = 0) -> None:
+        self.offset = offset
+        self._sftp, self._handle, self._request_size = sftp, handle, request_size
+        self._pending: deque[tuple[int, int]] = deque()  # (request number, length)
+        self._in_flight = 0
+        self._replies: dict[int, BaseException | None] = {}
+
+    def write(self, data: bytes) -> None:
+        step = self._request_size
+        for start in range(0, len(data), step):
+            piece = data if len(data) <= step else data[start:start + step]
+            num = self._sftp._async_request(self, CMD_WRITE, self._handle, int64(self.offset), piece)
+            self._pending.append((num, len(piece)))
+            self.offset += len(piece)
+            self._in_flight += len(piece)
+            while self._in_flight > WRITE_WINDOW:
+                self._settle_oldest()
+
+    def finish(self) -> None:
+        """Wait for every reply; raise the first failure."""
+        while self._pending:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        num, length = self._pending.popleft()
+        while num not in self._replies:
+            self._sftp._read_response()
+        self._in_flight -= length
+        failure = self._replies.pop(num)
+        if failure is not None:
+            raise failure
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        """Called by paramiko for each reply to one of our requests."""
+        if t != CMD_STATUS:
+            self._replies[num] = paramiko.SFTPError(f"unexpected SFTP reply {t} to a write")
+            return
+        try:
+            self._sftp._convert_status(msg)
+            self._replies[num] = None
+        except (OSError, EOFError) as exc:
+            self._replies[num] = exc
+
+
+class WindowedReader(io.RawIOBase):
+    """Reads a remote file with up to :data:`READ_WINDOW` bytes of read requests in flight.
+
+    paramiko's ``prefetch``/``readv`` ask for the whole file from a helper thread and buffer
+    whatever arrives ahead of the reader (memory grows with the file, and a dropped connection
+    kills that thread with a stray traceback). Here the reading thread keeps a sliding window
+    of requests itself: memory stays flat, and errors surface in the caller's ``read``, inside
+    ``errors()`` (a context manager that maps them).
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, handle: bytes, size: int, request_size: int,
+                 errors: Callable[[], ContextManager[None]]) -> None:
+        super().__init__()
+        self._sftp, self._handle, self._size, self._errors = sftp, handle, size, errors
+        self._request_size, self._offset = request_size, 0  # next byte to ask for
+        self._pending: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
+        self._arrived: dict[int, bytes | BaseException] = {}
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        if not self._buffer:
+            with self._errors():
+                self._buffer = self._next_block()
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def drain(self) -> None:
+        """Collect the replies still in flight, so the session can serve other requests."""
+        while self._pending:
+            num = self._pending.popleft()[0]
+            while num not in self._arrived:
+                self._sftp._read_response()
+            self._arrived.pop(num)
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        """Called by paramiko for each reply to one of our requests."""
+        if t == CMD_DATA:
+            self._arrived[num] = msg.get_string()
+            return
+        try:
+            self._sftp._convert_status(msg)
+            self._arrived[num] = OSError(f"unexpected SFTP reply {t} to a read")
+        except EOFError:
+            self._arrived[num] = b""
+        except OSError as exc:
+            self._arrived[num] = exc
+
+    def _next_block(self) -> bytes:
+        self._fill_window()
+        if not self._pending:
+            return b""
+        num, offset, length = self._pending.popleft()
+        while num not in self._arrived:
+            self._sftp._read_response()
+        data = self._arrived.pop(num)
+        if isinstance(data, BaseException):
+            raise data
+        if len(data) < length:  # a short read: the server caps replies lower, or the file shrank
+            self._restart_at(offset + len(data), len(data))
+        return data
+
+    def _fill_window(self) -> None:
+        while self._offset < self._size and len(self._pending) * self._request_size < READ_WINDOW:
+            length = min(self._request_size, self._size - self._offset)
+            num = self._sftp._async_request(self, CMD_READ, self._handle, int64(self._offset), int(length))
+            self._pending.append((num, self._offset, length))
+            self._offset += length
+
+    def _restart_at(self, offset: int, served: int) -> None:
+        """Forget requests in flight after a short read and ask again from ``offset``."""
+        self.drain()
+        self._offset = offset if served else self._size  # an empty reply means the end
+        self._request_size = max(served, 1024)

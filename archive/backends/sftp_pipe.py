@@ -1,0 +1,251 @@
+"""OpenSSH as the SFTP transport: ``ssh HOST -s sftp`` as a child process, SFTP over its pipes.
+
+This is how restic and borg reach SSH servers, and how OpenSSH's own ``sftp`` works: the
+system ``ssh`` client does the network, the crypto (in C, on its own core) and everything
+``ssh_config`` can say (ProxyJump, ControlMaster, IdentityFile, agent, known_hosts), and this
+process only frames SFTP packets on the child's stdin and stdout. paramiko's SFTP client code
+speaks the protocol; :class:`SSHPipe` gives it the socket-like object it expects.
+
+``ssh`` runs with ``BatchMode=yes`` (it never prompts: passwords are left to paramiko's own
+transport, see :mod:`archive.backends.sftp_conn`) and ``StrictHostKeyChecking=yes`` (an
+unknown or changed host key is refused, as :mod:`archive.credentials` refuses it). Its stderr
+goes to a temporary file that is read only to explain a failure, as one line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import paramiko
+
+from ..credentials import CONNECT_TIMEOUT, SSHTarget, probe_host_key, ssh_dir
+from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError, HostKeyError
+
+logger = logging.getLogger(__name__)
+#: The key files ssh tries by default (``ssh(1)``, ``-i``), looked up in ``$HOME/.ssh``.
+DEFAULT_KEY_NAMES = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
+PIPE_SIZE = 1024 * 1024  # bigger pipes: fewer, larger reads and writes between us and ssh
+READ_BLOCK = 256 * 1024
+STDERR_TAIL = 4096
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_PREFIXES = re.compile(r"^(?:[a-z][a-z0-9_]*: )+")  # "ssh: ", "client_loop: ssh_packet_write_poll: "
+
+
+class KeysRefusedError(AuthenticationError):
+    """ssh could not log in without a password (no key or agent key was accepted)."""
+
+
+def find_ssh() -> str | None:
+    """The system ``ssh`` client, or None if there is none on ``PATH``."""
+    return shutil.which("ssh")
+
+
+def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: int | None) -> list[str]:
+    """The argv that opens an SFTP session to ``host`` as ssh itself would, never prompting.
+
+    ``host``, ``user`` and ``port`` are what the URL said (ssh applies ``~/.ssh/config`` to
+    them itself); ``target`` is the same host resolved by :func:`archive.credentials.resolve_target`,
+    used for the files of a ``$HOME`` that is not the account's home (see :func:`home_options`).
+    The host comes after ``--``, so a host name can never be taken for an option.
+    """
+    argv = [ssh, "-x", "-a", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT)}", "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4", "-o", "ClearAllForwardings=yes", *home_options(target)]
+    if port:
+        argv += ["-p", str(port)]
+    if user:
+        argv += ["-l", user]
+    return argv + ["-s", "--", host, "sftp"]
+
+
+def home_options(target: SSHTarget) -> list[str]:
+    """Options that make ssh read ``$HOME/.ssh`` when ``$HOME`` is not the account's home.
+
+    ssh looks for its config, known_hosts and default keys in the home folder of the passwd
+    entry and ignores ``$HOME``; this backend (like paramiko) follows ``$HOME``. When the two
+    differ (tests, or a user who points ``$HOME`` elsewhere) ssh is told the files explicitly:
+    the config (or none, so the account's own does not apply), the known_hosts files resolved
+    from that config, and the default key files. Otherwise ssh is left to its own defaults.
+    """
+    if _account_home() in (None, Path.home().resolve()):
+        return []
+    home = ssh_dir()
+    config = home / "config"
+    known = " ".join(_quoted(path) for path in target.known_hosts_files)
+    options = ["-F", str(config) if config.is_file() else os.devnull, "-o", f"UserKnownHostsFile={known}"]
+    for name in DEFAULT_KEY_NAMES:
+        options += ["-o", f"IdentityFile={_quoted(str(home / name))}"]
+    return options
+
+
+def _account_home() -> Path | None:
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.getuid()).pw_dir).resolve()
+    except (ImportError, KeyError):
+        return None
+
+
+def _quoted(path: str) -> str:
+    return f'"{path}"' if " " in path else path
+
+
+class SSHPipe:
+    """The socket-like end of an ``ssh -s sftp`` child that :class:`paramiko.SFTPClient` talks to.
+
+    paramiko needs ``send``, ``recv``, ``close`` and ``get_name``; its pipelined writes also
+    ask ``recv_ready``. ``is_active`` and ``close`` match :class:`paramiko.Transport`, so a
+    connection treats both transports alike. ssh runs in a session of its own, so a Ctrl-C at
+    the terminal reaches this process only and a write can still remove its temporary file.
+    """
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.name = name
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                      bufsize=0, start_new_session=True)
+        self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        for fd in (self._in, self._out):
+            _grow_pipe(fd)
+        self._buffer, self._pos, self._eof = b"", 0, False
+        logger.debug("started ssh (pid %d) for %s", self._proc.pid, name)
+
+    def send(self, data: bytes) -> int:
+        return os.write(self._in, data)
+
+    def recv(self, n: int) -> bytes:
+        if self._pos >= len(self._buffer):
+            self._buffer, self._pos = os.read(self._out, max(n, READ_BLOCK)), 0
+            if not self._buffer:
+                self._eof = True
+                return b""
+        end = min(self._pos + n, len(self._buffer))
+        data = self._buffer[self._pos:end] if (self._pos, end) != (0, len(self._buffer)) else self._buffer
+        self._pos = end
+        return data
+
+    def recv_ready(self) -> bool:
+        return self._pos < len(self._buffer) or bool(select.select([self._out], [], [], 0)[0])
+
+    def get_name(self) -> str:
+        return self.name
+
+    @property
+    def pid(self) -> int:
+        """The process id of the ssh child."""
+        return self._proc.pid
+
+    def is_active(self) -> bool:
+        return not self._eof and self._proc.poll() is None
+
+    def close(self) -> None:
+        """End the session: ssh sees EOF and exits; one that hangs is killed."""
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                stream.close()
+            except OSError as exc:  # a broken pipe while flushing: the session is gone anyway
+                logger.debug("closing a pipe to ssh: %s", exc)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        self._eof = True
+
+    def stderr_text(self) -> str:
+        """The end of what ssh wrote to stderr (read after it exited, to explain a failure)."""
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - STDERR_TAIL))
+        return self._stderr.read().decode("utf-8", "replace")
+
+    def reason(self) -> str:
+        """One line on why the session ended, from ssh's own words when it said any."""
+        self.close()
+        return ssh_reason(self.stderr_text()) or "connection lost"
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError as exc:  # over /proc/sys/fs/pipe-max-size: the default size works, slower
+        logger.debug("cannot grow a pipe to ssh: %s", exc)
+
+
+def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, paramiko.SFTPClient]:
+    """Start ssh and the SFTP session over it; failures become one-line archive errors.
+
+    Raises
+    ------
+    HostKeyError
+        ssh refused the host key (unknown or changed).
+    KeysRefusedError
+        No key was accepted; a password login may still work (through paramiko).
+    BackendUnavailableError
+        The host cannot be reached, or it offers no SFTP service.
+    """
+    pipe = SSHPipe(argv, f"ssh:{target.account}")
+    try:
+        return pipe, paramiko.SFTPClient(pipe)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        pipe.close()
+        raise startup_error(pipe.stderr_text(), target) from exc
+    except BaseException:
+        pipe.close()
+        raise
+
+
+def startup_error(stderr: str, target: SSHTarget) -> ArchiveError:
+    """The archive error for an ssh that exited before SFTP started, from its stderr."""
+    logger.debug("ssh to %s failed: %s", target.account, " | ".join(stderr.split("\n")[-6:]))
+    if "Host key verification failed" in stderr or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
+        return host_key_error(stderr, target)
+    if "Permission denied" in stderr:
+        return KeysRefusedError(f"{target.account}: authentication failed (no key or password was accepted)")
+    if "subsystem request failed" in stderr:
+        return BackendUnavailableError(f"cannot reach {target.hostname}: the server offers no SFTP service")
+    reason = ssh_reason(stderr) or "ssh exited"
+    return BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: {reason}")
+
+
+def host_key_error(stderr: str, target: SSHTarget) -> ArchiveError:
+    """The same one-line refusal as paramiko's check gives, fingerprint included.
+
+    OpenSSH names the fingerprint only for a changed key, so the key is fetched once more
+    directly (never trusted: only shown). Behind a ProxyJump or ProxyCommand, or if that
+    fails, the message says how to check and trust the key with ssh itself.
+    """
+    if not target.proxy_jump:
+        try:
+            probe_host_key(target)
+        except HostKeyError as exc:
+            return exc
+        except BackendUnavailableError as exc:
+            logger.debug("cannot fetch the host key of %s to show it: %s", target.hostname, exc)
+    port = "" if target.port == 22 else f"-p {target.port} "
+    shown = re.search(r"SHA256:[A-Za-z0-9+/=]+", stderr)
+    changed = "CHANGED" in stderr
+    what = f"has CHANGED (now {shown.group(0)}); this may be an attack" if changed and shown else "is not trusted"
+    return HostKeyError(f"host key of {target.host_key_name} {what}: check it and trust it by connecting once"
+                        f" with: ssh {port}{target.alias}")
+
+
+def ssh_reason(stderr: str) -> str:
+    """The last line ssh wrote, without prefixes such as ``ssh:``, ``client_loop:`` or
+    ``connect to host ... port ...:`` that name ssh's internals rather than the cause."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("debug")]
+    if not lines:
+        return ""
+    line = _PREFIXES.sub("", lines[-1])
+    if line.startswith("connect to host") and ": " in line:
+        line = line.rsplit(": ", 1)[1]
+    return " ".join(line.split())
