@@ -1,17 +1,20 @@
 """SFTP backend against OpenSSH on loopback: ``python -m bench.sftp [--quick]``.
 
-Starts a private sshd on 127.0.0.1 (as the tests do), then times, in one run:
+Starts a private sshd on 127.0.0.1 (as the tests do), then times, alternating each archive
+command with the OpenSSH command it competes with, ``--repeat`` times:
 
 * push and pull of one large file (1 GiB; 64 MiB with ``--quick``): ``archive`` publish and
-  download against OpenSSH ``sftp`` put/get and ``scp``;
-* push of many 4 KiB files (10,000; 1,000 with ``--quick``): ``archive`` publish against
-  ``scp -r``;
-* the raw backend primitives (``write_key``/``open_key``) on the large file, which is what the
-  backend itself costs without publish's hashing and download's cache.
+  download (into an empty cache) against OpenSSH ``sftp`` put/get and ``scp``;
+* the raw backend primitives (``write_key``/``open_key``) on the same file: what the backend
+  costs without publish's hashing pass and download's copy out of the cache;
+* push and pull of many 4 KiB files (10,000; 1,000 with ``--quick``) against ``scp -r``.
 
-It prints seconds and the ratio archive/OpenSSH (speed: >1 means archive is faster), and the
-peak memory of this process. Numbers vary by machine: they belong in docs/performance.md, never
-in test asserts.
+Every archive command opens its own connections (``get_interface``) and closes them, as the
+OpenSSH commands do. It prints median seconds, the speed ratio (OpenSSH seconds / archive
+seconds: above 1 means archive is faster) and the CPU seconds each side burnt in all processes
+(this one, its children such as ``ssh``, and the sshd's session processes): on a shared
+machine the CPU figure is steadier than the clock. Then the peak memory of this process.
+Numbers vary by machine: they belong in docs/performance.md, never in test asserts.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import archive
+from archive.backends.sftp_conn import TRANSPORT_ENV
 from tests.sshd import SSHServer, start_sshd, stop_process
 
 MIB = 1024 * 1024
+SETTLE_SECONDS = 0.3  # for sshd to reap a finished session, so its CPU time is counted
 
 
 def make_big_file(path: Path, size: int) -> Path:
@@ -51,19 +58,34 @@ def make_small_files(folder: Path, count: int, size: int = 4096) -> Path:
     return folder
 
 
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    cpu: float
 
 
-class OpenSSH:
-    """Runs the system ``sftp`` and ``scp`` against the bench server, isolated from ~/.ssh."""
+@dataclass
+class Row:
+    """One archive workload beside the OpenSSH command it competes with."""
 
-    def __init__(self, server: SSHServer, home: Path) -> None:
-        self.server = server
+    label: str
+    ours: list[Sample] = field(default_factory=list)
+    theirs: list[Sample] = field(default_factory=list)
+
+    def line(self) -> str:
+        ours, theirs = (statistics.median(s.seconds for s in side) for side in (self.ours, self.theirs))
+        cpu_ours, cpu_theirs = (statistics.median(s.cpu for s in side) for side in (self.ours, self.theirs))
+        return (f"{self.label:<42} {ours:>9.2f} {theirs:>9.2f} {theirs / ours:>9.2f}x"
+                f" {cpu_ours:>9.2f} {cpu_theirs:>9.2f}")
+
+
+class Bench:
+    """The sshd, the OpenSSH commands, and a meter of every process's CPU time."""
+
+    def __init__(self, server: SSHServer, sshd_pid: int, work: Path) -> None:
+        self.server, self.work, self._sshd_pid = server, work, sshd_pid
         self.options = ["-F", "/dev/null", "-i", str(server.client_key), "-o", "BatchMode=yes",
-                        "-o", f"UserKnownHostsFile={home / '.ssh' / 'known_hosts'}",
+                        "-o", f"UserKnownHostsFile={work / 'home' / '.ssh' / 'known_hosts'}",
                         "-o", "StrictHostKeyChecking=yes", "-P", str(server.port)]
         self.login = f"{server.user}@{server.host}"
 
@@ -77,6 +99,99 @@ class OpenSSH:
     def remote(self, path: Path) -> str:
         return f"{self.login}:{path}"
 
+    def fresh(self, label: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
+
+    def measure(self, action: Callable[[], object]) -> Sample:
+        """Wall and CPU seconds of ``action``, after flushing dirty pages of earlier steps."""
+        os.sync()
+        cpu = self._cpu()
+        start = time.perf_counter()
+        action()
+        seconds = time.perf_counter() - start
+        time.sleep(SETTLE_SECONDS)
+        return Sample(seconds, self._cpu() - cpu)
+
+    def _cpu(self) -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        fields = Path(f"/proc/{self._sshd_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        sessions = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + sessions
+
+
+def push(url: str, folder: Path, jobs: int | None = None) -> None:
+    with archive.get_interface(url) as arc:
+        arc.publish(folder, "bench", "1.0.0", jobs=jobs, progress=False)
+
+
+def pull(url: str, dest: Path, cache: Path, jobs: int | None = None) -> None:
+    os.environ["ARCHIVE_CACHE_DIR"] = str(cache)
+    with archive.get_interface(url) as arc:
+        arc.download("bench", "*", dest, jobs=jobs, progress=False)
+
+
+def write_raw(url: str, src: Path) -> None:
+    with archive.get_interface(url) as arc:
+        arc.write_key("bench/raw", _file_chunks(src))
+
+
+def read_raw(url: str) -> None:
+    with archive.get_interface(url) as arc, arc.open_key("bench/raw") as stream:
+        while stream.read(MIB):
+            pass
+
+
+def bench_large(bench: Bench, size: int, reps: int) -> list[Row]:
+    """Push and pull of one large file: archive vs OpenSSH sftp and scp, and the raw primitives."""
+    src = make_big_file(bench.work / "big" / "data.bin", size)
+    rows = [Row(label) for label in ("large push: publish vs sftp put", "large push: publish vs scp",
+                                     "large pull: download vs sftp get", "large pull: download vs scp",
+                                     "large push: write_key vs sftp put", "large pull: open_key vs sftp get")]
+    for _ in range(reps):
+        remote, local = bench.fresh("remote"), bench.fresh("local")
+        url = bench.server.url(remote / "store")
+        archive.get_interface(url, create=True).close()
+        put = bench.measure(lambda: bench.sftp(f"put {src} {remote}/sftp.bin"))
+        get = bench.measure(lambda: bench.sftp(f"get {remote}/sftp.bin {local}/sftp.bin"))
+        scp_put = bench.measure(lambda: bench.scp(str(src), bench.remote(remote / "scp.bin")))
+        scp_get = bench.measure(lambda: bench.scp(bench.remote(remote / "scp.bin"), str(local / "scp.bin")))
+        ours_push = bench.measure(lambda: push(url, src.parent))
+        ours_pull = bench.measure(lambda: pull(url, local / "pulled", local / "cache"))
+        ours_write = bench.measure(lambda: write_raw(url, src))
+        ours_read = bench.measure(lambda: read_raw(url))
+        for row, ours, theirs in zip(rows, (ours_push, ours_push, ours_pull, ours_pull, ours_write, ours_read),
+                                     (put, scp_put, get, scp_get, put, get)):
+            row.ours.append(ours)
+            row.theirs.append(theirs)
+        shutil.rmtree(remote)
+        shutil.rmtree(local)
+    return rows
+
+
+def bench_small(bench: Bench, count: int, reps: int, jobs: int | None) -> list[Row]:
+    """Push and pull of many small files: archive publish/download vs ``scp -r``."""
+    src = make_small_files(bench.work / "small", count)
+    push_row, pull_row = Row(f"{count:,} x 4 KiB push: publish vs scp -r"), Row(f"{count:,} x 4 KiB pull: "
+                                                                                  "download vs scp -r")
+    for _ in range(reps):
+        remote, local = bench.fresh("remote-small"), bench.fresh("local-small")
+        url = bench.server.url(remote / "store")
+        archive.get_interface(url, create=True).close()
+        push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
+        push_row.ours.append(bench.measure(lambda: push(url, src, jobs)))
+        pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
+                                                               str(local / "scp"))))
+        pull_row.ours.append(bench.measure(lambda: pull(url, local / "pulled", local / "cache", jobs)))
+        shutil.rmtree(remote)
+        shutil.rmtree(local)
+    return [push_row, pull_row]
+
+
+def _file_chunks(path: Path):
+    with open(path, "rb") as stream:
+        while chunk := stream.read(MIB):
+            yield chunk
+
 
 def setup_home(server: SSHServer, home: Path) -> None:
     """A ``$HOME`` whose known_hosts trusts the bench server and whose default key it accepts."""
@@ -88,77 +203,44 @@ def setup_home(server: SSHServer, home: Path) -> None:
     os.environ["ARCHIVE_CACHE_DIR"] = str(home / "cache")
 
 
-def bench_large(server: SSHServer, ssh: OpenSSH, work: Path, size: int) -> list[tuple[str, float, float]]:
-    """Push and pull of one large file: archive vs OpenSSH sftp and scp."""
-    src = make_big_file(work / "big" / "data.bin", size)
-    remote = work / "remote"
-    remote.mkdir()
-    rows = []
-    t_sftp_put = timed(lambda: ssh.sftp(f"put {src} {remote}/sftp.bin"))
-    t_scp_put = timed(lambda: ssh.scp(str(src), ssh.remote(remote / "scp.bin")))
-    t_sftp_get = timed(lambda: ssh.sftp(f"get {remote}/sftp.bin {work}/sftp-get.bin"))
-    t_scp_get = timed(lambda: ssh.scp(ssh.remote(remote / "scp.bin"), str(work / "scp-get.bin")))
-    with archive.get_interface(server.url(remote / "store"), create=True) as arc:
-        t_push = timed(lambda: arc.publish(src.parent, "big", "1.0.0", progress=False))
-        t_pull = timed(lambda: arc.download("big", "*", work / "pulled", progress=False))
-        t_write = timed(lambda: arc.write_key("bench/raw", _file_chunks(src)))
-        t_read = timed(lambda: _drain(arc, "bench/raw"))
-    rows.append(("large push: publish vs sftp put", t_push, t_sftp_put))
-    rows.append(("large push: publish vs scp", t_push, t_scp_put))
-    rows.append(("large pull: download vs sftp get", t_pull, t_sftp_get))
-    rows.append(("large pull: download vs scp", t_pull, t_scp_get))
-    rows.append(("large push: write_key vs sftp put", t_write, t_sftp_put))
-    rows.append(("large pull: open_key vs sftp get", t_read, t_sftp_get))
-    return rows
-
-
-def bench_small(server: SSHServer, ssh: OpenSSH, work: Path, count: int, jobs: int | None) -> list[tuple[str, float, float]]:
-    """Push of many small files: archive publish vs ``scp -r``."""
-    src = make_small_files(work / "small", count)
-    remote = work / "remote-small"
-    remote.mkdir()
-    t_scp = timed(lambda: ssh.scp("-r", str(src), ssh.remote(remote / "scp")))
-    with archive.get_interface(server.url(remote / "store"), create=True) as arc:
-        t_push = timed(lambda: arc.publish(src, "small", "1.0.0", jobs=jobs, progress=False))
-    return [(f"{count} x 4 KiB push: publish vs scp -r", t_push, t_scp)]
-
-
-def _file_chunks(path: Path):
-    with open(path, "rb") as stream:
-        while chunk := stream.read(MIB):
-            yield chunk
-
-
-def _drain(arc: archive.ArchiveInterface, key: str) -> None:
-    with arc.open_key(key) as stream:
-        while stream.read(MIB):
-            pass
-
-
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sftp", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 MiB and 1,000 files instead of 1 GiB and 10,000")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions, medians shown [3; quick: 1]")
+    parser.add_argument("--transport", choices=["auto", "ssh", "paramiko"], default="auto",
+                        help=f"the archive's SSH transport (sets ${TRANSPORT_ENV}) [auto: ssh]")
     parser.add_argument("--jobs", type=int, default=None, help="parallel transfers for the small files")
     parser.add_argument("--size-mib", type=int, default=None, help="size of the large file")
     parser.add_argument("--files", type=int, default=None, help="number of small files")
-    args = parser.parse_args(argv)
+    parser.add_argument("--only", choices=["large", "small"], default=None, help="run one half only")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     size, count = (64 * MIB, 1000) if args.quick else (1024 * MIB, 10_000)
     size, count = (args.size_mib * MIB if args.size_mib else size), (args.files or count)
+    reps = args.repeat or (1 if args.quick else 3)
+    os.environ[TRANSPORT_ENV] = args.transport
+    print(f"load before: {os.getloadavg()[0]:.2f}; transport {args.transport}; {reps} repetition(s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-sftp-") as tmp:
         work = Path(tmp)
         (work / "sshd").mkdir()
         proc, server = start_sshd(work / "sshd")
         try:
             setup_home(server, work / "home")
-            ssh = OpenSSH(server, work / "home")
-            rows = bench_large(server, ssh, work, size) + bench_small(server, ssh, work, count, args.jobs)
+            bench = Bench(server, proc.pid, work)
+            rows = [] if args.only == "small" else bench_large(bench, size, reps)
+            rows += [] if args.only == "large" else bench_small(bench, count, reps, args.jobs)
         finally:
             stop_process(proc)
-    print(f"{'workload':<40} {'archive s':>10} {'OpenSSH s':>10} {'speed ratio':>12}")
-    for label, ours, theirs in rows:
-        print(f"{label:<40} {ours:>10.2f} {theirs:>10.2f} {theirs / ours:>11.2f}x")
+    print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}")
+    for row in rows:
+        print(row.line())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory of this process: {peak:.0f} MiB")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak memory: this process {peak:.0f} MiB, largest child process {children:.0f} MiB;"
+          f" load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
-from .sftp_io import WindowedReader, close_handle, file_size, open_handle, remove_quietly, upload
+from .sftp_io import WindowedReader, close_later, file_size, open_handle, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ class SFTPArchive(ArchiveInterface):
             raw = WindowedReader(conn.sftp, handle, size, conn.read_size, lambda: conn.errors(key))
             try:  # only the reads are translated: the caller's own errors pass as they are
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # Ctrl-C may have stopped paramiko mid-packet
+                    conn.close()
+                raise
             finally:
                 _finish_reading(conn, raw, handle, key)
 
@@ -104,10 +108,11 @@ class SFTPArchive(ArchiveInterface):
             partial = self._partials.claim(sftp, blob, tmp) if blob else None
             try:
                 if partial is not None:
-                    size = resume_upload(sftp, partial, chunks, conn.read_size, conn.write_size)
+                    size, stored = resume_upload(sftp, partial, chunks, conn.read_size, conn.write_size)
                 else:
-                    size = upload(sftp, tmp, chunks, conn.write_size)
-                _confirm_size(sftp, tmp, size, key)
+                    size, stored = upload(sftp, tmp, chunks, conn.write_size)
+                if stored != size:  # everything sent must be on the server before it becomes visible
+                    raise BackendError(f"{key}: the server stored {stored} of {size} bytes")
                 self._move_into_place(sftp, tmp, target, key, exclusive, size)
             except BaseException as exc:
                 self._abandon(conn, exc, tmp, key, blob)
@@ -130,10 +135,12 @@ class SFTPArchive(ArchiveInterface):
 
     # ------------------------------------------------------------------ helpers
     def _abandon(self, conn: Connection, exc: BaseException, tmp: str, key: str, blob: str | None) -> None:
-        """After a failed write: keep a blob's partial file for a retry if the connection broke,
-        else remove the temporary file (a full disk is checked first, while it still is full)."""
-        if conn.broken(exc):
-            self._partials.remember(tmp, blob)
+        """After a failed write: keep the temporary file if the connection broke or was interrupted
+        (a retry resumes a blob's), else remove it (a full disk is checked first, while full)."""
+        if conn.broken(exc) or not isinstance(exc, Exception):
+            if not isinstance(exc, Exception):  # Ctrl-C may have stopped paramiko mid-packet
+                conn.close()
+            self._partials.remember(tmp, blob)  # a retry resumes a blob; gc removes the rest
             return
         full = conn.storage_full(exc, self.remote_path(layout.TMP_DIR))
         remove_quietly(conn.sftp, tmp)
@@ -199,13 +206,6 @@ def _blob_hex(key: str) -> str | None:
         return None
 
 
-def _confirm_size(sftp: paramiko.SFTPClient, path: str, size: int, key: str) -> None:
-    """Check that everything written reached the server before the file becomes visible."""
-    stored = sftp.stat(path).st_size
-    if stored != size:
-        raise BackendError(f"{key}: the server stored {stored} of {size} bytes")
-
-
 def _check_taken_over(sftp: paramiko.SFTPClient, target: str, key: str, exclusive: bool, size: int) -> None:
     """Our temporary file vanished before its rename: fine only if the blob is in place whole.
 
@@ -222,13 +222,16 @@ def _check_taken_over(sftp: paramiko.SFTPClient, target: str, key: str, exclusiv
 
 
 def _finish_reading(conn: Connection, raw: WindowedReader, handle: bytes, key: str) -> None:
-    """Collect reads still in flight and close the file, so the connection can be lent again."""
+    """Collect reads still in flight and close the file, so the connection can be lent again.
+
+    The close is not waited for (its reply is skipped whenever it comes): a round trip less.
+    """
     if not conn.alive():
         return
     try:
         with conn.errors(key):
             raw.drain()
-            close_handle(conn.sftp, handle)
+            close_later(conn.sftp, handle)
     except BackendError as exc:  # the data was read already; the pool drops a broken connection
         logger.debug("closing %s after reading failed: %s", key, exc)
 

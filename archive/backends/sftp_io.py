@@ -19,7 +19,7 @@ from typing import Callable, ContextManager, Iterable
 import paramiko
 from paramiko.sftp import (CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT,
                            CMD_FSTAT, CMD_HANDLE, CMD_OPEN, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_FLAG_CREATE,
-                           SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE, int64)
+                           SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE, SFTP_OP_UNSUPPORTED, int64)
 
 logger = logging.getLogger(__name__)
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead when reading: bounds memory per stream
@@ -74,6 +74,11 @@ def close_handle(sftp: paramiko.SFTPClient, handle: bytes) -> None:
     sftp._request(CMD_CLOSE, handle)
 
 
+def close_later(sftp: paramiko.SFTPClient, handle: bytes) -> None:
+    """Close a handle of a file that was only read, without waiting: paramiko skips the reply."""
+    sftp._async_request(type(None), CMD_CLOSE, handle)
+
+
 def close_quietly(sftp: paramiko.SFTPClient, handle: bytes) -> None:
     """Close a handle after another error, which must not be masked: a failure is only logged."""
     try:
@@ -92,19 +97,17 @@ def remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
         logger.warning("could not remove temporary file %s: %s", path, exc)
 
 
-def upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> int:
-    """Stream ``chunks`` into a new file with pipelined writes; return the bytes written."""
-    handle = open_handle(sftp, path, NEW_FILE)
-    writer = PipelinedWriter(sftp, handle, request_size)
+def upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> tuple[int, int]:
+    """Stream ``chunks`` into a new file; return the bytes sent and the size the server reports."""
+    writer = PipelinedWriter(sftp, open_handle(sftp, path, NEW_FILE), request_size)
     try:
         for chunk in chunks:
             writer.write(chunk)
-        writer.finish()
+        stored = writer.close()
     except BaseException:
-        close_quietly(sftp, handle)
+        writer.abort()
         raise
-    close_handle(sftp, handle)
-    return writer.offset
+    return writer.offset, stored
 
 
 def file_size(sftp: paramiko.SFTPClient, handle: bytes) -> int:
@@ -124,7 +127,11 @@ def truncate_handle(sftp: paramiko.SFTPClient, handle: bytes, size: int) -> None
 class PipelinedWriter:
     """Writes at increasing offsets with up to :data:`WRITE_WINDOW` bytes unacknowledged.
 
-    Every reply is checked: the first failed write raises in :meth:`write` or :meth:`finish`.
+    Every reply is checked: the first failed write raises in :meth:`write` or :meth:`close`.
+    :meth:`close` sends ``fsync@openssh.com`` (the data is on the server's disk before the
+    file is renamed into place, as the folder backend's ``fsync`` does), ``fstat`` and
+    ``close`` right behind the last writes and then waits for all replies at once, so a small
+    file costs one round trip after ``open``.
     """
 
     def __init__(self, sftp: paramiko.SFTPClient, handle: bytes, request_size: int, offset: int = 0) -> None:
@@ -132,7 +139,8 @@ class PipelinedWriter:
         self._sftp, self._handle, self._request_size = sftp, handle, request_size
         self._pending: deque[tuple[int, int]] = deque()  # (request number, length)
         self._in_flight = 0
-        self._replies: dict[int, BaseException | None] = {}
+        self._replies: dict[int, tuple[int, paramiko.Message]] = {}
+        self._closing = False
 
     def write(self, data: bytes) -> None:
         step = self._request_size
@@ -145,30 +153,59 @@ class PipelinedWriter:
             while self._in_flight > WRITE_WINDOW:
                 self._settle_oldest()
 
-    def finish(self) -> None:
-        """Wait for every reply; raise the first failure."""
+    def close(self) -> int:
+        """Close the file after checking every write; return its size on the server."""
+        self._closing = True
+        fsync = self._sftp._async_request(self, CMD_EXTENDED, "fsync@openssh.com", self._handle)
+        fstat = self._sftp._async_request(self, CMD_FSTAT, self._handle)
+        close = self._sftp._async_request(self, CMD_CLOSE, self._handle)
         while self._pending:
             self._settle_oldest()
+        t, msg = self._reply(fsync)
+        if not _unsupported(t, msg):  # servers without fsync@openssh.com: as durable as they are
+            self._check_status(t, msg)
+        t, msg = self._reply(fstat)
+        if t == CMD_STATUS:
+            self._sftp._convert_status(msg)  # raises the server's error
+        if t != CMD_ATTRS:
+            raise paramiko.SFTPError(f"unexpected SFTP reply {t} to fstat")
+        size = paramiko.SFTPAttributes._from_msg(msg).st_size or 0
+        self._check_status(*self._reply(close))
+        return size
+
+    def abort(self) -> None:
+        """Close the handle after an error (unless :meth:`close` sent that already)."""
+        if not self._closing:
+            close_quietly(self._sftp, self._handle)
 
     def _settle_oldest(self) -> None:
         num, length = self._pending.popleft()
+        self._in_flight -= length
+        self._check_status(*self._reply(num))
+
+    def _reply(self, num: int) -> tuple[int, paramiko.Message]:
         while num not in self._replies:
             self._sftp._read_response()
-        self._in_flight -= length
-        failure = self._replies.pop(num)
-        if failure is not None:
-            raise failure
+        return self._replies.pop(num)
+
+    def _check_status(self, t: int, msg: paramiko.Message) -> None:
+        if t != CMD_STATUS:
+            raise paramiko.SFTPError(f"unexpected SFTP reply {t} to a write")
+        self._sftp._convert_status(msg)
 
     def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
         """Called by paramiko for each reply to one of our requests."""
-        if t != CMD_STATUS:
-            self._replies[num] = paramiko.SFTPError(f"unexpected SFTP reply {t} to a write")
-            return
-        try:
-            self._sftp._convert_status(msg)
-            self._replies[num] = None
-        except (OSError, EOFError) as exc:
-            self._replies[num] = exc
+        self._replies[num] = (t, msg)
+
+
+def _unsupported(t: int, msg: paramiko.Message) -> bool:
+    """True for the status reply a server gives to an extension it does not have."""
+    if t != CMD_STATUS:
+        return False
+    position = msg.packet.tell()
+    code = msg.get_int()
+    msg.packet.seek(position)  # left for _convert_status to read
+    return code == SFTP_OP_UNSUPPORTED
 
 
 class WindowedReader(io.RawIOBase):

@@ -28,8 +28,7 @@ from typing import Iterable, Iterator
 
 import paramiko
 
-from .sftp_io import (EXISTING_FILE, PipelinedWriter, WindowedReader, close_handle, close_quietly, open_handle,
-                      remove_quietly, truncate_handle)
+from .sftp_io import EXISTING_FILE, PipelinedWriter, WindowedReader, open_handle, remove_quietly, truncate_handle
 
 logger = logging.getLogger(__name__)
 PARTIAL_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.[0-9a-f]{32}\.part")
@@ -119,27 +118,28 @@ def _list_partials(sftp: paramiko.SFTPClient, tmp_dir: str) -> dict[str, list[st
 
 
 def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[bytes], read_size: int,
-                  write_size: int) -> int:
-    """Continue ``partial`` with ``chunks`` (the whole content); return the final size.
+                  write_size: int) -> tuple[int, int]:
+    """Continue ``partial`` with ``chunks`` (the whole content); return the bytes in all and the
+    size the server reports.
 
     The bytes on the server are compared with the chunks first; writing starts at the first
     difference (or where the server's bytes end), and the file is cut there.
     """
     handle = open_handle(sftp, partial.path, EXISTING_FILE)
+    writer = PipelinedWriter(sftp, handle, write_size)
     try:
         offset, rest = _skip_matching_prefix(sftp, handle, partial.size, chunks, read_size)
         logger.info("resuming an upload: %d of %d bytes on the server match", offset, partial.size)
         if offset < partial.size:
             truncate_handle(sftp, handle, offset)
-        writer = PipelinedWriter(sftp, handle, write_size, offset)
+        writer.offset = offset
         for chunk in rest:
             writer.write(chunk)
-        writer.finish()
+        stored = writer.close()
     except BaseException:
-        close_quietly(sftp, handle)
+        writer.abort()
         raise
-    close_handle(sftp, handle)
-    return writer.offset
+    return writer.offset, stored
 
 
 def _skip_matching_prefix(sftp: paramiko.SFTPClient, handle: bytes, size: int, chunks: Iterable[bytes],

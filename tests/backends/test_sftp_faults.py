@@ -21,6 +21,7 @@ from typing import Iterator
 import pytest
 
 import archive
+import archive.transfer
 from archive import layout
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.backends.sftp_resume import FOREIGN_IDLE_SECONDS
@@ -142,6 +143,12 @@ def _close(sock: socket.socket) -> None:
         pass
     sock.close()
 # ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real retry loop, with short pauses: these tests are about outcomes, not backoff."""
+    monkeypatch.setattr(archive.transfer, "RETRY_BASE_DELAY", 0.01)
+
+
 @pytest.fixture(params=["ssh", "paramiko"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(TRANSPORT_ENV, request.param)
