@@ -35,14 +35,13 @@ from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import paramiko
-from paramiko.sftp import SFTP_FLAG_READ
 
 from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
-from .sftp_io import WindowedReader, close_later, file_size, open_handle, remove_quietly, upload
+from .sftp_io import WindowedReader, close_later, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -84,9 +83,7 @@ class SFTPArchive(ArchiveInterface):
     def open_key(self, key: str) -> Iterator[BinaryIO]:
         with self._pool.borrow() as conn:
             with conn.errors(key):
-                handle = open_handle(conn.sftp, self.remote_path(key), SFTP_FLAG_READ)
-                size = file_size(conn.sftp, handle)
-            raw = WindowedReader(conn.sftp, handle, size, conn.read_size, lambda: conn.errors(key))
+                raw = WindowedReader.open(conn.sftp, self.remote_path(key), conn.read_size, lambda: conn.errors(key))
             try:  # only the reads are translated: the caller's own errors pass as they are
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
             except BaseException as exc:
@@ -94,7 +91,7 @@ class SFTPArchive(ArchiveInterface):
                     conn.close()
                 raise
             finally:
-                _finish_reading(conn, raw, handle, key)
+                _finish_reading(conn, raw, key)
 
     def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         target, blob = self.remote_path(key), _blob_hex(key)
@@ -221,7 +218,7 @@ def _check_taken_over(sftp: paramiko.SFTPClient, target: str, key: str, exclusiv
     logger.debug("%s was completed by another writer", key)
 
 
-def _finish_reading(conn: Connection, raw: WindowedReader, handle: bytes, key: str) -> None:
+def _finish_reading(conn: Connection, raw: WindowedReader, key: str) -> None:
     """Collect reads still in flight and close the file, so the connection can be lent again.
 
     The close is not waited for (its reply is skipped whenever it comes): a round trip less.
@@ -231,7 +228,7 @@ def _finish_reading(conn: Connection, raw: WindowedReader, handle: bytes, key: s
     try:
         with conn.errors(key):
             raw.drain()
-            close_later(conn.sftp, handle)
+            close_later(conn.sftp, raw.handle)
     except BackendError as exc:  # the data was read already; the pool drops a broken connection
         logger.debug("closing %s after reading failed: %s", key, exc)
 

@@ -110,14 +110,6 @@ def upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], reques
     return writer.offset, stored
 
 
-def file_size(sftp: paramiko.SFTPClient, handle: bytes) -> int:
-    """The size of an open file (``fstat``)."""
-    t, msg = sftp._request(CMD_FSTAT, handle)
-    if t != CMD_ATTRS:
-        raise paramiko.SFTPError(f"unexpected SFTP reply {t} to fstat")
-    return paramiko.SFTPAttributes._from_msg(msg).st_size or 0
-
-
 def truncate_handle(sftp: paramiko.SFTPClient, handle: bytes, size: int) -> None:
     attrs = paramiko.SFTPAttributes()
     attrs.st_size = size
@@ -224,8 +216,31 @@ class WindowedReader(io.RawIOBase):
         self._sftp, self._handle, self._size, self._errors = sftp, handle, size, errors
         self._request_size, self._offset = request_size, 0  # next byte to ask for
         self._pending: deque[tuple[int, int, int]] = deque()  # (request number, offset, length)
-        self._arrived: dict[int, bytes | BaseException] = {}
+        self._arrived: dict[int, bytes | paramiko.SFTPAttributes | BaseException] = {}
         self._buffer = b""
+
+    @classmethod
+    def open(cls, sftp: paramiko.SFTPClient, path: str, request_size: int,
+             errors: Callable[[], ContextManager[None]]) -> "WindowedReader":
+        """Open ``path``, then ask for its size and its first block at once.
+
+        A file of up to one request is then read in a single round trip after the open.
+        """
+        reader = cls(sftp, open_handle(sftp, path, SFTP_FLAG_READ), request_size, request_size, errors)
+        fstat = sftp._async_request(reader, CMD_FSTAT, reader.handle)
+        reader._fill_window()  # one read of ``request_size`` bytes: the size is not known yet
+        while fstat not in reader._arrived:
+            sftp._read_response()
+        attrs = reader._arrived.pop(fstat)
+        if isinstance(attrs, BaseException):
+            reader.drain()
+            raise attrs
+        reader._size = attrs.st_size or 0
+        return reader
+
+    @property
+    def handle(self) -> bytes:
+        return self._handle
 
     def readable(self) -> bool:
         return True
@@ -251,6 +266,9 @@ class WindowedReader(io.RawIOBase):
         """Called by paramiko for each reply to one of our requests."""
         if t == CMD_DATA:
             self._arrived[num] = msg.get_string()
+            return
+        if t == CMD_ATTRS:  # the reply to fstat in open()
+            self._arrived[num] = paramiko.SFTPAttributes._from_msg(msg)
             return
         try:
             self._sftp._convert_status(msg)

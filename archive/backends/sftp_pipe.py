@@ -119,6 +119,7 @@ class SSHPipe:
             _grow_pipe(fd)
         self._buffer, self._pos, self._eof = b"", 0, False
         self._queued = bytearray()
+        self._stderr_tail = ""
         logger.debug("started ssh (pid %d) for %s", self._proc.pid, name)
 
     def send(self, data: bytes) -> int:
@@ -169,7 +170,9 @@ class SSHPipe:
         return not self._eof and self._proc.poll() is None
 
     def close(self) -> None:
-        """End the session: ssh sees EOF and exits; one that hangs is killed."""
+        """End the session: ssh sees EOF and exits (one that hangs is killed); keep its last words."""
+        if self._stderr.closed:
+            return
         self._queued.clear()  # requests nobody waits for
         for stream in (self._proc.stdin, self._proc.stdout):
             try:
@@ -182,9 +185,16 @@ class SSHPipe:
             self._proc.kill()
             self._proc.wait(timeout=5)
         self._eof = True
+        self._stderr_tail = self._read_stderr()
+        self._stderr.close()
+        if self._stderr_tail.strip():
+            logger.debug("ssh (pid %d) said: %s", self._proc.pid, " | ".join(self._stderr_tail.splitlines()[-4:]))
 
     def stderr_text(self) -> str:
-        """The end of what ssh wrote to stderr (read after it exited, to explain a failure)."""
+        """The end of what ssh wrote to stderr (complete once it exited), to explain a failure."""
+        return self._stderr_tail if self._stderr.closed else self._read_stderr()
+
+    def _read_stderr(self) -> str:
         self._stderr.seek(0, os.SEEK_END)
         size = self._stderr.tell()
         self._stderr.seek(max(0, size - STDERR_TAIL))
