@@ -35,8 +35,8 @@ def plot_rows(rows: Sequence[Row], path: Path, title: str) -> str | None:
     if not panels:
         return "no timed rows: no plot written"
     height = 0.45 * max(max(len(p[0]) for p in panels), 4) + 1.6
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), height), squeeze=False,
-                                gridspec_kw={"width_ratios": [max(len(p[0]), 3) for p in panels]})
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), height), squeeze=False,
+                                gridspec_kw={"width_ratios": [3, 2][: len(panels)]})
     for ax, (panel_rows, value, label) in zip(axes[0], panels):
         _bars(ax, panel_rows, value, label)
     figure.suptitle(title, fontsize=10)
@@ -64,4 +64,8 @@ def _bars(axes, rows: Sequence[Row], value, label: str) -> None:
 
 
 def _short(text: str, width: int = 50) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """Cut the middle of a long label: its end tells rows apart (", --link hard")."""
+    if len(text) <= width:
+        return text
+    keep = (width - 1) // 2
+    return text[:keep] + "…" + text[len(text) - keep:]

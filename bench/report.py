@@ -211,3 +211,15 @@ def to_json(rows: Sequence[Row], meta: dict[str, Any]) -> dict[str, Any]:
         } for row in rows],
         "summary": summary(rows),
     }
+
+
+def rows_from_json(document: dict[str, Any]) -> list[Row]:
+    """The rows of a :func:`to_json` document, to draw a table or plot again without rerunning."""
+    rows = []
+    for item in document["rows"]:
+        targets = tuple(Target(t["kind"], t["limit"], t["text"], t["derived"]) for t in item["targets"])
+        rss = item["peak_rss_mib"]
+        rows.append(Row(item["key"], item["workload"], item["anchor"], tuple(item["anchor_seconds"]),
+                        tuple(item["archive_seconds"]), targets, item["nbytes"],
+                        round(rss * 1024) if rss else 0, item["file_reads"], tuple(item["notes"])))
+    return rows

@@ -41,6 +41,7 @@ def folder_suite(ctx: Context) -> list[Row]:
     try:
         rows = push_rows(ctx, folder, "folder", label, derived=False, with_repeats=True)
         rows.append(pull_cached_row(ctx, folder, "folder", label, derived=False))
+        rows.append(pull_cached_row(ctx, folder, "folder", label, derived=True, link="hard"))
         rows.append(pull_cold_row(ctx, folder, "folder", label, derived=False))
     finally:
         remove(folder)
@@ -116,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--commit", default=None,
                         help="the commit the measured archive was built from, for the table's heading"
                         " [this repository's HEAD]")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="RESULTS",
+                        help="run nothing: draw the table and plot of a results.json again into --out")
     parser.add_argument("--only", nargs="+", choices=list(SUITES), default=list(SUITES),
                         help="run only these suites")
     return parser.parse_args(argv)
@@ -179,8 +182,19 @@ def write_results(rows: list[Row], meta: dict[str, object], out: Path) -> list[s
     return [] if note is None else [note]
 
 
+def redraw(source: Path, out: Path) -> int:
+    """Write results.md, results.json and the plot of an earlier run again (new table code)."""
+    document = json.loads(source.read_text())
+    rows, meta = report.rows_from_json(document), document["meta"]
+    notes = write_results(rows, meta, out)
+    print_results(rows, meta, [*meta.get("notes", []), *notes], out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return redraw(args.from_json, args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S")
     if args.scratch:
         args.scratch.mkdir(parents=True, exist_ok=True)

@@ -228,8 +228,13 @@ def pull_cold_row(ctx: Context, folder: Path, key: str, label: str, *, derived: 
                 measured, (Target("ratio_max", 1.0, "<= 1.0x", derived),), nbytes)
 
 
-def pull_cached_row(ctx: Context, folder: Path, key: str, label: str, *, derived: bool) -> Row:
-    """Pull a release whose blobs are all in the cache into a new folder, against ``cp -r``."""
+def pull_cached_row(ctx: Context, folder: Path, key: str, label: str, *, derived: bool,
+                    link: str | None = None) -> Row:
+    """Pull a release whose blobs are all in the cache into a new folder, against ``cp -r``.
+
+    ``link`` passes ``--link MODE`` (the default mode otherwise), to show what a mode costs.
+    """
+    options = ["--link", link] if link else []
     home = ctx.path("home")
     env = user_env(home)
     store = publish_once(ctx, folder, env)
@@ -240,14 +245,16 @@ def pull_cached_row(ctx: Context, folder: Path, key: str, label: str, *, derived
         logger.info("pull %s from the cache: repetition %d of %d", label, rep + 1, ctx.reps)
         copy, dest = ctx.path("copy"), ctx.path("pulled")
         anchor.append(ctx.timed(["cp", "-r", str(folder), str(copy)]))
-        measured.append(ctx.timed(ctx.archive(store, "pull", NAME, "1.0.0", "--to", str(dest)), env))
+        measured.append(ctx.timed(ctx.archive(store, "pull", NAME, "1.0.0", "--to", str(dest), *options), env))
         check_same_tree(folder, dest)
         ctx.discard(copy, dest)
     ctx.discard(store, home, warm)
     ctx.empty_trash()
     nbytes = tree_bytes(folder)
-    return _row(f"pull_cached_{key}", f"pull {label} already in the cache into a new folder", "cp -r",
-                anchor, measured, (Target("ratio_max", 0.05, ">= 20x faster (<= 0.05x)", derived),), nbytes)
+    mode = f", --link {link}" if link else ""
+    return _row(f"pull_cached_{key}" + (f"_{link}" if link else ""),
+                f"pull {label} already in the cache into a new folder{mode}", "cp -r", anchor, measured,
+                (Target("ratio_max", 0.05, ">= 20x faster (<= 0.05x)", derived or bool(link)),), nbytes)
 
 
 def resolve_rows(ctx: Context) -> list[Row]:

@@ -126,3 +126,9 @@ def test_doctests(module: str) -> None:
     import importlib
 
     assert doctest.testmod(importlib.import_module(module)).failed == 0
+
+
+def test_rows_survive_a_json_round_trip() -> None:
+    rows = [make_row(peak_rss_kib=2048, file_reads=3, notes=("n",)), make_row(anchor=())]
+    again = report.rows_from_json(json.loads(json.dumps(report.to_json(rows, {}))))
+    assert again == rows
