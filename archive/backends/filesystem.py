@@ -19,7 +19,8 @@ from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
-from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
+from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
+                      StorageFullError)
 from ..interface import ArchiveInterface, KeyInfo
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class FileSystemArchive(ArchiveInterface):
         """Turn ``OSError`` into the archive's errors at the backend boundary."""
         try:
             yield
+        except ArchiveError:
+            raise  # from the chunks being written (e.g. a lost connection to their source): not ours
         except (FileNotFoundError, NotADirectoryError):
             raise KeyNotFoundError(key) from None
         except OSError as exc:

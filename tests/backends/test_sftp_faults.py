@@ -25,7 +25,7 @@ import archive.transfer
 from archive import layout
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.backends.sftp_resume import FOREIGN_IDLE_SECONDS
-from archive.errors import BackendError, BackendUnavailableError, StorageFullError
+from archive.errors import BackendUnavailableError, StorageFullError
 from archive.hashing import BlobId
 from tests.conftest import make_tree
 from tests.sshd import SSHServer
@@ -226,9 +226,6 @@ def test_cut_mid_upload_resumes(sshd: SSHServer, proxy: CuttingProxy, store: Pat
     assert_nothing_half_written(store, sshd, "big", published=True)
 
 
-@pytest.mark.xfail(strict=True, raises=BackendError,
-                   reason="shared code: FileSystemArchive._errors turns the SFTP source's BackendUnavailableError"
-                          " (an OSError) into a BackendError while writing the cache, so with_retries gives up")
 def test_cut_mid_download_is_retried(sshd: SSHServer, proxy: CuttingProxy, store: Path, tmp_path: Path,
                                      transport: str) -> None:
     data = os.urandom(12 * MIB)
