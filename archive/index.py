@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import layout
 from .errors import IntegrityError, InvalidInputError, KeyNotFoundError
 from .records import canonical_json, check_name, load_json
-from .versions import parse_version
+from .versions import key_of, sort_versions
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -78,7 +78,7 @@ def _versions_document(arc: "ArchiveInterface", name: str, versions: set[str],
                        old: dict[str, Any]) -> dict[str, Any]:
     known = old.get("versions", {}) if isinstance(old.get("versions"), dict) else {}
     ids = {v: known.get(v) or str(arc.release_id(name, v)) for v in versions}
-    ordered = sorted(ids, key=parse_version)
+    ordered = sort_versions(ids)
     return {"format": INDEX_FORMAT, "name": name, "versions": {v: ids[v] for v in ordered}}
 
 
@@ -110,7 +110,4 @@ def _is_name(text: str) -> bool:
 
 
 def _is_version(text: str) -> bool:
-    try:
-        return str(parse_version(text)) == text
-    except InvalidInputError:
-        return False
+    return key_of(text) is not None

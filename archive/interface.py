@@ -22,7 +22,7 @@ from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchin
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
 from .transfer import reporting
-from .versions import parse_range, parse_version
+from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
     from .pins import SeenRecords
@@ -167,7 +167,7 @@ class ArchiveInterface(ABC):
         from .index import list_versions
 
         check_name(name)
-        return sorted(list_versions(self, name), key=parse_version, reverse=True)
+        return sort_versions(list_versions(self, name), newest_first=True)
 
     def release_id(self, name: str, version: str) -> BlobId:
         """The record id that the pointer of ``name`` ``version`` names."""

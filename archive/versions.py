@@ -29,6 +29,8 @@ _PARTIAL = re.compile(
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
 )
 _HYPHEN = re.compile(r"\s+-\s+")
+_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
+_CANONICAL = re.compile(rf"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-({_ID}(?:\.{_ID})*))?")
 
 
 def parse_version(text: str) -> Version:
@@ -42,6 +44,43 @@ def parse_version(text: str) -> Version:
             f"invalid version {text!r}: use SemVer MAJOR.MINOR.PATCH, e.g. 1.0.0 or 2.1.0-rc.1") from None
 
 
+VersionKey = tuple  # (major, minor, patch, is_release, prerelease identifiers): orders like SemVer
+
+
+def version_key(version: Version) -> VersionKey:
+    """A plain tuple that sorts exactly as SemVer precedence orders versions.
+
+    A release sorts after its prereleases (``is_release``); prerelease identifiers compare
+    numerically when numeric, else as ASCII, and numeric ones sort first. Tuples compare in C,
+    so sorting and matching thousands of versions stays fast.
+    """
+    pre = version.prerelease
+    if not pre:
+        return (version.major, version.minor, version.patch, 1, ())
+    ids = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre.split("."))
+    return (version.major, version.minor, version.patch, 0, ids)
+
+
+def key_of(text: str) -> VersionKey | None:
+    """The sort key of a canonical version string, or None if it is not one (fast path for
+    listings of thousands of versions)."""
+    match = _CANONICAL.fullmatch(text)
+    if match is None:
+        return None
+    major, minor, patch, pre = match.groups()
+    if not pre:
+        return (int(major), int(minor), int(patch), 1, ())
+    ids = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre.split("."))
+    return (int(major), int(minor), int(patch), 0, ids)
+
+
+def sort_versions(versions: Iterable[str], newest_first: bool = False) -> list[str]:
+    """Canonical version strings in SemVer order; anything else is dropped."""
+    keyed = [(key, text) for text in versions if (key := key_of(text)) is not None]
+    keyed.sort(reverse=newest_first)
+    return [text for _, text in keyed]
+
+
 @dataclass(frozen=True)
 class Comparator:
     """``version <op> bound`` for one of ``>=``, ``<=``, ``>``, ``<``, ``=``."""
@@ -49,8 +88,12 @@ class Comparator:
     op: str
     bound: Version
 
+    @property
+    def key(self) -> VersionKey:
+        return version_key(self.bound)
+
     def test(self, version: Version) -> bool:
-        return _OPS[self.op](version, self.bound)
+        return _OPS[self.op](version_key(version), self.key)
 
     def __str__(self) -> str:
         return f"{self.op}{self.bound}"
@@ -66,24 +109,36 @@ class VersionRange:
 
     def matches(self, version: Version) -> bool:
         """True when ``version`` satisfies the range under the npm prerelease rule."""
-        return any(_set_matches(comparators, version, self.include_prerelease) for comparators in self.sets)
+        return self.matches_key(version_key(version))
+
+    def matches_key(self, key: VersionKey) -> bool:
+        tests = self._tests()
+        return any(_set_matches(comparators, key, self.include_prerelease) for comparators in tests)
 
     def best(self, versions: Iterable[str]) -> str | None:
-        """The highest of ``versions`` (strings) that matches, or None."""
-        found = [v for v in map(parse_version, versions) if self.matches(v)]
-        return str(max(found)) if found else None
+        """The highest of ``versions`` (canonical strings) that matches, or None."""
+        found = [(key, text) for text in versions
+                 if (key := key_of(text)) is not None and self.matches_key(key)]
+        return max(found)[1] if found else None
+
+    def _tests(self) -> tuple[tuple[tuple[Callable, VersionKey], ...], ...]:
+        """The comparators as (operator, bound key) pairs, built once per range."""
+        cached = self.__dict__.get("_compiled")
+        if cached is None:
+            cached = tuple(tuple((_OPS[c.op], c.key) for c in comparators) for comparators in self.sets)
+            object.__setattr__(self, "_compiled", cached)
+        return cached
 
     def __str__(self) -> str:
         return self.text
 
 
-def _set_matches(comparators: tuple[Comparator, ...], version: Version, include_prerelease: bool) -> bool:
-    if not all(c.test(version) for c in comparators):
+def _set_matches(tests: tuple[tuple[Callable, VersionKey], ...], key: VersionKey, include_prerelease: bool) -> bool:
+    if not all(op(key, bound) for op, bound in tests):
         return False
-    if not version.prerelease or include_prerelease:
+    if key[3] or include_prerelease:
         return True
-    core = version.finalize_version()
-    return any(c.bound.prerelease and c.bound.finalize_version() == core for c in comparators)
+    return any(not bound[3] and bound[:3] == key[:3] for _, bound in tests)
 
 
 def parse_range(text: str, include_prerelease: bool = False) -> VersionRange:

@@ -132,3 +132,18 @@ def test_matches_npm_semver(semver_oracle, spec: str, version: str, include_pre:
 def test_best_is_npm_max_satisfying(semver_oracle, spec: str, available: list[str]) -> None:
     theirs = semver_oracle({"range": spec, "versions": available, "pre": False})["best"]
     assert parse_range(spec).best(available) == theirs
+
+
+@given(st.lists(versions(), min_size=1, max_size=30))
+def test_sort_keys_order_like_semver(texts: list[str]) -> None:
+    from archive.versions import key_of, sort_versions, version_key
+
+    assert sort_versions(texts) == [str(v) for v in sorted(parse_version(t) for t in texts)]
+    assert all(key_of(t) == version_key(parse_version(t)) for t in texts)
+
+
+@pytest.mark.parametrize("text", ["1.0", "01.0.0", "1.0.0-", "1.0.0-01", "1.0.0+b", "v1.0.0", "index.json"])
+def test_non_canonical_strings_have_no_key(text: str) -> None:
+    from archive.versions import key_of
+
+    assert key_of(text) is None
