@@ -3,17 +3,18 @@
 Starts a private sshd on 127.0.0.1 (as the tests do), then times, alternating each archive
 command with the OpenSSH command it competes with, ``--repeat`` times:
 
-* push and pull of one large file (1 GiB; 64 MiB with ``--quick``): ``archive`` publish and
-  download (into an empty cache) against OpenSSH ``sftp`` put/get and ``scp``;
+* push and pull of one large file (1 GiB; 64 MiB with ``--quick``): ``archive push`` and
+  ``archive pull`` (the real command, into an empty cache) against OpenSSH ``sftp`` put/get
+  and ``scp``;
 * the raw backend primitives (``write_key``/``open_key``) on the same file: what the backend
   costs without publish's hashing pass and download's copy out of the cache;
 * push and pull of many 4 KiB files (10,000; 1,000 with ``--quick``) against ``scp -r``.
 
-Every archive command opens its own connections (``get_interface``) and closes them, as the
-OpenSSH commands do. It prints median seconds, the speed ratio (OpenSSH seconds / archive
+Every archive command opens its own connections and closes them, as the OpenSSH commands do. It prints median seconds, the speed ratio (OpenSSH seconds / archive
 seconds: above 1 means archive is faster) and the CPU seconds each side burnt in all processes
 (this one, its children such as ``ssh``, and the sshd's session processes): on a shared
-machine the CPU figure is steadier than the clock. Then the peak memory of this process.
+machine the CPU figure is steadier than the clock. Then the peak memory of the ``archive``
+processes (measured with GNU time, as ``bench.measure`` does).
 Numbers vary by machine: they belong in docs/performance.md, never in test asserts.
 """
 
@@ -25,6 +26,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,8 +35,10 @@ from typing import Callable
 
 import archive
 from archive.backends.sftp_conn import TRANSPORT_ENV
+from bench.measure import RSS_IS_EXACT, run_timed
 from tests.sshd import SSHServer, start_sshd, stop_process
 
+REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 SETTLE_SECONDS = 0.3  # for sshd to reap a finished session, so its CPU time is counted
 
@@ -119,15 +123,25 @@ class Bench:
         return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + sessions
 
 
-def push(url: str, folder: Path, jobs: int | None = None) -> None:
-    with archive.get_interface(url) as arc:
-        arc.publish(folder, "bench", "1.0.0", jobs=jobs, progress=False)
+class ArchiveCLI:
+    """The real ``archive`` command in a child process, as a user runs it; its peak RSS is kept."""
 
+    def __init__(self, home: Path, jobs: int | None) -> None:
+        self.home, self.jobs = home, jobs
+        self.peak_rss_kib = 0
 
-def pull(url: str, dest: Path, cache: Path, jobs: int | None = None) -> None:
-    os.environ["ARCHIVE_CACHE_DIR"] = str(cache)
-    with archive.get_interface(url) as arc:
-        arc.download("bench", "*", dest, jobs=jobs, progress=False)
+    def push(self, url: str, folder: Path) -> None:
+        self._run(url, self.home / "cache", "push", str(folder), "bench", "1.0.0")
+
+    def pull(self, url: str, dest: Path, cache: Path) -> None:
+        self._run(url, cache, "pull", "bench", "1.0.0", "--to", str(dest))
+
+    def _run(self, url: str, cache: Path, *args: str) -> None:
+        env = {**os.environ, "ARCHIVE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+        jobs = ["--jobs", str(self.jobs)] if self.jobs else []
+        sample = run_timed([sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", url, *jobs, *args],
+                           env=env)
+        self.peak_rss_kib = max(self.peak_rss_kib, sample.max_rss_kib)
 
 
 def write_raw(url: str, src: Path) -> None:
@@ -141,7 +155,7 @@ def read_raw(url: str) -> None:
             pass
 
 
-def bench_large(bench: Bench, size: int, reps: int) -> list[Row]:
+def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row]:
     """Push and pull of one large file: archive vs OpenSSH sftp and scp, and the raw primitives."""
     src = make_big_file(bench.work / "big" / "data.bin", size)
     rows = [Row(label) for label in ("large push: publish vs sftp put", "large push: publish vs scp",
@@ -155,8 +169,8 @@ def bench_large(bench: Bench, size: int, reps: int) -> list[Row]:
         get = bench.measure(lambda: bench.sftp(f"get {remote}/sftp.bin {local}/sftp.bin"))
         scp_put = bench.measure(lambda: bench.scp(str(src), bench.remote(remote / "scp.bin")))
         scp_get = bench.measure(lambda: bench.scp(bench.remote(remote / "scp.bin"), str(local / "scp.bin")))
-        ours_push = bench.measure(lambda: push(url, src.parent))
-        ours_pull = bench.measure(lambda: pull(url, local / "pulled", local / "cache"))
+        ours_push = bench.measure(lambda: cli.push(url, src.parent))
+        ours_pull = bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"))
         ours_write = bench.measure(lambda: write_raw(url, src))
         ours_read = bench.measure(lambda: read_raw(url))
         for row, ours, theirs in zip(rows, (ours_push, ours_push, ours_pull, ours_pull, ours_write, ours_read),
@@ -168,7 +182,7 @@ def bench_large(bench: Bench, size: int, reps: int) -> list[Row]:
     return rows
 
 
-def bench_small(bench: Bench, count: int, reps: int, jobs: int | None) -> list[Row]:
+def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Row]:
     """Push and pull of many small files: archive publish/download vs ``scp -r``."""
     src = make_small_files(bench.work / "small", count)
     push_row, pull_row = Row(f"{count:,} x 4 KiB push: publish vs scp -r"), Row(f"{count:,} x 4 KiB pull: "
@@ -178,10 +192,10 @@ def bench_small(bench: Bench, count: int, reps: int, jobs: int | None) -> list[R
         url = bench.server.url(remote / "store")
         archive.get_interface(url, create=True).close()
         push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
-        push_row.ours.append(bench.measure(lambda: push(url, src, jobs)))
+        push_row.ours.append(bench.measure(lambda: cli.push(url, src)))
         pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
                                                                str(local / "scp"))))
-        pull_row.ours.append(bench.measure(lambda: pull(url, local / "pulled", local / "cache", jobs)))
+        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache")))
         shutil.rmtree(remote)
         shutil.rmtree(local)
     return [push_row, pull_row]
@@ -229,17 +243,17 @@ def main(argv: list[str] | None = None) -> None:
         proc, server = start_sshd(work / "sshd")
         try:
             setup_home(server, work / "home")
-            bench = Bench(server, proc.pid, work)
-            rows = [] if args.only == "small" else bench_large(bench, size, reps)
-            rows += [] if args.only == "large" else bench_small(bench, count, reps, args.jobs)
+            bench, cli = Bench(server, proc.pid, work), ArchiveCLI(work / "home", args.jobs)
+            rows = [] if args.only == "small" else bench_large(bench, cli, size, reps)
+            rows += [] if args.only == "large" else bench_small(bench, cli, count, reps)
         finally:
             stop_process(proc)
     print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}")
     for row in rows:
         print(row.line())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak memory: this process {peak:.0f} MiB, largest child process {children:.0f} MiB;"
+    exact = "" if RSS_IS_EXACT else " (an upper bound: no GNU time)"
+    print(f"peak memory of an archive push/pull process: {cli.peak_rss_kib / 1024:.0f} MiB{exact};"
+          f" of this process (raw primitives): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB;"
           f" load after: {os.getloadavg()[0]:.2f}")
 
 

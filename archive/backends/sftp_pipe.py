@@ -129,29 +129,56 @@ class SSHPipe:
         window of reads) then reach ssh in one write: one SSH packet instead of several, and
         fewer wake-ups of ssh and sshd, which is most of the cost of many small files.
         """
-        if len(self._queued) + len(data) > SEND_BLOCK:
-            self._flush()
-            if len(data) > SEND_BLOCK:
-                _write_all(self._in, data)
-                return len(data)
-        self._queued += data
+        self.send_parts(data)
         return len(data)
+
+    def send_parts(self, *parts: bytes | memoryview) -> None:
+        """Send ``parts`` as one message; a large one goes straight out with ``writev``, so the
+        data of a write request is never copied in this process."""
+        size = sum(len(part) for part in parts)
+        if len(self._queued) + size <= SEND_BLOCK:
+            for part in parts:
+                self._queued += part
+            return
+        self._flush()
+        if size <= SEND_BLOCK:
+            for part in parts:
+                self._queued += part
+            return
+        _write_all(self._in, [memoryview(part).cast("B") for part in parts])
 
     def _flush(self) -> None:
         if self._queued:
             queued, self._queued = self._queued, bytearray()
-            _write_all(self._in, queued)
+            _write_all(self._in, [memoryview(queued)])
 
     def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes (paramiko loops for the rest); a large ``n`` is read whole, in one
+        join, so a data packet is not pieced together by repeated concatenation."""
         self._flush()
-        if self._pos >= len(self._buffer):
-            self._buffer, self._pos = os.read(self._out, max(n, READ_BLOCK)), 0
-            if not self._buffer:
-                self._eof = True
-                return b""
-        end = min(self._pos + n, len(self._buffer))
-        data = self._buffer[self._pos:end] if (self._pos, end) != (0, len(self._buffer)) else self._buffer
-        self._pos = end
+        if self._pos >= len(self._buffer) and n < READ_BLOCK:
+            self._buffer, self._pos = os.read(self._out, READ_BLOCK), 0
+        if self._pos < len(self._buffer):
+            end = min(self._pos + n, len(self._buffer))
+            data = self._buffer[self._pos:end] if (self._pos, end) != (0, len(self._buffer)) else self._buffer
+            self._pos = end
+            if len(data) == n or n < READ_BLOCK:
+                return data
+            return data + self._read_exactly(n - len(data))
+        return self._read_exactly(n)
+
+    def _read_exactly(self, n: int) -> bytes:
+        """``n`` bytes straight from ssh's stdout (fewer at the end of the stream)."""
+        parts, missing = [], n
+        while missing:
+            part = os.read(self._out, missing)
+            if not part:
+                break
+            parts.append(part)
+            missing -= len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not data:
+            self._eof = True
         return data
 
     def recv_ready(self) -> bool:
@@ -206,10 +233,15 @@ class SSHPipe:
         return ssh_reason(self.stderr_text()) or "connection lost"
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """``writev`` until every byte of ``views`` is out (a pipe may take part of it)."""
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def _grow_pipe(fd: int) -> None:
