@@ -19,7 +19,7 @@ from . import layout
 from .backends.filesystem import FileSystemArchive
 from .errors import IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
-from .statcache import StatCache
+from .statcache import StatCache, knows_boots
 from .transfer import with_retries
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ class BlobCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
-        self.store = FileSystemArchive(self.root)
+        # Not durable: the cache is disposable, and what it holds is trusted only after it was
+        # verified since the last boot (see _remember_verified), so a crash can cost no more
+        # than a re-hash. Skipping fsync halves the disk flushes of a download.
+        self.store = FileSystemArchive(self.root, durable=not knows_boots())
         #: Remembered hashes of files (published sources and cached blobs).
         self.stat_cache = StatCache(self.root / "stat.sqlite")
 
@@ -81,9 +84,12 @@ class BlobCache:
                 pass
 
     def _remember_verified(self, blob: BlobId) -> None:
-        """Note that the cache file of ``blob`` was verified as it is now. Cache files are written
-        only by us, whole, and read-only, so no racily-clean margin is needed (ctime is left out:
-        hard links to the file change it)."""
+        """Note that the cache file of ``blob`` was verified as it is now, until the next boot.
+
+        Cache files are written only by us, whole, and read-only, so no racily-clean margin is
+        needed; ctime is left out (hard links to the file change it) and the boot is put in its
+        place: data not yet flushed when the machine went down is checked again after it.
+        """
         path = self.path_of(blob)
         self.stat_cache.remember([(path, os.stat(path), blob)], hashed_at_ns=None, with_ctime=False)
 

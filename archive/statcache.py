@@ -19,6 +19,7 @@ blobs are still verified wherever they are written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -37,8 +38,28 @@ CREATE TABLE IF NOT EXISTS files (
 
 
 def identity(info: os.stat_result, with_ctime: bool = True) -> tuple[int, int, int, int, int]:
-    """What must not change for a remembered hash to hold."""
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns if with_ctime else 0)
+    """What must not change for a remembered hash to hold.
+
+    Without ctime (for files whose ctime moves for harmless reasons, like hard links to the
+    cache's blobs), the current boot takes its place, so such an entry holds until a reboot.
+    """
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+            info.st_ctime_ns if with_ctime else _boot_number())
+
+
+def knows_boots() -> bool:
+    """True where entries without ctime expire at reboot (Linux); elsewhere they do not."""
+    return _boot_number() != -1
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_number() -> int:
+    """A number that changes with every boot (Linux's boot id), or -1 where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as stream:
+            return int(stream.read().strip().replace("-", "")[:15], 16)
+    except (OSError, ValueError):
+        return -1
 
 
 def is_settled(info: os.stat_result, hashed_at_ns: int) -> bool:
@@ -111,6 +132,7 @@ class StatCache:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # a lost entry only costs a re-hash
                 db.execute(_SCHEMA)
                 self._db = db
             except (sqlite3.Error, OSError) as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +33,13 @@ class FileSystemArchive(ArchiveInterface):
 
     max_workers = 4
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, durable: bool = True) -> None:
         self.root = Path(root).absolute()
         super().__init__(str(self.root))
+        #: Flush data and renames to disk (off only for a disposable cache, see archive.cache).
+        self.durable = durable
+        self._dirty_dirs: set[Path] = set()
+        self._dirty_lock = threading.Lock()
 
     @classmethod
     def from_location(cls, location: str) -> "FileSystemArchive":
@@ -75,18 +80,52 @@ class FileSystemArchive(ArchiveInterface):
             yield stream
 
     def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+        """See :meth:`ArchiveInterface.write_key`.
+
+        Durability: a file's data is flushed to disk before its rename, so a name never points
+        at data a crash could lose. The renames themselves become durable when their folder is
+        synced; that is deferred and done once per folder before the next create-only write
+        (a release pointer, the commit point of a publish), so a pointer is never durable before
+        the blobs its record names, at one folder sync per fan-out folder instead of per blob.
+        """
         target = self.local_path(key)
-        tmp_dir = self.local_path(layout.TMP_DIR)
         with self._errors(key):
-            tmp_dir.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+            tmp = self._tmp_dir() / f"{uuid.uuid4().hex}.part"
             try:
-                _write_synced(tmp, chunks)
+                _write_file(tmp, chunks, self.durable)
+                if exclusive:
+                    self._sync_pending_dirs()
                 _move_into_place(tmp, target, key, exclusive)
             finally:
                 tmp.unlink(missing_ok=True)
-            _sync_directory(target.parent)
+            self._mark_dirty(target.parent, now=exclusive)
+
+    def _tmp_dir(self) -> Path:
+        tmp_dir = self.local_path(layout.TMP_DIR)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        return tmp_dir
+
+    def _mark_dirty(self, folder: Path, now: bool) -> None:
+        if not self.durable:
+            return
+        if now:
+            _sync_directory(folder)
+        else:
+            with self._dirty_lock:
+                self._dirty_dirs.add(folder)
+
+    def _sync_pending_dirs(self) -> None:
+        if not self.durable:
+            return
+        with self._dirty_lock:
+            pending, self._dirty_dirs = self._dirty_dirs, set()
+        for folder in pending:
+            _sync_directory(folder)
+
+    def close(self) -> None:
+        """Make deferred renames durable."""
+        self._sync_pending_dirs()
 
     def list_keys(self, prefix: str) -> list[str]:
         try:
@@ -102,13 +141,14 @@ class FileSystemArchive(ArchiveInterface):
             os.unlink(self.local_path(key))
 
 
-def _write_synced(path: Path, chunks: Iterable[bytes]) -> None:
+def _write_file(path: Path, chunks: Iterable[bytes], durable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE | 0o200)
     with open(fd, "wb") as stream:
         for chunk in chunks:
             stream.write(chunk)
         stream.flush()
-        os.fsync(stream.fileno())
+        if durable:
+            os.fsync(stream.fileno())
     os.chmod(path, FILE_MODE)
 
 
