@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
+SMALL_FILE = 256 * 1024
 _PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
 
 
@@ -83,10 +84,20 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     file_mode = 0o666 & ~_umask()
     fetch_blobs(arc, cache, [p.entry for p in placements], workers, progress)
     started = time.time_ns()
-    run_jobs([lambda p=p: place(arc, cache, p, link, file_mode) for p in placements], workers)
+    run_jobs([lambda p=p: place(arc, cache, p, link, file_mode) for p in placements],
+             _placing_workers(placements, workers))
     _remember_placed(cache, placements, started)
     logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
     return dest
+
+
+def _placing_workers(placements: list[Placement], workers: int) -> int:
+    """Threads for placing files: several for large files (the kernel copies without the GIL),
+    one for small ones, where per-file Python work dominates and threads only contend."""
+    if not placements:
+        return 1
+    average = sum(p.entry.size for p in placements) / len(placements)
+    return workers if average >= SMALL_FILE else 1
 
 
 def plan(release: Release, dest: Path, force: bool, cache: BlobCache) -> list[Placement]:

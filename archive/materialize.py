@@ -30,6 +30,7 @@ LINK_MODES = ("auto", "reflink", "hard", "symlink", "copy")
 PART_SUFFIX = ".archive-part"
 FICLONE = 0x40049409  # Linux ioctl: make the target share the source's blocks
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}
+_NO_REFLINK_DEVICES: set[int] = set()  # filesystems (st_dev) found unable to reflink
 
 
 def check_link_mode(mode: str) -> str:
@@ -41,12 +42,15 @@ def check_link_mode(mode: str) -> str:
 def place_file(source: Path, target: Path, mode: str, file_mode: int) -> None:
     """Make ``target`` hold the content of the cache file ``source``, atomically."""
     if mode == "auto":
-        try:
-            return place_file(source, target, "reflink", file_mode)
-        except OSError as exc:
-            if exc.errno not in _NO_REFLINK:
-                raise
-            return place_file(source, target, "copy", file_mode)
+        device = os.stat(target.parent).st_dev
+        if device not in _NO_REFLINK_DEVICES:
+            try:
+                return place_file(source, target, "reflink", file_mode)
+            except OSError as exc:
+                if exc.errno not in _NO_REFLINK:
+                    raise
+                _NO_REFLINK_DEVICES.add(device)  # ask each filesystem once, not once per file
+        mode = "copy"
     _atomically(target, lambda tmp: _MAKERS[mode](source, tmp, file_mode))
 
 
