@@ -16,7 +16,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Mapping
 
 from . import layout
 from .errors import (InvalidInputError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
@@ -24,7 +24,7 @@ from .errors import (InvalidInputError, KeyExistsError, KeyNotFoundError, Releas
 from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths
-from .statcache import StatCache, identity
+from .statcache import StatCache, identity, is_settled
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -59,13 +59,14 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     check_name(name)
     version = check_release_version(version)
     sources = scan_folder(folder)
+    hashing_started = time.time_ns()
     entries = hash_sources(sources, progress, stat_cache)
     release = Release.create(name, version, entries, metadata)
     existing = _existing_release(arc, release)
     if existing is not None:
         update_indexes(arc, name)
         return existing
-    upload_missing_blobs(arc, sources, entries, jobs or arc.max_workers, progress)
+    upload_missing_blobs(arc, sources, entries, jobs or arc.max_workers, progress, hashing_started)
     stored = commit_release(arc, release)
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes", name, version, len(release.files), release.total_size)
@@ -163,8 +164,12 @@ def _hash_source(source: SourceFile) -> FileEntry:
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: dict[str, FileEntry],
-                         workers: int, progress: bool | None = None) -> None:
-    """Upload each distinct blob the archive lacks (or holds at a wrong size), once."""
+                         workers: int, progress: bool | None = None, hashed_at_ns: int = 0) -> None:
+    """Upload each distinct blob the archive lacks (or holds at a wrong size), once.
+
+    ``hashed_at_ns`` is when hashing began: files settled before it are checked for change by
+    their identity instead of a second hash (see :func:`_upload`).
+    """
     first_source: dict[BlobId, SourceFile] = {}
     for source in sources:
         first_source.setdefault(entries[source.path].blob, source)
@@ -173,7 +178,8 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
     bar = make_progress("uploading", sum(src.size for _, src in missing), len(missing), progress)
     try:
         def job(blob: BlobId, src: SourceFile) -> None:
-            with_retries(lambda: _upload(arc, blob, src, bar), f"upload of {src.path}")
+            settled = is_settled(src.info, hashed_at_ns)
+            with_retries(lambda: _upload(arc, blob, src, bar, settled), f"upload of {src.path}")
             bar.file_done()
 
         run_jobs([lambda b=b, s=s: job(b, s) for b, s in missing], workers)
@@ -188,16 +194,36 @@ def _has_blob(arc: "ArchiveInterface", blob: BlobId, size: int) -> bool:
         return False
 
 
-def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any) -> None:
-    """Stream one file into the archive, checking it still hashes to ``blob`` as it goes."""
+def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any, settled: bool) -> None:
+    """Stream one file into the archive, making sure it is still the content hashed as ``blob``.
+
+    A file that had settled before it was hashed is checked by its identity (size, mtime,
+    ctime, inode) once the last byte is read: any write after hashing began would have changed
+    its mtime (the rule of :mod:`archive.statcache`), so a second hash would prove nothing more.
+    Other files are hashed again as they stream. Either check fails inside the chunks, before
+    the backend moves anything into place.
+    """
     try:
         stream = open(src.location, "rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
     with stream:
-        chunks = verified_chunks(reporting(iter_chunks(stream), bar.advance), blob, src.size,
-                                 f"{src.path!r} changed while being published")
+        chunks = reporting(iter_chunks(stream), bar.advance)
+        if settled:
+            chunks = _unchanged(chunks, stream, src)
+        else:
+            chunks = verified_chunks(chunks, blob, src.size, f"{src.path!r} changed while being published")
         arc.write_key(layout.blob_key(blob), chunks)
+
+
+def _unchanged(chunks: Iterator[bytes], stream: BinaryIO, src: SourceFile) -> Iterator[bytes]:
+    """Pass ``chunks`` through, then raise if the file is not the one that was hashed."""
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        yield chunk
+    if seen != src.size or identity(os.fstat(stream.fileno())) != identity(src.info):
+        raise InvalidInputError(f"{src.path!r} changed while being published; publish again when it is stable")
 
 
 def _existing_release(arc: "ArchiveInterface", release: Release) -> Release | None:

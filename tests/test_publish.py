@@ -183,3 +183,32 @@ def test_index_files_list_every_version(folder_archive, sample_folder: Path) -> 
     assert list(index["versions"]) == ["1.0.0", "1.1.0", "2.0.0-rc.1"]
     assert index["versions"]["1.1.0"] == str(folder_archive.release_id("calib", "1.1.0"))
     assert _read_index(folder_archive, "index.json")["names"] == ["calib"]
+
+
+def test_settled_file_changed_during_upload_fails_cleanly(folder_archive, sample_folder: Path, monkeypatch) -> None:
+    """A settled file is not hashed twice; a change between hashing and upload still shows in
+    its identity (size, mtime, ctime), and the publish fails before the blob is placed."""
+    import time
+
+    import archive.publish as pub
+
+    old = time.time() - 3600
+    for path in sample_folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    real_upload = pub.upload_missing_blobs
+    target = sample_folder / "data" / "raw" / "run1.bin"
+
+    def change_then_upload(arc, sources, entries, *args, **kwargs):
+        data = bytearray(target.read_bytes())
+        data[100] ^= 0xFF  # same size; mtime put back: only ctime can tell
+        info = target.stat()
+        target.write_bytes(bytes(data))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        return real_upload(arc, sources, entries, *args, **kwargs)
+
+    monkeypatch.setattr(pub, "upload_missing_blobs", change_then_upload)
+    with pytest.raises(InvalidInputError, match="run1.bin' changed while being published"):
+        folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
+    assert folder_archive.names() == []
+    assert folder_archive.list_keys("tmp") == []
