@@ -66,6 +66,7 @@ def make_small_files(folder: Path, count: int, size: int = 4096) -> Path:
 class Sample:
     seconds: float
     cpu: float
+    rss_kib: int = 0  # peak RSS of the archive process, where one ran
 
 
 @dataclass
@@ -79,8 +80,9 @@ class Row:
     def line(self) -> str:
         ours, theirs = (statistics.median(s.seconds for s in side) for side in (self.ours, self.theirs))
         cpu_ours, cpu_theirs = (statistics.median(s.cpu for s in side) for side in (self.ours, self.theirs))
+        rss = max(s.rss_kib for s in self.ours) / 1024
         return (f"{self.label:<42} {ours:>9.2f} {theirs:>9.2f} {theirs / ours:>9.2f}x"
-                f" {cpu_ours:>9.2f} {cpu_theirs:>9.2f}")
+                f" {cpu_ours:>9.2f} {cpu_theirs:>9.2f} {f'{rss:.0f} MiB' if rss else '-':>9}")
 
 
 class Bench:
@@ -106,15 +108,16 @@ class Bench:
     def fresh(self, label: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
 
-    def measure(self, action: Callable[[], object]) -> Sample:
-        """Wall and CPU seconds of ``action``, after flushing dirty pages of earlier steps."""
+    def measure(self, action: Callable[[], object], cli: "ArchiveCLI | None" = None) -> Sample:
+        """Wall and CPU seconds of ``action``, after flushing dirty pages of earlier steps; with
+        ``cli``, the peak RSS of the archive command that ``action`` ran."""
         os.sync()
         cpu = self._cpu()
         start = time.perf_counter()
         action()
         seconds = time.perf_counter() - start
         time.sleep(SETTLE_SECONDS)
-        return Sample(seconds, self._cpu() - cpu)
+        return Sample(seconds, self._cpu() - cpu, cli.last_rss_kib if cli else 0)
 
     def _cpu(self) -> float:
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -128,7 +131,7 @@ class ArchiveCLI:
 
     def __init__(self, home: Path, jobs: int | None) -> None:
         self.home, self.jobs = home, jobs
-        self.peak_rss_kib = 0
+        self.last_rss_kib = 0  # the peak RSS of the last command
 
     def push(self, url: str, folder: Path) -> None:
         self._run(url, self.home / "cache", "push", str(folder), "bench", "1.0.0")
@@ -141,7 +144,7 @@ class ArchiveCLI:
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         sample = run_timed([sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", url, *jobs, *args],
                            env=env)
-        self.peak_rss_kib = max(self.peak_rss_kib, sample.max_rss_kib)
+        self.last_rss_kib = sample.max_rss_kib
 
 
 def write_raw(url: str, src: Path) -> None:
@@ -169,8 +172,8 @@ def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row
         get = bench.measure(lambda: bench.sftp(f"get {remote}/sftp.bin {local}/sftp.bin"))
         scp_put = bench.measure(lambda: bench.scp(str(src), bench.remote(remote / "scp.bin")))
         scp_get = bench.measure(lambda: bench.scp(bench.remote(remote / "scp.bin"), str(local / "scp.bin")))
-        ours_push = bench.measure(lambda: cli.push(url, src.parent))
-        ours_pull = bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"))
+        ours_push = bench.measure(lambda: cli.push(url, src.parent), cli)
+        ours_pull = bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli)
         ours_write = bench.measure(lambda: write_raw(url, src))
         ours_read = bench.measure(lambda: read_raw(url))
         for row, ours, theirs in zip(rows, (ours_push, ours_push, ours_pull, ours_pull, ours_write, ours_read),
@@ -192,10 +195,10 @@ def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Ro
         url = bench.server.url(remote / "store")
         archive.get_interface(url, create=True).close()
         push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
-        push_row.ours.append(bench.measure(lambda: cli.push(url, src)))
+        push_row.ours.append(bench.measure(lambda: cli.push(url, src), cli))
         pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
                                                                str(local / "scp"))))
-        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache")))
+        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli))
         shutil.rmtree(remote)
         shutil.rmtree(local)
     return [push_row, pull_row]
@@ -248,13 +251,13 @@ def main(argv: list[str] | None = None) -> None:
             rows += [] if args.only == "large" else bench_small(bench, cli, count, reps)
         finally:
             stop_process(proc)
-    print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}")
+    print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}"
+          f" {'arc RSS':>9}")
     for row in rows:
         print(row.line())
-    exact = "" if RSS_IS_EXACT else " (an upper bound: no GNU time)"
-    print(f"peak memory of an archive push/pull process: {cli.peak_rss_kib / 1024:.0f} MiB{exact};"
-          f" of this process (raw primitives): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB;"
-          f" load after: {os.getloadavg()[0]:.2f}")
+    exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
+    print(f"arc RSS: peak of the archive command ({exact}); this process, which ran the raw primitives:"
+          f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
