@@ -20,6 +20,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError,
 logger = logging.getLogger(__name__)
 #: The key files ssh tries by default (``ssh(1)``, ``-i``), looked up in ``$HOME/.ssh``.
 DEFAULT_KEY_NAMES = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
-PIPE_SIZE = 1024 * 1024  # bigger pipes: fewer, larger reads and writes between us and ssh
+PIPE_SIZE = 1024 * 1024  # a bigger stdout pipe: fewer, larger reads of ssh's output
 READ_BLOCK = 256 * 1024
 SEND_BLOCK = 64 * 1024  # requests queued up to this size go to ssh in one write
 STDERR_TAIL = 4096
@@ -112,11 +113,17 @@ class SSHPipe:
     def __init__(self, argv: list[str], name: str) -> None:
         self.name = name
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                      bufsize=0, start_new_session=True)
-        self._in, self._out = self._proc.stdin.fileno(), self._proc.stdout.fileno()
-        for fd in (self._in, self._out):
-            _grow_pipe(fd)
+        self._sock, theirs = socket.socketpair()  # ssh's stdin: as OpenSSH's sftp feeds it (faster writes here)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0,
+                                          start_new_session=True)
+        except BaseException:
+            self._sock.close()
+            raise
+        finally:
+            theirs.close()
+        self._in, self._out = self._sock.fileno(), self._proc.stdout.fileno()
+        _grow_pipe(self._out)
         self._buffer, self._pos, self._eof = b"", 0, False
         self._queued = bytearray()
         self._stderr_tail = ""
@@ -201,7 +208,7 @@ class SSHPipe:
         if self._stderr.closed:
             return
         self._queued.clear()  # requests nobody waits for
-        for stream in (self._proc.stdin, self._proc.stdout):
+        for stream in (self._sock, self._proc.stdout):
             try:
                 stream.close()
             except OSError as exc:  # a broken pipe while flushing: the session is gone anyway
