@@ -66,7 +66,7 @@ def live_blobs(arc: "ArchiveInterface") -> set[BlobId]:
 def collect_garbage(arc: "ArchiveInterface", *, grace_hours: float = DEFAULT_GRACE_HOURS,
                     dry_run: bool = False, now: float | None = None) -> GcReport:
     """Remove unreferenced blobs and temporary files older than ``grace_hours``."""
-    arc._check_writable()
+    arc.check_writable()
     live = live_blobs(arc)
     cutoff = (time.time() if now is None else now) - grace_hours * 3600
     report = GcReport()

@@ -123,17 +123,18 @@ class ArchiveInterface(ABC):
         return data
 
     def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        self._check_writable()
+        self.check_writable()
         self.write_key(key, [data], exclusive=exclusive)
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """Raise :class:`ReadOnlyArchiveError` on storage that can only be read."""
         if self.read_only:
             raise ReadOnlyArchiveError(f"{self.location} is read-only")
 
     # ---------------------------------------------------------------- the archive itself
     def initialize(self) -> None:
         """Create an empty archive here; an existing archive is left as it is."""
-        self._check_writable()
+        self.check_writable()
         marker = {"format": "archive", "version": layout.FORMAT_VERSION}
         from .records import canonical_json
 
@@ -241,7 +242,7 @@ class ArchiveInterface(ABC):
         from .cache import default_cache
         from .publish import publish
 
-        self._check_writable()
+        self.check_writable()
         return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress,
                        stat_cache=default_cache().stat_cache)
 
