@@ -8,8 +8,8 @@ the same blob in another process is never disturbed). The file is claimed by ren
 the new writer's own temporary name: of two claimers only one can win.
 
 "Verified before rename" stays true: the bytes already on the server are read back and
-compared with the local chunks before they are kept (the shared code hashes those chunks as
-they stream, whether sent or compared). From the first difference on the file is truncated
+compared with the local chunks before they are kept, and the shared code checks the chunks
+themselves (by hash, or by the source file's unchanged identity) whether sent or compared. From the first difference on the file is truncated
 and written again. Reading back costs a download of the prefix instead of an upload, the
 faster direction on most links; the retry re-reads and re-hashes the local file either way.
 """
