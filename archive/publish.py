@@ -173,7 +173,9 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
     first_source: dict[BlobId, SourceFile] = {}
     for source in sources:
         first_source.setdefault(entries[source.path].blob, source)
-    missing = [(blob, src) for blob, src in first_source.items() if not _has_blob(arc, blob, src.size)]
+    present = run_jobs([lambda b=b, s=s: with_retries(lambda: _has_blob(arc, b, s.size), f"checking {s.path}")
+                        for b, s in first_source.items()], workers)
+    missing = [(blob, src) for (blob, src), there in zip(first_source.items(), present) if not there]
     logger.info("%d files, %d distinct blobs, %d to upload", len(sources), len(first_source), len(missing))
     bar = make_progress("uploading", sum(src.size for _, src in missing), len(missing), progress)
     try:
