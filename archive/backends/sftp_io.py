@@ -101,13 +101,7 @@ def remove_quietly(sftp: paramiko.SFTPClient, path: str) -> None:
 def upload(sftp: paramiko.SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> tuple[int, int]:
     """Stream ``chunks`` into a new file; return the bytes sent and the size the server reports."""
     writer = PipelinedWriter(sftp, open_handle(sftp, path, NEW_FILE), request_size)
-    try:
-        for chunk in chunks:
-            writer.write(chunk)
-        stored = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    stored = writer.write_all(chunks)
     return writer.offset, stored
 
 
@@ -145,6 +139,16 @@ class PipelinedWriter:
             self._in_flight += len(piece)
             while self._in_flight > WRITE_WINDOW:
                 self._settle_oldest()
+
+    def write_all(self, chunks: Iterable[bytes]) -> int:
+        """Write every chunk, then :meth:`close`; on any error (a chunk's own included) abort."""
+        try:
+            for chunk in chunks:
+                self.write(chunk)
+            return self.close()
+        except BaseException:
+            self.abort()
+            raise
 
     def close(self) -> int:
         """Close the file after checking every write; return its size on the server."""

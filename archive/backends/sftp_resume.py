@@ -132,13 +132,11 @@ def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[
         logger.info("resuming an upload: %d of %d bytes on the server match", offset, partial.size)
         if offset < partial.size:
             truncate_handle(sftp, handle, offset)
-        writer.offset = offset
-        for chunk in rest:
-            writer.write(chunk)
-        stored = writer.close()
     except BaseException:
         writer.abort()
         raise
+    writer.offset = offset
+    stored = writer.write_all(rest)
     return writer.offset, stored
 
 
