@@ -63,14 +63,39 @@ def iter_chunks(stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> Iterator[byte
         yield chunk
 
 
+class HashingChunks:
+    """Pass chunks through, hashing them on the way: one read serves the hash and the write.
+
+    :attr:`blob_id` and :attr:`size` describe the bytes that went by; the id is known once the
+    chunks are exhausted (reading it earlier raises ``RuntimeError``).
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._digest = hashlib.sha256()
+        self._blob_id: BlobId | None = None
+        self.size = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._digest.update(chunk)
+            self.size += len(chunk)
+            yield chunk
+        self._blob_id = BlobId(self._digest.hexdigest())
+
+    @property
+    def blob_id(self) -> BlobId:
+        if self._blob_id is None:
+            raise RuntimeError("the chunks have not all gone by yet")
+        return self._blob_id
+
+
 def hash_stream(stream: BinaryIO) -> tuple[BlobId, int]:
     """Hash a stream in chunks; return its id and its length in bytes."""
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in iter_chunks(stream):
-        digest.update(chunk)
-        size += len(chunk)
-    return BlobId(digest.hexdigest()), size
+    hashing = HashingChunks(iter_chunks(stream))
+    for _ in hashing:
+        pass
+    return hashing.blob_id, hashing.size
 
 
 def hash_file(path: Path) -> tuple[BlobId, int]:

@@ -39,6 +39,16 @@ class KeyInfo:
     mtime: float
 
 
+def key_of(key: "str | Callable[[], str]") -> str:
+    """The key of a write: ``key`` itself, or what the function given for it returns now."""
+    return key if isinstance(key, str) else key()
+
+
+def shown_key(key: "str | Callable[[], str]") -> str:
+    """A key for messages, before a deferred key is known."""
+    return key if isinstance(key, str) else "a new blob"
+
+
 class ArchiveInterface(ABC):
     """An archive of immutable releases on some storage.
 
@@ -74,13 +84,20 @@ class ArchiveInterface(ABC):
         """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none."""
 
     @abstractmethod
-    def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+    def write_key(self, key: "str | Callable[[], str]", chunks: Iterable[bytes], *,
+                  exclusive: bool = False) -> None:
         """Store the bytes of ``chunks`` at ``key``, atomically.
 
         The object appears whole or not at all: written under a temporary name, then moved into
         place. If iterating ``chunks`` raises, nothing appears and the exception propagates.
         With ``exclusive`` the write never replaces an existing object and raises
         :class:`KeyExistsError` instead; without it an existing object is replaced.
+
+        ``key`` may be a function, called once (see :func:`key_of`) after the last chunk was
+        written and before the move: the name of an object that depends on its content, such as
+        a blob named by the hash of the bytes just written, which is how a publish reads each
+        new file once. Such a write is not resumed after an interruption (its name is unknown
+        until the end).
         """
 
     @abstractmethod

@@ -1,7 +1,8 @@
 """Publishing a folder as a release: scan, hash, upload what is missing, commit the record last.
 
 The order is what makes a publish all or nothing. Blobs go first, each written under a
-temporary name and verified against its hash before it is moved into place. The record blob
+temporary name and moved into place only once its bytes are known to hash to its name (each
+new file is read once: the hash and the upload come from the same chunks). The record blob
 follows, and the release becomes visible only when its pointer is created by a write that can
 never replace an existing one. A publish killed at any point leaves at most unreferenced blobs
 (which ``archive gc`` removes later, and which a rerun reuses), never a partial release.
@@ -9,6 +10,7 @@ never replace an existing one. A publish killed at any point leaves at most unre
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -16,12 +18,13 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
 
 from . import layout
-from .errors import (InvalidInputError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
+from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
                      ReleaseNotFoundError)
-from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
+from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths
 from .statcache import StatCache, identity, is_settled
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
+#: Files up to this size are read whole into memory, hashed, then uploaded if missing.
+BUFFERED_FILE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,14 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     check_name(name)
     version = check_release_version(version)
     sources = scan_folder(folder)
-    hashing_started = time.time_ns()
-    entries = hash_sources(sources, progress, stat_cache)
+    if arc.has_key(layout.release_key(name, version)):
+        entries = hash_sources(sources, progress, stat_cache)
+        existing = _existing_release(arc, Release.create(name, version, entries, metadata))
+        if existing is not None:
+            update_indexes(arc, name)
+            return existing
+    entries = store_sources(arc, name, sources, jobs or arc.max_workers, progress, stat_cache)
     release = Release.create(name, version, entries, metadata)
-    existing = _existing_release(arc, release)
-    if existing is not None:
-        update_indexes(arc, name)
-        return existing
-    upload_missing_blobs(arc, sources, entries, jobs or arc.max_workers, progress, hashing_started)
     stored = commit_release(arc, release)
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes", name, version, len(release.files), release.total_size)
@@ -106,6 +111,8 @@ def _walk(root: Path, directory: Path, prefix: str, ancestors: frozenset[Path]) 
                 raise InvalidInputError(f"{path!r} is a link that loops back to a folder containing it")
             yield from _walk(root, Path(entry.path), path + "/", ancestors | {real})
         elif stat.S_ISREG(info.st_mode):
+            if not os.access(entry.path, os.R_OK):  # found now, before any upload
+                raise InvalidInputError(f"cannot read {path!r}: {os.strerror(errno.EACCES)}")
             yield SourceFile(path, Path(entry.path), info)
         else:
             raise InvalidInputError(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
@@ -128,44 +135,159 @@ def _stat_entry(root: Path, entry: os.DirEntry[str], path: str) -> os.stat_resul
 
 def hash_sources(sources: list[SourceFile], progress: bool | None = None,
                  known: StatCache | None = None) -> dict[str, FileEntry]:
-    """Hash every file in parallel, except those ``known`` remembers unchanged.
+    """Hash every file in parallel, except those ``known`` remembers unchanged; store nothing.
 
-    A file that changes while it is hashed fails the publish.
+    Used to compare a folder with a release that exists already. A file that changes while it
+    is hashed fails the publish.
     """
     started = time.time_ns()
-    remembered = {s.path: known.lookup(s.location, s.info) for s in sources} if known else {}
-    todo = [s for s in sources if remembered.get(s.path) is None]
+    remembered = _remembered(sources, known)
+    todo = [s for s in sources if s.path not in remembered]
     bar = make_progress("hashing", sum(s.size for s in todo), len(todo), progress)
     try:
         def job(source: SourceFile) -> FileEntry:
-            entry = _hash_source(source)
-            bar.advance(entry.size)
+            with _opened(source) as stream:
+                blob, size = hash_stream(stream)
+                _check_unchanged(source, stream, size)
+            bar.advance(size)
             bar.file_done()
-            return entry
+            return FileEntry(blob, size)
 
         hashed = dict(zip((s.path for s in todo), run_jobs([lambda s=s: job(s) for s in todo], os.cpu_count() or 2)))
     finally:
         bar.close()
-    if known:
-        known.remember([(s.location, s.info, hashed[s.path].blob) for s in todo], started)
-    logger.debug("hashed %d files, %d unchanged since last time", len(todo), len(sources) - len(todo))
-    return {s.path: hashed.get(s.path) or FileEntry(remembered[s.path], s.size) for s in sources}
+    _remember(known, todo, hashed, started)
+    return {**remembered, **hashed}
 
 
-def _hash_source(source: SourceFile) -> FileEntry:
+def store_sources(arc: "ArchiveInterface", name: str, sources: list[SourceFile], workers: int,
+                  progress: bool | None = None, known: StatCache | None = None) -> dict[str, FileEntry]:
+    """Make sure the archive holds every file's blob; return each file's entry.
+
+    Files that ``known`` remembers unchanged are not read unless the archive lacks their blob.
+    Every other file is read once, and its hash and its upload come from the same chunks:
+
+    - a small file (up to :data:`BUFFERED_FILE`) is read whole into memory, hashed, and
+      uploaded from memory only if the archive lacks it;
+    - a larger file is uploaded as it is hashed, under a name given only at the end by the
+      hash (see :meth:`ArchiveInterface.write_key`). If the archive had that blob already the
+      upload was in vain, so a file is hashed first (and read a second time only if its blob is
+      missing) when the latest release of ``name`` has a file of the same size: most likely the
+      same file, published again from a machine whose stat cache does not know it.
+    """
+    started = time.time_ns()
+    remembered = _remembered(sources, known)
+    upload_missing_blobs(arc, [s for s in sources if s.path in remembered], remembered, workers, progress, started)
+    new = [s for s in sources if s.path not in remembered]
+    seen_sizes = _large_sizes_of_latest(arc, name) if any(s.size > BUFFERED_FILE for s in new) else frozenset()
+    bar = make_progress("publishing", sum(s.size for s in new), len(new), progress)
     try:
-        blob_id, size = hash_file(source.location)
-        after = os.stat(source.location)
+        def job(source: SourceFile) -> FileEntry:
+            entry = with_retries(lambda: _store_new_file(arc, source, source.size in seen_sizes, bar, started),
+                                 f"upload of {source.path}")
+            bar.file_done()
+            return entry
+
+        stored = dict(zip((s.path for s in new), run_jobs([lambda s=s: job(s) for s in new], workers)))
+    finally:
+        bar.close()
+    _remember(known, new, stored, started)
+    logger.debug("%d files: %d new or changed, %d unchanged since last time", len(sources), len(new), len(remembered))
+    return {s.path: remembered.get(s.path) or stored[s.path] for s in sources}
+
+
+def _remembered(sources: list[SourceFile], known: StatCache | None) -> dict[str, FileEntry]:
+    """Entries of the files whose hash the stat cache knows, by release path."""
+    if known is None:
+        return {}
+    found = ((s, known.lookup(s.location, s.info)) for s in sources)
+    return {s.path: FileEntry(blob, s.size) for s, blob in found if blob is not None}
+
+
+def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[str, FileEntry],
+              started: int) -> None:
+    if known is not None:
+        known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
+
+
+def _large_sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
+    """Sizes of the files over :data:`BUFFERED_FILE` in the latest release of ``name``.
+
+    Only a hint (see :func:`store_sources`): a release that cannot be read gives none.
+    """
+    try:
+        versions = arc.versions(name)
+        latest = arc.get_release(name, versions[0]) if versions else None
+    except ArchiveError as exc:
+        logger.info("not using the latest release of %s to spare uploads: %s", name, exc)
+        return frozenset()
+    if latest is None:
+        return frozenset()
+    return frozenset(e.size for e in latest.files.values() if e.size > BUFFERED_FILE)
+
+
+def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: bool, bar: Any,
+                    started: int) -> FileEntry:
+    """Hash one file the stat cache does not know and store its blob unless the archive has it."""
+    with _opened(src) as stream:
+        if src.size <= BUFFERED_FILE:
+            data = stream.read(BUFFERED_FILE + 1)
+            _check_unchanged(src, stream, len(data))
+            bar.advance(len(data))
+            entry = FileEntry(BlobId.of_bytes(data), len(data))
+            if not _has_blob(arc, entry.blob, entry.size):
+                arc.write_key(layout.blob_key(entry.blob), [data])
+            return entry
+        if probably_stored:
+            blob, size = hash_stream(stream)
+            _check_unchanged(src, stream, size)
+            if not _has_blob(arc, blob, size):
+                _upload(arc, blob, src, bar, is_settled(src.info, started))
+            return FileEntry(blob, size)
+        hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
+        arc.write_key(lambda: layout.blob_key(hashing.blob_id),
+                      _then_unchanged(hashing, src, stream))
+        return FileEntry(hashing.blob_id, hashing.size)
+
+
+@contextmanager
+def _opened(src: SourceFile) -> Iterator[BinaryIO]:
+    try:
+        stream = open(src.location, "rb")
     except OSError as exc:
-        raise InvalidInputError(f"cannot read {source.path!r}: {exc.strerror}") from None
-    if size != source.size or identity(after) != identity(source.info):
-        raise InvalidInputError(f"{source.path!r} changed while being published; publish again when it is stable")
-    return FileEntry(blob_id, size)
+        raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
+    with stream:
+        try:
+            yield stream
+        except OSError as exc:
+            if isinstance(exc, ArchiveError):
+                raise
+            raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
 
 
-def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: dict[str, FileEntry],
+def _check_unchanged(src: SourceFile, stream: BinaryIO, size_read: int) -> None:
+    """Raise unless the open file is still the one scanned: same size, same identity.
+
+    Any write to a file changes its mtime or ctime, so a file whose identity did not change
+    from the scan to the end of a read gave that read the content it had when scanned.
+    """
+    if size_read != src.size or identity(os.fstat(stream.fileno())) != identity(src.info):
+        raise InvalidInputError(f"{src.path!r} changed while being published; publish again when it is stable")
+
+
+def _then_unchanged(chunks: Iterable[bytes], src: SourceFile, stream: BinaryIO) -> Iterator[bytes]:
+    """Pass ``chunks`` through, then check (inside the writer's loop) that the file did not change."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        yield chunk
+    _check_unchanged(src, stream, size)
+
+
+def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],
                          workers: int, progress: bool | None = None, hashed_at_ns: int = 0) -> None:
-    """Upload each distinct blob the archive lacks (or holds at a wrong size), once.
+    """Upload each distinct blob of ``sources`` (hashed before) that the archive lacks or holds
+    at a wrong size, once.
 
     ``hashed_at_ns`` is when hashing began: files settled before it are checked for change by
     their identity instead of a second hash (see :func:`_upload`).
@@ -176,7 +298,7 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
     present = run_jobs([lambda b=b, s=s: with_retries(lambda: _has_blob(arc, b, s.size), f"checking {s.path}")
                         for b, s in first_source.items()], workers)
     missing = [(blob, src) for (blob, src), there in zip(first_source.items(), present) if not there]
-    logger.info("%d files, %d distinct blobs, %d to upload", len(sources), len(first_source), len(missing))
+    logger.info("%d known files, %d distinct blobs, %d to upload", len(sources), len(first_source), len(missing))
     bar = make_progress("uploading", sum(src.size for _, src in missing), len(missing), progress)
     try:
         def job(blob: BlobId, src: SourceFile) -> None:
@@ -205,27 +327,16 @@ def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any, se
     Other files are hashed again as they stream. Either check fails inside the chunks, before
     the backend moves anything into place.
     """
-    try:
-        stream = open(src.location, "rb")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
-    with stream:
+    with _opened(src) as stream:
         chunks = reporting(iter_chunks(stream), bar.advance)
         if settled:
-            chunks = _unchanged(chunks, stream, src)
+            chunks = _then_unchanged(chunks, src, stream)
         else:
             chunks = verified_chunks(chunks, blob, src.size, f"{src.path!r} changed while being published")
-        arc.write_key(layout.blob_key(blob), chunks)
-
-
-def _unchanged(chunks: Iterator[bytes], stream: BinaryIO, src: SourceFile) -> Iterator[bytes]:
-    """Pass ``chunks`` through, then raise if the file is not the one that was hashed."""
-    seen = 0
-    for chunk in chunks:
-        seen += len(chunk)
-        yield chunk
-    if seen != src.size or identity(os.fstat(stream.fileno())) != identity(src.info):
-        raise InvalidInputError(f"{src.path!r} changed while being published; publish again when it is stable")
+        try:
+            arc.write_key(layout.blob_key(blob), chunks)
+        except IntegrityError as exc:  # the source, not the archive, is at fault
+            raise InvalidInputError(f"{exc}; publish again when it is stable") from None
 
 
 def _existing_release(arc: "ArchiveInterface", release: Release) -> Release | None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import archive
+from archive import layout
 from archive.errors import (InvalidInputError, InvalidNameError, InvalidPathError, InvalidVersionError,
                             ReleaseExistsError)
 from tests.conftest import count_blob_files, make_tree
+
+MIB = 1024 * 1024
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -157,21 +162,150 @@ def test_nfd_file_names_are_recorded_in_nfc(folder_archive, tmp_path: Path) -> N
     assert list(release.files) == ["caf\u00e9.txt"]
 
 
-def test_file_changed_during_upload_fails_cleanly(folder_archive, sample_folder: Path, monkeypatch) -> None:
-    """A file rewritten between hashing and upload is caught by the upload's own hash check."""
+def _settle(folder: Path) -> None:
+    """Date every file an hour back, so the stat cache may remember it (see archive.statcache)."""
+    old = time.time() - 3600
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+
+
+def _change_before_second_read(monkeypatch, target: Path, keep_mtime: bool) -> None:
+    """Rewrite ``target`` (same size) just before publish reads a hashed file a second time."""
     import archive.publish as pub
 
-    real_upload = pub.upload_missing_blobs
+    real_upload = pub._upload
 
-    def change_then_upload(arc, sources, entries, *args, **kwargs):
-        (sample_folder / "data" / "gains.csv").write_bytes(b"ch,gain\n1,0.50\n2,1.01\n")
-        return real_upload(arc, sources, entries, *args, **kwargs)
+    def change_then_upload(arc, blob, src, *args, **kwargs):
+        if src.location != target:
+            return real_upload(arc, blob, src, *args, **kwargs)
+        data = bytearray(target.read_bytes())
+        data[100] ^= 0xFF
+        info = target.stat()
+        target.write_bytes(bytes(data))
+        if keep_mtime:  # only ctime can tell
+            os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        return real_upload(arc, blob, src, *args, **kwargs)
 
-    monkeypatch.setattr(pub, "upload_missing_blobs", change_then_upload)
-    with pytest.raises(archive.ArchiveError, match="gains.csv' changed while being published"):
+    monkeypatch.setattr(pub, "_upload", change_then_upload)
+
+
+def test_file_changed_between_hash_and_upload_fails_cleanly(folder_archive, tmp_path: Path, monkeypatch) -> None:
+    """A large file whose size the latest release has is hashed first and read again only to
+    upload it; a change in between is caught by the upload's own hash check."""
+    src = make_tree(tmp_path / "src", {"big.bin": os.urandom(5 * MIB), "a.txt": b"a"})
+    folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    (src / "big.bin").write_bytes(os.urandom(5 * MIB))  # same size, new content, not settled
+    _change_before_second_read(monkeypatch, src / "big.bin", keep_mtime=False)
+    before = count_blob_files(Path(folder_archive.location))
+    with pytest.raises(InvalidInputError, match="big.bin' changed while being published"):
+        folder_archive.publish(src, "calib", "1.1.0", progress=False)
+    assert folder_archive.versions("calib") == ["1.0.0"]
+    assert count_blob_files(Path(folder_archive.location)) == before
+    assert folder_archive.list_keys("tmp") == []
+
+
+def test_settled_file_changed_between_hash_and_upload_fails_cleanly(folder_archive, sample_folder: Path,
+                                                                     tmp_path: Path, monkeypatch) -> None:
+    """A settled file is not hashed twice; a change between hashing and upload still shows in
+    its identity (size, mtime, ctime), and the publish fails before the blob is placed."""
+    from archive.backends.filesystem import FileSystemArchive
+
+    _settle(sample_folder)
+    FileSystemArchive(tmp_path / "other").publish(sample_folder, "calib", "1.0.0", progress=False)
+    _change_before_second_read(monkeypatch, sample_folder / "data" / "raw" / "run1.bin", keep_mtime=True)
+    with pytest.raises(InvalidInputError, match="run1.bin' changed while being published"):
         folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
     assert folder_archive.names() == []
+    assert "run1.bin" not in str(sorted(folder_archive.list_keys("tmp")))
     assert folder_archive.list_keys("tmp") == []
+
+
+@pytest.mark.parametrize("size", [1000, 6 * MIB], ids=["small", "large"])
+def test_file_changed_while_read_once_fails_cleanly(folder_archive, tmp_path: Path, monkeypatch, size: int) -> None:
+    """A new file is hashed and stored from one read; a write during it fails the publish and
+    leaves no blob, no temporary file and no release."""
+    import archive.publish as pub
+
+    src = make_tree(tmp_path / "src", {"f.bin": os.urandom(size)})
+    real_read = pub._check_unchanged
+
+    def written_during_read(source, stream, size_read):
+        with open(src / "f.bin", "r+b") as out:
+            out.write(b"X")
+        return real_read(source, stream, size_read)
+
+    monkeypatch.setattr(pub, "_check_unchanged", written_during_read)
+    with pytest.raises(InvalidInputError, match="f.bin' changed while being published"):
+        folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    assert folder_archive.names() == []
+    assert count_blob_files(Path(folder_archive.location)) == 0
+    assert folder_archive.list_keys("tmp") == []
+
+
+class _Opens:
+    """Counts how often files below ``root`` are opened (a Python audit hook: it sees every
+    ``open``, whoever makes it)."""
+
+    active: "_Opens | None" = None
+    installed = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> "_Opens":
+        if not _Opens.installed:
+            sys.addaudithook(_Opens._hook)
+            _Opens.installed = True
+        _Opens.active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Opens.active = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        counter = _Opens.active
+        if event == "open" and counter is not None and isinstance(args[0], str) and args[0].startswith(counter.root):
+            name = os.path.relpath(args[0], counter.root)
+            counter.counts[name] = counter.counts.get(name, 0) + 1
+
+
+def test_each_new_file_is_read_once(folder_archive, tmp_path: Path) -> None:
+    """Hash and upload come from the same read, for small files and large ones."""
+    files = {"small.bin": os.urandom(1000), "medium.bin": os.urandom(4 * MIB), "large.bin": os.urandom(9 * MIB)}
+    src = make_tree(tmp_path / "src", files)
+    with _Opens(src) as opens:
+        release = folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    assert opens.counts == {name: 1 for name in files}
+    for name, data in files.items():
+        stored = Path(folder_archive.location) / layout.blob_key(release.files[name].blob)
+        assert stored.read_bytes() == data
+
+
+def test_unchanged_large_file_from_a_new_machine_is_not_uploaded_again(folder_archive, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """Without a stat cache, a large file the latest release has (same size) is hashed first and
+    found stored: nothing is uploaded for it; a large file of a new size is uploaded as it is hashed."""
+    src = make_tree(tmp_path / "src", {"big.bin": os.urandom(6 * MIB)})
+    folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    monkeypatch.setenv("ARCHIVE_CACHE_DIR", str(tmp_path / "new-machine-cache"))
+    (src / "other.bin").write_bytes(os.urandom(7 * MIB))
+    written: list[str] = []
+    real_write = folder_archive.write_key
+
+    def counting_write(key, chunks, **kwargs):
+        real_write(key, chunks, **kwargs)
+        written.append(key if isinstance(key, str) else "deferred:" + key())
+
+    monkeypatch.setattr(folder_archive, "write_key", counting_write)
+    with _Opens(src) as opens:
+        release = folder_archive.publish(src, "calib", "1.1.0", progress=False)
+    blob_writes = [k for k in written if "blobs/" in k]
+    assert blob_writes == [f"deferred:{layout.blob_key(release.files['other.bin'].blob)}",
+                           layout.blob_key(release.record_id)]
+    assert opens.counts == {"big.bin": 1, "other.bin": 1}
 
 
 def test_index_files_list_every_version(folder_archive, sample_folder: Path) -> None:

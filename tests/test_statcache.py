@@ -25,15 +25,15 @@ def settle(folder: Path, age_s: float = 3600) -> None:
 
 @pytest.fixture
 def hashed(monkeypatch) -> list[str]:
-    """The names of the files publish reads to hash, in order."""
+    """The names of the files publish opens (to hash, or to hash and upload), in order."""
     seen: list[str] = []
-    real = publish_module.hash_file
+    real = publish_module._opened
 
-    def counting(path: Path):
-        seen.append(path.name)
-        return real(path)
+    def counting(source):
+        seen.append(source.location.name)
+        return real(source)
 
-    monkeypatch.setattr(publish_module, "hash_file", counting)
+    monkeypatch.setattr(publish_module, "_opened", counting)
     return seen
 
 

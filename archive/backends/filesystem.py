@@ -16,13 +16,13 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
 from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
                       StorageFullError)
-from ..interface import ArchiveInterface, KeyInfo
+from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 
 logger = logging.getLogger(__name__)
 FILE_MODE = 0o444
@@ -79,7 +79,7 @@ class FileSystemArchive(ArchiveInterface):
         with stream:
             yield stream
 
-    def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+    def write_key(self, key: str | Callable[[], str], chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         """See :meth:`ArchiveInterface.write_key`.
 
         Durability: a file's data is flushed to disk before its rename, so a name never points
@@ -88,15 +88,16 @@ class FileSystemArchive(ArchiveInterface):
         (a release pointer, the commit point of a publish), so a pointer is never durable before
         the blobs its record names, at one folder sync per fan-out folder instead of per blob.
         """
-        target = self.local_path(key)
-        with self._errors(key):
-            target.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors(shown_key(key)):
             tmp = self._tmp_dir() / f"{uuid.uuid4().hex}.part"
             try:
                 _write_file(tmp, chunks, self.durable)
+                final = key_of(key)
+                target = self.local_path(final)
+                target.parent.mkdir(parents=True, exist_ok=True)
                 if exclusive:
                     self._sync_pending_dirs()
-                _move_into_place(tmp, target, key, exclusive)
+                _move_into_place(tmp, target, final, exclusive)
             finally:
                 tmp.unlink(missing_ok=True)
             self._mark_dirty(target.parent, now=exclusive)

@@ -25,13 +25,15 @@ pool, so crypto and requests of different files run side by side.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import logging
 import stat
 import threading
 import uuid
 from contextlib import contextmanager
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -39,7 +41,7 @@ import paramiko
 from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
-from ..interface import ArchiveInterface, KeyInfo
+from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
@@ -93,14 +95,14 @@ class SFTPArchive(ArchiveInterface):
             finally:
                 _finish_reading(conn, raw, key)
 
-    def write_key(self, key: str, chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
-        target, blob = self.remote_path(key), _blob_hex(key)
+    def write_key(self, key: str | Callable[[], str], chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+        chunks, blob = _resume_name(key, chunks)
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")
-        with self._pool.borrow() as conn, conn.errors(key):
+        shown = shown_key(key)
+        with self._pool.borrow() as conn, conn.errors(shown):
             sftp = conn.sftp
             self._ensure_dir(sftp, self.remote_path(layout.TMP_DIR))
-            self._ensure_dir(sftp, _parent(target))
             self._partials.sweep(sftp)
             partial = self._partials.claim(sftp, blob, tmp) if blob else None
             try:
@@ -109,10 +111,13 @@ class SFTPArchive(ArchiveInterface):
                 else:
                     size, stored = upload(sftp, tmp, chunks, conn.write_size)
                 if stored != size:  # everything sent must be on the server before it becomes visible
-                    raise BackendError(f"{key}: the server stored {stored} of {size} bytes")
-                self._move_into_place(sftp, tmp, target, key, exclusive, size)
+                    raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
+                final = key_of(key)
+                target = self.remote_path(final)
+                self._ensure_dir(sftp, _parent(target))
+                self._move_into_place(sftp, tmp, target, final, exclusive, size)
             except BaseException as exc:
-                self._abandon(conn, exc, tmp, key, blob)
+                self._abandon(conn, exc, tmp, shown, blob)
                 raise
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -191,6 +196,20 @@ class SFTPArchive(ArchiveInterface):
     def _forget_dirs(self) -> None:
         with self._dirs_lock:
             self._dirs.clear()
+
+
+def _resume_name(key: str | Callable[[], str], chunks: Iterable[bytes]) -> tuple[Iterable[bytes], str | None]:
+    """The chunks, and the name by which a retry finds what an interrupted write left (None: not
+    resumed): a blob's hex digest; for a blob named only once written (a deferred key), the
+    sha256 of its first chunk, which the same file gives again on a retry. The name only finds
+    candidates: a resumed upload compares the bytes on the server with the chunks anyway."""
+    if not isinstance(key, str):
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        if first is None:
+            return (), None
+        return itertools.chain([first], chunks), hashlib.sha256(first).hexdigest()
+    return chunks, _blob_hex(key)
 
 
 def _blob_hex(key: str) -> str | None:

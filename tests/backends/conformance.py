@@ -15,7 +15,7 @@ import pytest
 from archive import layout
 from archive.errors import (IntegrityError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
                             ReleaseNotFoundError)
-from archive.hashing import BlobId
+from archive.hashing import BlobId, HashingChunks
 from archive.interface import ArchiveInterface
 from tests.conftest import make_tree
 
@@ -60,6 +60,31 @@ class BackendContract:
         with pytest.raises(IntegrityError):
             arc.write_key("blobs/sha256/cd/y", failing())
         assert not arc.has_key("blobs/sha256/cd/y")
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+    def test_deferred_key_is_named_after_the_last_chunk(self, arc: ArchiveInterface) -> None:
+        """A key given as a function is asked for once every chunk was written (a blob named by
+        the hash of what went by), in a folder that need not exist yet."""
+        hashing = HashingChunks(iter([b"named ", b"at the end"]))
+        asked: list[int] = []
+
+        def key() -> str:
+            asked.append(hashing.size)
+            return layout.blob_key(hashing.blob_id)
+
+        arc.write_key(key, hashing)
+        assert asked == [16]
+        assert arc.read_key(layout.blob_key(BlobId.of_bytes(b"named at the end")), 100) == b"named at the end"
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+    def test_failed_deferred_write_leaves_nothing(self, arc: ArchiveInterface) -> None:
+        def failing():
+            yield b"x" * 3_000_000
+            raise IntegrityError("boom")
+
+        with pytest.raises(IntegrityError):
+            arc.write_key(lambda: "blobs/sha256/cd/never", failing())
+        assert not arc.has_key("blobs/sha256/cd/never")
         assert arc.list_keys(layout.TMP_DIR) == []
 
     def test_listing_shows_children_not_temporaries(self, arc: ArchiveInterface) -> None:

@@ -7,6 +7,7 @@ under the test's folder (the sshd runs on this machine, as root).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import selectors
@@ -23,10 +24,11 @@ import pytest
 import archive
 import archive.transfer
 from archive import layout
+from archive.backends.filesystem import FileSystemArchive
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.backends.sftp_resume import FOREIGN_IDLE_SECONDS
 from archive.errors import BackendUnavailableError, StorageFullError
-from archive.hashing import BlobId
+from archive.hashing import CHUNK_SIZE, BlobId
 from tests.conftest import make_tree
 from tests.sshd import SSHServer
 
@@ -265,7 +267,9 @@ def test_partial_upload_of_an_earlier_process(sshd: SSHServer, proxy: CuttingPro
     stored = bytearray(data[:6 * MIB])
     if state == "idle-corrupt":
         stored[3 * MIB + 5] ^= 0xFF
-    partial = store / layout.TMP_DIR / f"{blob.hexdigest}.{uuid.uuid4().hex}.part"
+    # A new file is uploaded as it is hashed, so its partial upload is named by its first chunk.
+    first_chunk = hashlib.sha256(data[:CHUNK_SIZE]).hexdigest()
+    partial = store / layout.TMP_DIR / f"{first_chunk}.{uuid.uuid4().hex}.part"
     partial.parent.mkdir(exist_ok=True)
     partial.write_bytes(bytes(stored))
     if state != "fresh":
@@ -280,6 +284,30 @@ def test_partial_upload_of_an_earlier_process(sshd: SSHServer, proxy: CuttingPro
     assert partial.exists() == (state == "fresh")
     with archive.get_interface(sshd.url(store)) as arc:
         assert arc.verify(full=True).ok
+    assert (store / layout.blob_key(blob)).read_bytes() == data
+
+
+def test_partial_upload_of_a_known_file_is_found_by_its_blob(sshd: SSHServer, proxy: CuttingProxy, store: Path,
+                                                             tmp_path: Path) -> None:
+    """A file the stat cache knows is uploaded under a name with its blob id: resumed by it."""
+    data = os.urandom(8 * MIB)
+    blob = BlobId.of_bytes(data)
+    src = make_tree(tmp_path / "src", {"big.bin": data})
+    old = os.stat(src / "big.bin").st_mtime - 3600  # settled, so the stat cache keeps its hash
+    os.utime(src / "big.bin", (old, old))
+    other = FileSystemArchive(tmp_path / "other")
+    other.initialize()
+    other.publish(src, "big", "1.0.0", progress=False)  # the stat cache now knows the file
+    partial = store / layout.TMP_DIR / f"{blob.hexdigest}.{uuid.uuid4().hex}.part"
+    partial.parent.mkdir(exist_ok=True)
+    partial.write_bytes(data[:6 * MIB])
+    idle = partial.stat().st_mtime - FOREIGN_IDLE_SECONDS - 5
+    os.utime(partial, (idle, idle))
+    with archive.get_interface(through(proxy, sshd, store)) as arc:
+        proxy.arm(after=FOREVER, times=0)  # counts only
+        arc.publish(src, "big", "1.0.0", progress=False)
+    assert 2 * MIB <= proxy.upstream_bytes < 3 * MIB
+    assert not partial.exists()
     assert (store / layout.blob_key(blob)).read_bytes() == data
 
 
