@@ -26,12 +26,13 @@ from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 
 logger = logging.getLogger(__name__)
 FILE_MODE = 0o444
+WRITE_SIZE = 1024 * 1024
 
 
 class FileSystemArchive(ArchiveInterface):
     """An archive rooted at a folder; ``location`` is shown in messages."""
 
-    max_workers = 4
+    max_workers = 8  # measured: parallel fsyncs keep the disk busy (1 GiB push: 4 -> 1.21 s, 8 -> 1.11 s)
 
     def __init__(self, root: str | Path, *, durable: bool = True) -> None:
         self.root = Path(root).absolute()
@@ -143,10 +144,20 @@ class FileSystemArchive(ArchiveInterface):
 
 
 def _write_file(path: Path, chunks: Iterable[bytes], durable: bool) -> None:
+    """Write ``chunks`` to a new file, in pieces of at most :data:`WRITE_SIZE` bytes.
+
+    A chunk may be a whole small file read into memory; on Linux one ``write`` of 4 MiB was
+    much slower than four of 1 MiB (pushing 256 such files: 2.7 s of system time against 0.9 s).
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE | 0o200)
     with open(fd, "wb") as stream:
         for chunk in chunks:
-            stream.write(chunk)
+            if len(chunk) <= WRITE_SIZE:
+                stream.write(chunk)
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), WRITE_SIZE):
+                stream.write(view[start:start + WRITE_SIZE])
         stream.flush()
         if durable:
             os.fsync(stream.fileno())
