@@ -21,14 +21,17 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from . import layout
 from .cache import BlobCache, default_cache
-from .errors import DestinationConflictError, DestinationError, InvalidInputError, InvalidPathError
-from .hashing import BlobId, hash_file
-from .materialize import PART_SUFFIX, check_link_mode, place_file
+from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
+                     InvalidPathError)
+from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
+from .materialize import INDEPENDENT_MODES, PART_SUFFIX, check_link_mode, place_file, write_file_atomically
 from .records import FileEntry, Release
-from .transfer import make_progress, run_jobs
+from .statcache import identity
+from .transfer import make_progress, reporting, run_jobs
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -82,10 +85,18 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     placements = plan(release, dest, force, cache)
     remove_stale_parts(placements)
     file_mode = 0o666 & ~_umask()
-    fetch_blobs(arc, cache, [p.entry for p in placements], workers, progress)
+    fetch_blobs(arc, cache, [p.entry for p in placements if _local_blob(arc, p.entry, link) is None],
+                workers, progress)
     started = time.time_ns()
-    run_jobs([lambda p=p: place(arc, cache, p, link, file_mode) for p in placements],
-             _placing_workers(placements, workers))
+    bar = make_progress("writing", sum(p.entry.size for p in placements), len(placements), progress)
+    try:
+        def job(placement: Placement) -> None:
+            place(arc, cache, placement, link, file_mode, started, bar.advance)
+            bar.file_done()
+
+        run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, workers))
+    finally:
+        bar.close()
     _remember_placed(cache, placements, started)
     logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
     return dest
@@ -172,16 +183,62 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
         bar.close()
 
 
-def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str, file_mode: int) -> None:
-    """Place one file from a verified cache blob, atomically."""
-    source = cache.verified_path(arc, placement.entry.blob, placement.entry.size)
+def _local_blob(arc: "ArchiveInterface", entry: FileEntry, link: str) -> Path | None:
+    """The archive's own file of a blob, when it may be copied from directly: the archive is on
+    a local disk (a cached copy would only double the bytes written) and the link mode makes
+    an independent file (a hard or symbolic link must point into the cache, never into the
+    archive, where an edit of a pulled file would corrupt the only copy)."""
+    return arc.local_file(layout.blob_key(entry.blob)) if link in INDEPENDENT_MODES else None
+
+
+def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str, file_mode: int,
+          started: int, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Place one file, atomically: from the archive's own file on a local disk, or else from a
+    verified cache blob. ``started`` is when placing began (for the stat cache's marks);
+    ``on_bytes`` hears of the bytes written."""
     target = placement.target
+    local = _local_blob(arc, placement.entry, link)
+    source = None if local is not None else cache.verified_path(arc, placement.entry.blob, placement.entry.size)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_target(Path(os.path.realpath(target.parent)), target.name)
-        place_file(source, target, link, file_mode)
+        if local is not None:
+            _place_from_local_archive(arc, cache, local, placement, link, file_mode, started, on_bytes)
+        else:
+            place_file(source, target, link, file_mode)
+            if on_bytes is not None:
+                on_bytes(placement.entry.size)
     except OSError as exc:
         raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
+
+
+def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, blob_file: Path, placement: Placement,
+                              link: str, file_mode: int, started: int,
+                              on_bytes: Callable[[int], None] | None) -> None:
+    """Copy a blob file of a local archive to its target, verified.
+
+    A blob file hashed before and unchanged since (the stat cache knows its identity, ctime
+    included) is copied by the kernel (or reflinked); any other is read once, hashed as it is
+    written, and then remembered. A corrupt blob raises :class:`IntegrityError` before its
+    target appears.
+    """
+    entry = placement.entry
+    try:
+        info = os.stat(blob_file)
+    except FileNotFoundError:
+        raise IntegrityError(f"blob {entry.blob.short} is missing from {arc.location}") from None
+    if cache.stat_cache.lookup(blob_file, info) == entry.blob:
+        place_file(blob_file, placement.target, link, file_mode)
+        if on_bytes is not None:
+            on_bytes(entry.size)
+        return
+    with open(blob_file, "rb") as stream:
+        chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), entry.blob, entry.size,
+                                 f"blob {entry.blob.short} in {arc.location}")
+        write_file_atomically(placement.target, chunks, file_mode)
+        unchanged = identity(os.fstat(stream.fileno())) == identity(info)
+    if unchanged:
+        cache.stat_cache.remember([(blob_file, info, entry.blob)], started)
 
 
 def _remember_placed(cache: BlobCache, placements: list[Placement], started: int) -> None:

@@ -111,6 +111,15 @@ class ArchiveInterface(ABC):
     def delete_key(self, key: str) -> None:
         """Remove the object at ``key``; :class:`KeyNotFoundError` if none."""
 
+    def local_file(self, key: str) -> Path | None:
+        """A file on a local disk that holds ``key``, or None (the default).
+
+        Storage that is itself a local disk says so here, and downloads copy its blobs straight
+        into the destination (verified as they are copied) instead of caching a second copy on
+        the same machine. Remote storage, and local paths that are network mounts, return None.
+        """
+        return None
+
     def close(self) -> None:
         """Release connections; the default has none."""
 

@@ -27,6 +27,8 @@ from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 LINK_MODES = ("auto", "reflink", "hard", "symlink", "copy")
+#: Modes whose file is independent of its source: an edit of it never reaches the source.
+INDEPENDENT_MODES = frozenset({"auto", "reflink", "copy"})
 PART_SUFFIX = ".archive-part"
 FICLONE = 0x40049409  # Linux ioctl: make the target share the source's blocks
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS}

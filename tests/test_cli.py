@@ -135,7 +135,7 @@ def test_sigint_exits_130(store: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (Path(os.environ["ARCHIVE_CACHE_DIR"]) / "blobs").exists() and proc.poll() is None:
+    while not (out.exists() and any(out.iterdir())) and proc.poll() is None:  # writing has begun
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

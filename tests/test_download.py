@@ -18,10 +18,28 @@ from tests.test_publish import snapshot
 FILES = {"a.txt": b"alpha", "sub/b.bin": os.urandom(100_000), "sub/c.txt": b"gamma"}
 
 
-@pytest.fixture
-def published(folder_archive, tmp_path: Path):
+@pytest.fixture(params=["local disk", "network mount"])
+def published(folder_archive, tmp_path: Path, request):
+    """A folder archive with one release, seen as on a local disk (downloads copy from its
+    blobs directly) or as on a network mount (downloads go through the user's cache)."""
+    folder_archive.local = request.param == "local disk"
     folder_archive.publish(make_tree(tmp_path / "src", FILES), "calib", "1.0.0", progress=False)
     return folder_archive
+
+
+@pytest.fixture
+def published_via_cache(folder_archive, tmp_path: Path):
+    """A release on an archive that downloads go through the cache for (a network mount)."""
+    folder_archive.local = False
+    folder_archive.publish(make_tree(tmp_path / "src", FILES), "calib", "1.0.0", progress=False)
+    return folder_archive
+
+
+def source_of(arc, content: bytes) -> Path:
+    """The file a download copies ``content`` from: the archive's own blob file on a local
+    disk, else the cache's."""
+    blob = BlobId.of_bytes(content)
+    return arc.local_path(layout.blob_key(blob)) if arc.local else default_cache().path_of(blob)
 
 
 def corrupt_blob(arc, content: bytes, replacement: bytes) -> None:
@@ -55,7 +73,8 @@ def test_corrupt_blob_in_archive_is_refused(published, tmp_path: Path, damage: s
     assert not list(default_cache().root.rglob(BlobId.of_bytes(good).hexdigest))
 
 
-def test_corrupt_cache_blob_is_evicted_and_fetched_again(published, tmp_path: Path) -> None:
+def test_corrupt_cache_blob_is_evicted_and_fetched_again(published_via_cache, tmp_path: Path) -> None:
+    published = published_via_cache
     published.download("calib", "^1", tmp_path / "first", progress=False)
     cached = default_cache().path_of(BlobId.of_bytes(FILES["a.txt"]))
     cached.chmod(0o644)
@@ -133,13 +152,19 @@ def test_tampered_record_is_refused(published, tmp_path: Path) -> None:
 
 def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch) -> None:
     """Interrupt the copy midway through a file: the target path never holds a partial file."""
+    import archive.download as download_module
     import archive.materialize as materialize
 
     def dying_copy(source, tmp):
         Path(tmp).write_bytes(Path(source).read_bytes()[:10])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(materialize.shutil, "copyfile", dying_copy)
+    def dying_chunks(stream):
+        yield stream.read(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(materialize.shutil, "copyfile", dying_copy)  # a copy from the cache
+    monkeypatch.setattr(download_module, "iter_chunks", dying_chunks)  # a verified copy from the archive
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         published.download("calib", "^1", out, jobs=1, link="copy", progress=False)
@@ -158,8 +183,7 @@ def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> Non
 
     big = {f"f{i}.bin": os.urandom(16 << 20) for i in range(16)}
     published.publish(make_tree(tmp_path / "big", big), "big", "1.0.0", progress=False)
-    default_cache_blobs = default_cache().root / "blobs"
-    published.download("big", "*", tmp_path / "warm", progress=False)  # cache filled: kill while writing dest
+    published.download("big", "*", tmp_path / "warm", progress=False)  # blobs verified: kill while writing dest
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", published.location, "-j", "1", "pull",
                              "big", "--to", str(out)], stderr=subprocess.PIPE)
@@ -168,7 +192,6 @@ def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the pull finished before the kill"
-    assert default_cache_blobs.exists()
     leftovers = []
     for path in out.rglob("*"):
         if path.name.endswith(".archive-part"):
@@ -230,12 +253,21 @@ def test_expected_record_id_pins_a_download(published, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("link", ["auto", "copy"])
-def test_independent_copies_never_touch_the_cache(published, tmp_path: Path, link: str) -> None:
-    out = published.download("calib", "*", tmp_path / "out", link=link, progress=False)
-    cached = default_cache().path_of(BlobId.of_bytes(FILES["a.txt"]))
-    assert (out / "a.txt").stat().st_ino != cached.stat().st_ino
-    (out / "a.txt").write_bytes(b"user edit")
-    assert cached.read_bytes() == FILES["a.txt"]
+def test_independent_copies_never_touch_their_source(published, tmp_path: Path, link: str) -> None:
+    """An edited pulled file changes neither the cache nor the archive it came from."""
+    for attempt in ("first", "again"):  # hashed while copied, then copied from a verified blob
+        out = published.download("calib", "*", tmp_path / attempt, link=link, progress=False)
+        source = source_of(published, FILES["a.txt"])
+        assert (out / "a.txt").stat().st_ino != source.stat().st_ino
+        (out / "a.txt").write_bytes(b"user edit")
+        assert source.read_bytes() == FILES["a.txt"]
+
+
+def test_local_archive_blobs_are_not_cached_twice(published, tmp_path: Path) -> None:
+    """From an archive on a local disk, a pull writes each byte once: no copy in the cache."""
+    published.download("calib", "*", tmp_path / "out", progress=False)
+    cached = [p for p in (default_cache().root / "blobs").rglob("*") if p.is_file()]
+    assert len(cached) == (0 if published.local else len({BlobId.of_bytes(c) for c in FILES.values()}))
 
 
 def test_hard_links_share_the_read_only_cache_file(published, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def test_verify_cli_exit_status(published) -> None:
 
 
 def test_verify_cache_evicts_corrupt_blobs(published, tmp_path: Path) -> None:
-    published.download("calib", "*", tmp_path / "out", progress=False)
+    published.download("calib", "*", tmp_path / "out", link="hard", progress=False)  # hard links come from the cache
     cached = writable(default_cache().path_of(BlobId.of_bytes(FILES["a.txt"])))
     cached.write_bytes(b"rot!!")
     result = run("verify", "--cache")
