@@ -91,7 +91,7 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     bar = make_progress("writing", sum(p.entry.size for p in placements), len(placements), progress)
     try:
         def job(placement: Placement) -> None:
-            place(arc, cache, placement, link, file_mode, started, bar.advance)
+            place(arc, cache, placement, link, file_mode, bar.advance)
             bar.file_done()
 
         run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, workers))
@@ -192,10 +192,9 @@ def _local_blob(arc: "ArchiveInterface", entry: FileEntry, link: str) -> Path | 
 
 
 def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str, file_mode: int,
-          started: int, on_bytes: Callable[[int], None] | None = None) -> None:
+          on_bytes: Callable[[int], None] | None = None) -> None:
     """Place one file, atomically: from the archive's own file on a local disk, or else from a
-    verified cache blob. ``started`` is when placing began (for the stat cache's marks);
-    ``on_bytes`` hears of the bytes written."""
+    verified cache blob. ``on_bytes`` hears of the bytes written."""
     target = placement.target
     local = _local_blob(arc, placement.entry, link)
     source = None if local is not None else cache.verified_path(arc, placement.entry.blob, placement.entry.size)
@@ -203,7 +202,7 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link:
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_target(Path(os.path.realpath(target.parent)), target.name)
         if local is not None:
-            _place_from_local_archive(arc, cache, local, placement, link, file_mode, started, on_bytes)
+            _place_from_local_archive(arc, cache, local, placement, link, file_mode, on_bytes)
         else:
             place_file(source, target, link, file_mode)
             if on_bytes is not None:
@@ -213,14 +212,14 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link:
 
 
 def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, blob_file: Path, placement: Placement,
-                              link: str, file_mode: int, started: int,
-                              on_bytes: Callable[[int], None] | None) -> None:
+                              link: str, file_mode: int, on_bytes: Callable[[int], None] | None) -> None:
     """Copy a blob file of a local archive to its target, verified.
 
     A blob file hashed before and unchanged since (the stat cache knows its identity, ctime
     included) is copied by the kernel (or reflinked); any other is read once, hashed as it is
     written, and then remembered. A corrupt blob raises :class:`IntegrityError` before its
-    target appears.
+    target appears. Blob files are read-only and replaced only by a rename (a new inode), never
+    written in place, so like the cache's own files they need no racily-clean margin.
     """
     entry = placement.entry
     try:
@@ -237,8 +236,8 @@ def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, blob_fi
                                  f"blob {entry.blob.short} in {arc.location}")
         write_file_atomically(placement.target, chunks, file_mode)
         unchanged = identity(os.fstat(stream.fileno())) == identity(info)
-    if unchanged:
-        cache.stat_cache.remember([(blob_file, info, entry.blob)], started)
+    if unchanged:  # no racily-clean margin: blob files are only ever written whole, then renamed
+        cache.stat_cache.remember([(blob_file, info, entry.blob)], hashed_at_ns=None)
 
 
 def _remember_placed(cache: BlobCache, placements: list[Placement], started: int) -> None:
