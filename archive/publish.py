@@ -168,18 +168,21 @@ def store_sources(arc: "ArchiveInterface", name: str, sources: list[SourceFile],
     Every other file is read once, and its hash and its upload come from the same chunks:
 
     - a small file (up to :data:`BUFFERED_FILE`) is read whole into memory, hashed, and
-      uploaded from memory only if the archive lacks it;
+      uploaded from memory;
     - a larger file is uploaded as it is hashed, under a name given only at the end by the
-      hash (see :meth:`ArchiveInterface.write_key`). If the archive had that blob already the
-      upload was in vain, so a file is hashed first (and read a second time only if its blob is
-      missing) when the latest release of ``name`` has a file of the same size: most likely the
-      same file, published again from a machine whose stat cache does not know it.
+      hash (see :meth:`ArchiveInterface.write_key`).
+
+    Neither asks the archive first whether it has the blob: for a new file the question only
+    costs a round trip. But when the latest release of ``name`` has a file of the same size,
+    the file is most likely that one, published again from a machine whose stat cache does not
+    know it: then it is hashed first and uploaded (a large file read a second time) only if the
+    archive lacks its blob, so republishing unchanged data uploads nothing.
     """
     started = time.time_ns()
     remembered = _remembered(sources, known)
     upload_missing_blobs(arc, [s for s in sources if s.path in remembered], remembered, workers, progress, started)
     new = [s for s in sources if s.path not in remembered]
-    seen_sizes = _large_sizes_of_latest(arc, name) if any(s.size > BUFFERED_FILE for s in new) else frozenset()
+    seen_sizes = _sizes_of_latest(arc, name) if new else frozenset()
     bar = make_progress("publishing", sum(s.size for s in new), len(new), progress)
     try:
         def job(source: SourceFile) -> FileEntry:
@@ -210,8 +213,8 @@ def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[
         known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
 
 
-def _large_sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
-    """Sizes of the files over :data:`BUFFERED_FILE` in the latest release of ``name``.
+def _sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
+    """Sizes of the files in the latest release of ``name``.
 
     Only a hint (see :func:`store_sources`): a release that cannot be read gives none.
     """
@@ -223,7 +226,7 @@ def _large_sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]
         return frozenset()
     if latest is None:
         return frozenset()
-    return frozenset(e.size for e in latest.files.values() if e.size > BUFFERED_FILE)
+    return frozenset(e.size for e in latest.files.values())
 
 
 def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: bool, bar: Any,
@@ -235,7 +238,7 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: b
             _check_unchanged(src, stream, len(data))
             bar.advance(len(data))
             entry = FileEntry(BlobId.of_bytes(data), len(data))
-            if not _has_blob(arc, entry.blob, entry.size):
+            if not (probably_stored and _has_blob(arc, entry.blob, entry.size)):
                 arc.write_key(layout.blob_key(entry.blob), [data])
             return entry
         if probably_stored:
