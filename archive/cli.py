@@ -113,13 +113,18 @@ def _user_name() -> str:
 @click.option("--link", type=click.Choice(["auto", "reflink", "hard", "symlink", "copy"]), default="auto",
               show_default=True, help="How files come from the cache: auto is reflink where the filesystem"
               " can, else copy (never shared with the cache); hard and symlink are instant but read-only.")
+@click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
+              " the cache (needs --to; an archive on a local disk is never cached).")
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool,
-         expect: str | None, link: str) -> None:
+         expect: str | None, link: str, no_cache: bool) -> None:
     """Download the highest version of NAME matching RANGE; print the folder."""
+    if no_cache and dest is None:
+        raise click.UsageError("--no-cache needs --to: a folder without --to lives in the cache")
     with _open(ctx) as arc:
         folder = arc.download(name, range, dest, force=force, include_prerelease=pre, expect=expect,
-                              link=link, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+                              link=link, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
+                              use_cache=not no_cache)
     click.echo(str(folder))
 
 

@@ -21,17 +21,17 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
 from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
-                     InvalidPathError)
+                     InvalidPathError, KeyNotFoundError)
 from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
 from .materialize import INDEPENDENT_MODES, PART_SUFFIX, check_link_mode, place_file, write_file_atomically
 from .records import FileEntry, Release
 from .statcache import identity
-from .transfer import make_progress, reporting, run_jobs
+from .transfer import make_progress, reporting, run_jobs, with_retries
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -61,7 +61,7 @@ class Placement:
 
 def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
              link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-             cache: BlobCache | None = None) -> Path:
+             cache: BlobCache | None = None, use_cache: bool = True) -> Path:
     """Materialize ``release`` into ``dest`` (or a read-only snapshot in the cache); return the folder.
 
     Parameters
@@ -69,6 +69,11 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     link
         How files are placed: ``auto`` (reflink, else copy), ``reflink``, ``hard``, ``symlink``
         or ``copy``; see :mod:`archive.materialize`.
+    use_cache
+        False: write each file straight from the archive, verified as it streams, without
+        keeping a copy in the cache (a one-off pull: each byte written once). Needs ``dest``
+        and a link mode that makes independent files. An archive on a local disk is never
+        cached whatever this says.
 
     Raises
     ------
@@ -80,21 +85,25 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     cache = cache or default_cache()
     check_link_mode(link)
     workers = jobs or arc.max_workers
+    if not use_cache and (dest is None or link not in INDEPENDENT_MODES):
+        raise InvalidInputError("a pull without the cache needs a destination folder and a link mode"
+                                f" that makes independent files ({', '.join(sorted(INDEPENDENT_MODES))})")
     if dest is None:
         return _snapshot(arc, release, cache, workers, progress)
     placements = plan(release, dest, force, cache)
     remove_stale_parts(placements)
     file_mode = 0o666 & ~_umask()
-    fetch_blobs(arc, cache, [p.entry for p in placements if _local_blob(arc, p.entry, link) is None],
-                workers, progress)
+    routes = {p.path: _route(arc, p.entry, link, use_cache) for p in placements}
+    fetch_blobs(arc, cache, [p.entry for p in placements if routes[p.path] is Route.CACHE], workers, progress)
     started = time.time_ns()
     bar = make_progress("writing", sum(p.entry.size for p in placements), len(placements), progress)
     try:
         def job(placement: Placement) -> None:
-            place(arc, cache, placement, link, file_mode, bar.advance)
+            place(arc, cache, placement, routes[placement.path], link, file_mode, bar.advance)
             bar.file_done()
 
-        run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, workers))
+        streaming = any(route is Route.STREAM for route in routes.values())
+        run_jobs([lambda p=p: job(p) for p in placements], workers if streaming else _placing_workers(placements, workers))
     finally:
         bar.close()
     _remember_placed(cache, placements, started)
@@ -183,45 +192,79 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
         bar.close()
 
 
-def _local_blob(arc: "ArchiveInterface", entry: FileEntry, link: str) -> Path | None:
-    """The archive's own file of a blob, when it may be copied from directly: the archive is on
-    a local disk (a cached copy would only double the bytes written) and the link mode makes
-    an independent file (a hard or symbolic link must point into the cache, never into the
-    archive, where an edit of a pulled file would corrupt the only copy)."""
-    return arc.local_file(layout.blob_key(entry.blob)) if link in INDEPENDENT_MODES else None
+class Route(Enum):
+    """Where a file's bytes come from."""
+
+    LOCAL = "the archive's own blob file, on a local disk"
+    CACHE = "the user's cache, filled from the archive first"
+    STREAM = "the archive, streamed straight into the destination"
 
 
-def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str, file_mode: int,
-          on_bytes: Callable[[int], None] | None = None) -> None:
-    """Place one file, atomically: from the archive's own file on a local disk, or else from a
-    verified cache blob. ``on_bytes`` hears of the bytes written."""
-    target = placement.target
-    local = _local_blob(arc, placement.entry, link)
-    source = None if local is not None else cache.verified_path(arc, placement.entry.blob, placement.entry.size)
+def _route(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool) -> Route:
+    """How to place a file. A link (hard or symbolic) must point into the cache, never into the
+    archive, where an edit of a pulled file would corrupt the only copy; an independent file
+    is copied from a local archive directly (caching it would only double the bytes written),
+    and streamed from a remote one when the cache is not wanted."""
+    if link not in INDEPENDENT_MODES:
+        return Route.CACHE
+    if arc.local_file(layout.blob_key(entry.blob)) is not None:
+        return Route.LOCAL
+    return Route.CACHE if use_cache else Route.STREAM
+
+
+def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, route: Route, link: str,
+          file_mode: int, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Place one file, atomically, by ``route``; ``on_bytes`` hears of the bytes written."""
+    entry, target = placement.entry, placement.target
+    source = cache.verified_path(arc, entry.blob, entry.size) if route is Route.CACHE else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         safe_target(Path(os.path.realpath(target.parent)), target.name)
-        if local is not None:
-            _place_from_local_archive(arc, cache, local, placement, link, file_mode, on_bytes)
+        if route is Route.LOCAL:
+            _place_from_local_archive(arc, cache, placement, link, file_mode, on_bytes)
+        elif route is Route.STREAM:
+            with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
+                         f"download of {placement.path}")
         else:
             place_file(source, target, link, file_mode)
             if on_bytes is not None:
-                on_bytes(placement.entry.size)
+                on_bytes(entry.size)
     except OSError as exc:
         raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
 
 
-def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, blob_file: Path, placement: Placement,
-                              link: str, file_mode: int, on_bytes: Callable[[int], None] | None) -> None:
+def _verified_copy(arc: "ArchiveInterface", stream: BinaryIO, placement: Placement, file_mode: int,
+                   on_bytes: Callable[[int], None] | None) -> None:
+    """Write ``stream`` (a blob) to the placement's target, checked against its id and size as
+    it goes: a corrupt blob raises :class:`IntegrityError` before the target appears."""
+    entry = placement.entry
+    chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), entry.blob, entry.size,
+                             f"blob {entry.blob.short} in {arc.location}")
+    write_file_atomically(placement.target, chunks, file_mode)
+
+
+def _stream_from_archive(arc: "ArchiveInterface", placement: Placement, file_mode: int,
+                         on_bytes: Callable[[int], None] | None) -> None:
+    try:
+        with arc.open_key(layout.blob_key(placement.entry.blob)) as stream:
+            _verified_copy(arc, stream, placement, file_mode, on_bytes)
+    except KeyNotFoundError:
+        raise IntegrityError(f"blob {placement.entry.blob.short} is missing from {arc.location}") from None
+
+
+def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str,
+                              file_mode: int, on_bytes: Callable[[int], None] | None) -> None:
     """Copy a blob file of a local archive to its target, verified.
 
     A blob file hashed before and unchanged since (the stat cache knows its identity, ctime
     included) is copied by the kernel (or reflinked); any other is read once, hashed as it is
-    written, and then remembered. A corrupt blob raises :class:`IntegrityError` before its
-    target appears. Blob files are read-only and replaced only by a rename (a new inode), never
-    written in place, so like the cache's own files they need no racily-clean margin.
+    written, and then remembered. Blob files are read-only and replaced only by a rename (a
+    new inode), never written in place, so like the cache's own files they need no
+    racily-clean margin.
     """
     entry = placement.entry
+    blob_file = arc.local_file(layout.blob_key(entry.blob))
+    assert blob_file is not None
     try:
         info = os.stat(blob_file)
     except FileNotFoundError:
@@ -232,11 +275,9 @@ def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, blob_fi
             on_bytes(entry.size)
         return
     with open(blob_file, "rb") as stream:
-        chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), entry.blob, entry.size,
-                                 f"blob {entry.blob.short} in {arc.location}")
-        write_file_atomically(placement.target, chunks, file_mode)
+        _verified_copy(arc, stream, placement, file_mode, on_bytes)
         unchanged = identity(os.fstat(stream.fileno())) == identity(info)
-    if unchanged:  # no racily-clean margin: blob files are only ever written whole, then renamed
+    if unchanged:
         cache.stat_cache.remember([(blob_file, info, entry.blob)], hashed_at_ns=None)
 
 

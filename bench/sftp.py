@@ -136,8 +136,8 @@ class ArchiveCLI:
     def push(self, url: str, folder: Path) -> None:
         self._run(url, self.home / "cache", "push", str(folder), "bench", "1.0.0")
 
-    def pull(self, url: str, dest: Path, cache: Path) -> None:
-        self._run(url, cache, "pull", "bench", "1.0.0", "--to", str(dest))
+    def pull(self, url: str, dest: Path, cache: Path, *options: str) -> None:
+        self._run(url, cache, "pull", "bench", "1.0.0", "--to", str(dest), *options)
 
     def _run(self, url: str, cache: Path, *args: str) -> None:
         env = {**os.environ, "ARCHIVE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
@@ -163,6 +163,7 @@ def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row
     src = make_big_file(bench.work / "big" / "data.bin", size)
     rows = [Row(label) for label in ("large push: publish vs sftp put", "large push: publish vs scp",
                                      "large pull: download vs sftp get", "large pull: download vs scp",
+                                     "large pull: --no-cache vs sftp get",
                                      "large push: write_key vs sftp put", "large pull: open_key vs sftp get")]
     for _ in range(reps):
         remote, local = bench.fresh("remote"), bench.fresh("local")
@@ -174,10 +175,11 @@ def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row
         scp_get = bench.measure(lambda: bench.scp(bench.remote(remote / "scp.bin"), str(local / "scp.bin")))
         ours_push = bench.measure(lambda: cli.push(url, src.parent), cli)
         ours_pull = bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli)
+        ours_direct = bench.measure(lambda: cli.pull(url, local / "direct", local / "cache2", "--no-cache"), cli)
         ours_write = bench.measure(lambda: write_raw(url, src))
         ours_read = bench.measure(lambda: read_raw(url))
-        for row, ours, theirs in zip(rows, (ours_push, ours_push, ours_pull, ours_pull, ours_write, ours_read),
-                                     (put, scp_put, get, scp_get, put, get)):
+        for row, ours, theirs in zip(rows, (ours_push, ours_push, ours_pull, ours_pull, ours_direct, ours_write,
+                                            ours_read), (put, scp_put, get, scp_get, get, put, get)):
             row.ours.append(ours)
             row.theirs.append(theirs)
         shutil.rmtree(remote)
@@ -190,6 +192,7 @@ def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Ro
     src = make_small_files(bench.work / "small", count)
     push_row, pull_row = Row(f"{count:,} x 4 KiB push: publish vs scp -r"), Row(f"{count:,} x 4 KiB pull: "
                                                                                   "download vs scp -r")
+    direct_row = Row(f"{count:,} x 4 KiB pull: --no-cache vs scp -r")
     for _ in range(reps):
         remote, local = bench.fresh("remote-small"), bench.fresh("local-small")
         url = bench.server.url(remote / "store")
@@ -199,9 +202,12 @@ def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Ro
         pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
                                                                str(local / "scp"))))
         pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli))
+        direct_row.theirs.append(pull_row.theirs[-1])
+        direct_row.ours.append(bench.measure(lambda: cli.pull(url, local / "direct", local / "cache2", "--no-cache"),
+                                             cli))
         shutil.rmtree(remote)
         shutil.rmtree(local)
-    return [push_row, pull_row]
+    return [push_row, pull_row, direct_row]
 
 
 def _file_chunks(path: Path):

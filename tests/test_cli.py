@@ -102,6 +102,19 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" in result.stderr and "archive: error:" in result.stderr
 
 
+def test_no_cache_pull(store: str, tmp_path: Path) -> None:
+    """--no-cache needs --to; with it the files arrive and the cache holds no blob."""
+    src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    usage = run("-a", store, "pull", "calib", "--no-cache")
+    assert usage.returncode == 2 and usage.stderr.startswith("archive: error: --no-cache needs --to")
+    one_line_error(run("-a", store, "pull", "calib", "--no-cache", "--to", str(tmp_path / "x"), "--link", "hard"), 1,
+                   "a pull without the cache needs a destination folder and a link mode that makes independent")
+    pulled = run("-a", store, "pull", "calib", "--no-cache", "--to", str(tmp_path / "out"))
+    assert pulled.returncode == 0 and (tmp_path / "out" / "a.txt").read_bytes() == b"alpha"
+    assert not (Path(os.environ["ARCHIVE_CACHE_DIR"]) / "blobs").exists()
+
+
 def test_usage_errors_exit_2(store: str) -> None:
     result = run("-a", store, "push")
     assert result.returncode == 2 and result.stderr.startswith("archive: error: ")

@@ -145,6 +145,23 @@ class BackendContract:
         out = arc.download("demo", "^1", tmp_path / "out", progress=False)
         assert {p: (out / p).read_bytes() for p in files} == files
 
+    def test_download_without_the_cache(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        """``use_cache=False`` writes each file straight from the archive and leaves no blob in
+        the cache; a corrupt blob still never reaches the destination."""
+        from archive.cache import default_cache
+        from archive.errors import IntegrityError
+
+        files = {"a.txt": b"alpha", "big.bin": bytes(range(256)) * 12_000}
+        arc.publish(make_tree(tmp_path / "src", files), "demo", "1.0.0", progress=False)
+        out = arc.download("demo", "1.0.0", tmp_path / "out", use_cache=False, progress=False)
+        assert {p: (out / p).read_bytes() for p in files} == files
+        assert [p for p in (default_cache().root / "blobs").rglob("*") if p.is_file()] == []
+        arc.write_key(layout.blob_key(BlobId.of_bytes(files["a.txt"])), [b"alphA"])  # same size, other bytes
+        with pytest.raises(IntegrityError, match="content hashes to"):
+            arc.download("demo", "1.0.0", tmp_path / "out2", use_cache=False, progress=False)
+        assert not (tmp_path / "out2" / "a.txt").exists()
+        assert [p.name for p in (tmp_path / "out2").rglob("*") if p.name.endswith(".archive-part")] == []
+
     def test_versions_names_and_resolve(self, arc: ArchiveInterface, tmp_path: Path) -> None:
         src = make_tree(tmp_path / "src", {"f": b"1"})
         for version in ("1.0.0", "1.2.0", "2.0.0-rc.1", "0.9.0"):
