@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import BackendUnavailableError
@@ -88,22 +88,38 @@ def make_progress(description: str, total_bytes: int, total_files: int,
 def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
     """Run jobs on up to ``workers`` threads; return their results in order.
 
-    On the first exception no further job starts; running ones finish, then it is raised.
+    Jobs are handed to the threads a few at a time, not all at once, so 10,000 small files
+    do not hold 10,000 pending futures. On the first exception no further job starts;
+    running ones finish, then it is raised.
     """
     if workers <= 1 or len(jobs) <= 1:
         return [job() for job in jobs]
+    results: list[T] = [None] * len(jobs)  # type: ignore[list-item]
+    queued = iter(enumerate(jobs))
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="archive") as pool:
-        futures: list[Future[T]] = [pool.submit(job) for job in jobs]
+        running: dict[Future[T], int] = {}
+
+        def submit_more() -> None:
+            for index, job in queued:
+                running[pool.submit(job)] = index
+                if len(running) >= 2 * workers:
+                    return
+
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future.done() and future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
+            submit_more()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = running.pop(future)
+                    if future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+                    results[index] = future.result()
+                submit_more()
         except BaseException:
-            for future in futures:
+            for future in running:  # those not started yet never will; the pool waits for the rest
                 future.cancel()
             raise
-        return [future.result() for future in futures]
+    return results
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
