@@ -234,7 +234,7 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: b
     """Hash one file the stat cache does not know and store its blob unless the archive has it."""
     with _opened(src) as stream:
         if src.size <= BUFFERED_FILE:
-            data = stream.read(BUFFERED_FILE + 1)
+            data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
             _check_unchanged(src, stream, len(data))
             bar.advance(len(data))
             entry = FileEntry(BlobId.of_bytes(data), len(data))

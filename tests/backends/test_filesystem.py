@@ -29,6 +29,19 @@ def test_objects_are_stored_read_only(folder_archive: FileSystemArchive) -> None
     assert mode & 0o222 == 0
 
 
+def test_folders_removed_between_writes_are_made_again(folder_archive: FileSystemArchive) -> None:
+    """Folders are created once per process; one removed since (by hand) is created again."""
+    import shutil
+
+    folder_archive.write_key("blobs/sha256/ab/one", [b"1"])
+    shutil.rmtree(folder_archive.local_path("blobs"))
+    shutil.rmtree(folder_archive.local_path(layout.TMP_DIR))
+    folder_archive.write_key("blobs/sha256/ab/two", [b"2"])
+    folder_archive.write_key("releases/x/1.0.0", [b"p"], exclusive=True)
+    assert folder_archive.read_key("blobs/sha256/ab/two", 10) == b"2"
+    assert folder_archive.list_keys(layout.TMP_DIR) == []
+
+
 def test_folder_without_marker_is_not_an_archive(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(NotAnArchiveError, match="archive init"):
@@ -77,3 +90,11 @@ def test_disk_full_on_download_leaves_no_partial_file(small_filesystem: Path, tm
         arc.download("calib", "*", out, progress=False, jobs=1)
     for path in out.rglob("*"):
         assert not path.is_file() or path.stat().st_size == 600_000
+
+
+def test_local_disk_is_told_apart_from_other_mounts(small_filesystem: Path) -> None:
+    """The mount that holds a path decides (the longest mount point above it)."""
+    from archive.backends.filesystem import on_local_disk
+
+    assert on_local_disk(small_filesystem / "deeper" / "store")  # a tmpfs: local memory
+    assert not on_local_disk(Path("/proc/self"))  # proc: not a disk
