@@ -231,7 +231,8 @@ def _sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
 
 def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: bool, bar: Any,
                     started: int) -> FileEntry:
-    """Hash one file the stat cache does not know and store its blob unless the archive has it."""
+    """Hash and store one file the stat cache does not know, from one read; when it is
+    ``probably_stored`` (see :func:`store_sources`), ask the archive first."""
     with _opened(src) as stream:
         if src.size <= BUFFERED_FILE:
             data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
