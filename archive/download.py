@@ -102,8 +102,7 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
             place(arc, cache, placement, routes[placement.path], link, file_mode, bar.advance)
             bar.file_done()
 
-        streaming = any(route is Route.STREAM for route in routes.values())
-        run_jobs([lambda p=p: job(p) for p in placements], workers if streaming else _placing_workers(placements, workers))
+        run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, routes, workers))
     finally:
         bar.close()
     _remember_placed(cache, placements, started)
@@ -111,11 +110,14 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
     return dest
 
 
-def _placing_workers(placements: list[Placement], workers: int) -> int:
-    """Threads for placing files: several for large files (the kernel copies without the GIL),
-    one for small ones, where per-file Python work dominates and threads only contend."""
+def _placing_workers(placements: list[Placement], routes: dict[str, "Route"], workers: int) -> int:
+    """Threads for placing files: all of them when files stream from the archive (each waits on
+    the network) or are large (the kernel copies without the GIL); one for small local files,
+    where per-file Python work dominates and threads only contend."""
     if not placements:
         return 1
+    if any(route is Route.STREAM for route in routes.values()):
+        return workers
     average = sum(p.entry.size for p in placements) / len(placements)
     return workers if average >= SMALL_FILE else 1
 

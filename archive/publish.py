@@ -16,14 +16,14 @@ import os
 import stat
 import time
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
 
 from . import layout
-from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
-                     ReleaseNotFoundError)
+from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError,
+                     ReleaseExistsError, ReleaseNotFoundError)
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths

@@ -52,12 +52,8 @@ def single_file_suite(ctx: Context) -> list[Row]:
     """One big file: no parallelism across files can hide a second read of it."""
     folder = ctx.path("single")
     datasets.write_random_file(folder / "one.bin", ctx.sizes.single_file_size)
-    label = f"one {describe_size(ctx.sizes.single_file_size)} file"
-    try:
-        return [*push_rows(ctx, folder, "single", label, derived=True, with_repeats=False),
-                pull_cold_row(ctx, folder, "single", label, derived=True)]
-    finally:
-        remove(folder)
+    return _push_and_pull(ctx, folder, "single", f"one {describe_size(ctx.sizes.single_file_size)} file",
+                          pull_cold_row)
 
 
 def small_files_suite(ctx: Context) -> list[Row]:
@@ -65,9 +61,14 @@ def small_files_suite(ctx: Context) -> list[Row]:
     sizes = ctx.sizes
     folder = datasets.make_random_folder(ctx.path("small"), sizes.small_files, sizes.small_file_size, 100)
     label = f"{sizes.small_files:,} files of {describe_size(sizes.small_file_size)}"
+    return _push_and_pull(ctx, folder, "small", label, pull_cached_row)
+
+
+def _push_and_pull(ctx: Context, folder: Path, key: str, label: str, pull_row: Callable[..., Row]) -> list[Row]:
+    """The push rows of a data set applied by analogy, one pull row, then the data set removed."""
     try:
-        return [*push_rows(ctx, folder, "small", label, derived=True, with_repeats=False),
-                pull_cached_row(ctx, folder, "small", label, derived=True)]
+        return [*push_rows(ctx, folder, key, label, derived=True, with_repeats=False),
+                pull_row(ctx, folder, key, label, derived=True)]
     finally:
         remove(folder)
 

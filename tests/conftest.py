@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings
 
 import archive
+from tests.needs import unavailable
 
 # Property tests: 500 examples each by default; HYPOTHESIS_PROFILE=thorough for a long hunt.
 settings.register_profile("default", max_examples=500, deadline=None)
@@ -143,3 +144,22 @@ def run_unprivileged(action):
     os.waitpid(pid, 0)
     assert status == "ok", value
     return value
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A real 1 MiB tmpfs mounted below the test's folder (needs root, as CI runs), unmounted after."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("mounting a tmpfs needs root (CI runs as root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -11,9 +11,7 @@ import hashlib
 import logging
 import os
 import selectors
-import shutil
 import socket
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -312,30 +310,9 @@ def test_partial_upload_of_a_known_file_is_found_by_its_blob(sshd: SSHServer, pr
 
 
 # ------------------------------------------------------------------ a full disk on the server
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs under the test's folder: the server's disk (the sshd runs here, as root)."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run as root to mount the disk-full tmpfs")
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        message = f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI runs as root: a failed mount is a broken machine, not a skip
-        pytest.skip(message)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
-def test_full_remote_disk_is_one_line_and_leaves_nothing(sshd: SSHServer, ssh_key_home: Path, small_disk: Path,
+def test_full_remote_disk_is_one_line_and_leaves_nothing(sshd: SSHServer, ssh_key_home: Path, small_tmpfs: Path,
                                                          tmp_path: Path, transport: str) -> None:
-    store = small_disk / "store"
+    store = small_tmpfs / "store"  # the server's disk (the sshd runs here, as root)
     src = make_tree(tmp_path / "src", {"big.bin": os.urandom(3 * MIB), "small.txt": b"fits"})
     with archive.get_interface(sshd.url(store), create=True) as arc:
         with pytest.raises(StorageFullError) as info:
