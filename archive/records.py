@@ -101,14 +101,20 @@ def check_paths(paths: list[str]) -> None:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file of a release: its content address and size in bytes."""
+    """One file of a release: its content address, size in bytes, and whether it is executable.
+
+    ``executable`` is the one mode bit kept, as git keeps it: a pulled ``run.sh`` must run.
+    It is stored only when true, so records of other files are what they always were.
+    """
 
     blob: BlobId
     size: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    executable: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.extra, "blob": str(self.blob), "size": self.size}
+        flags = {"executable": True} if self.executable else {}
+        return {**self.extra, "blob": str(self.blob), "size": self.size, **flags}
 
 
 @dataclass(frozen=True)
@@ -224,8 +230,10 @@ def _entry_from_json(obj: Any) -> FileEntry:
     _require(isinstance(obj, dict), "a file entry is an object")
     size = obj["size"]
     _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, "size is a count of bytes")
-    extra = {key: value for key, value in obj.items() if key not in ("blob", "size")}
-    return FileEntry(BlobId.parse(obj["blob"]), size, extra)
+    executable = obj.get("executable", False)
+    _require(isinstance(executable, bool), "executable is true or false")
+    extra = {key: value for key, value in obj.items() if key not in ("blob", "size", "executable")}
+    return FileEntry(BlobId.parse(obj["blob"]), size, extra, executable)
 
 
 def _depth(value: Any) -> int:
