@@ -1,8 +1,8 @@
 """``ArchiveInterface``: a handful of storage primitives, and the archive written once above them.
 
-A backend implements five small operations on keys (relative POSIX paths, built only by
-:mod:`archive.layout`): ``stat_key``, ``open_key``, ``write_key``, ``list_keys`` and
-``delete_key``. It never knows what a blob or a release is. Publishing, resolving, downloading
+A backend implements six small operations on keys (relative POSIX paths, built only by
+:mod:`archive.layout`): ``stat_key``, ``open_key``, ``write_key``, ``list_keys``,
+``delete_key`` and ``move_key``. It never knows what a blob or a release is. Publishing, resolving, downloading
 and verifying are written here, once, for every backend, so a guarantee proven for one backend
 holds for all of them.
 """
@@ -110,6 +110,16 @@ class ArchiveInterface(ABC):
     @abstractmethod
     def delete_key(self, key: str) -> None:
         """Remove the object at ``key``; :class:`KeyNotFoundError` if none."""
+
+    @abstractmethod
+    def move_key(self, source: str, target: str) -> None:
+        """Rename the object at ``source`` to ``target``, atomically, replacing any object there.
+
+        The object keeps its content and its modification time (gc relies on that: it moves an
+        unreferenced blob aside, then reads its mtime to see whether a writer refreshed it
+        meanwhile). Creates target's folders as needed. :class:`KeyNotFoundError` if ``source``
+        is missing.
+        """
 
     def local_file(self, key: str) -> Path | None:
         """A file on a local disk that holds ``key``, or None (the default).

@@ -162,6 +162,15 @@ class FileSystemArchive(ArchiveInterface):
         with self._errors(key):
             os.unlink(self.local_path(key))
 
+    def move_key(self, source: str, target: str) -> None:
+        """See :meth:`ArchiveInterface.move_key`: one ``os.replace`` (a rename keeps the mtime)."""
+        path = self.local_path(source)
+        with self._errors(source):
+            os.lstat(path)  # a missing source is KeyNotFoundError, not a missing target folder
+        with self._errors(target):
+            self._in_folder(self.local_path(target), lambda final: os.replace(path, final))
+        self._mark_dirty(self.local_path(target).parent, now=False)
+
 
 #: Filesystem types (Linux ``/proc/self/mountinfo``) of local disks and memory.
 LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs",

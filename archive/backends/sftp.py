@@ -132,6 +132,21 @@ class SFTPArchive(ArchiveInterface):
         with self._pool.session(key) as sftp:
             sftp.remove(self.remote_path(key))
 
+    def move_key(self, source: str, target: str) -> None:
+        """See :meth:`ArchiveInterface.move_key`: ``posix-rename@openssh.com`` (atomic, keeps
+        the mtime); a missing target folder is made and the rename tried once more."""
+        src, dst = self.remote_path(source), self.remote_path(target)
+        with self._pool.borrow() as conn, conn.errors(source):
+            try:
+                conn.sftp.posix_rename(src, dst)
+                return
+            except FileNotFoundError:
+                conn.sftp.lstat(src)  # a missing source: KeyNotFoundError(source)
+            with conn.errors(target):
+                self._forget_dirs()  # a folder remembered may have been removed since
+                self._ensure_dir(conn.sftp, _parent(dst))
+                conn.sftp.posix_rename(src, dst)
+
     def close(self) -> None:
         self._pool.close()
 

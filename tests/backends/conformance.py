@@ -7,6 +7,7 @@ public interface, so a backend that passes can serve every feature of the archiv
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from archive import layout
 from archive.errors import (IntegrityError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
                             ReleaseNotFoundError)
 from archive.hashing import BlobId, HashingChunks
-from archive.interface import ArchiveInterface
+from archive.interface import ArchiveInterface, KeyInfo
 from tests.conftest import make_tree
 
 
@@ -98,6 +99,45 @@ class BackendContract:
         arc.write_key("blobs/sha256/ef/z", [b"z"])
         arc.delete_key("blobs/sha256/ef/z")
         assert not arc.has_key("blobs/sha256/ef/z")
+
+    def on_disk(self, arc: ArchiveInterface, key: str) -> Path:
+        """The file that holds ``key`` on this machine (every backend tested here stores locally:
+        the SFTP server runs on the same machine), so tests can arrange what a storage holds."""
+        return Path(str(arc.root), *key.split("/"))  # type: ignore[attr-defined]
+
+    def test_move_renames_and_keeps_mtime(self, arc: ArchiveInterface) -> None:
+        arc.write_key("blobs/sha256/ab/moved", [b"content"])
+        os.utime(self.on_disk(arc, "blobs/sha256/ab/moved"), (1_000_000_000, 1_000_000_000))
+        arc.move_key("blobs/sha256/ab/moved", "blobs/sha256/ab/moved.aside")
+        assert not arc.has_key("blobs/sha256/ab/moved")
+        assert arc.read_key("blobs/sha256/ab/moved.aside", 100) == b"content"
+        assert arc.stat_key("blobs/sha256/ab/moved.aside") == KeyInfo(7, 1_000_000_000.0)
+
+    def test_move_replaces_the_target(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/n/a", [b"new"])
+        arc.write_key("releases/n/b", [b"old target"])
+        arc.move_key("releases/n/a", "releases/n/b")
+        assert arc.read_key("releases/n/b", 100) == b"new"
+        assert arc.list_keys("releases/n") == ["b"]
+
+    def test_move_creates_target_folders(self, arc: ArchiveInterface) -> None:
+        arc.write_key("blobs/sha256/cd/x", [b"x"])
+        arc.move_key("blobs/sha256/cd/x", "trash/deep/er/x")
+        assert arc.read_key("trash/deep/er/x", 10) == b"x"
+        arc.write_key("blobs/sha256/cd/y", [b"y"])
+        import shutil
+
+        shutil.rmtree(self.on_disk(arc, "trash"))  # removed behind the backend's back: made again
+        arc.move_key("blobs/sha256/cd/y", "trash/deep/er/y")
+        assert arc.read_key("trash/deep/er/y", 10) == b"y"
+
+    def test_move_of_a_missing_source_raises_not_found(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/n/b", [b"target"])
+        for target in ("releases/n/b", "no/such/folder/t"):
+            with pytest.raises(KeyNotFoundError) as info:
+                arc.move_key("releases/n/missing", target)
+            assert info.value.key == "releases/n/missing"
+        assert arc.read_key("releases/n/b", 100) == b"target"
 
     def test_concurrent_writes_of_one_blob(self, arc: ArchiveInterface) -> None:
         data = b"same content" * 10_000
