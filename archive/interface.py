@@ -10,6 +10,8 @@ holds for all of them.
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 MAX_POINTER_BYTES = 1024
+_ARCHIVE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class ArchiveInterface(ABC):
         self.location = location
         #: Record ids seen before (:mod:`archive.pins`); ``get_interface`` sets the user's.
         self.seen: "SeenRecords | None" = None
+        #: The random id in ``archive.json`` (None before it was read, or in an older archive).
+        self.archive_id: str | None = None
 
     @classmethod
     def from_location(cls, location: str) -> "ArchiveInterface":
@@ -169,19 +174,25 @@ class ArchiveInterface(ABC):
 
     # ---------------------------------------------------------------- the archive itself
     def initialize(self) -> None:
-        """Create an empty archive here; an existing archive is left as it is."""
+        """Create an empty archive here; an existing archive is left as it is.
+
+        The marker names the archive by a random id, so what a machine remembers of its
+        releases (:mod:`archive.pins`) belongs to this archive, not to its path: an archive
+        created anew where another was deleted starts with no history.
+        """
         self.check_writable()
-        marker = {"format": "archive", "version": layout.FORMAT_VERSION}
+        marker = {"format": "archive", "version": layout.FORMAT_VERSION, "id": uuid.uuid4().hex}
         from .records import canonical_json
 
         try:
             self.write_key(layout.MARKER_KEY, [canonical_json(marker) + b"\n"], exclusive=True)
             logger.info("created archive at %s", self.location)
+            self.archive_id = marker["id"]
         except KeyExistsError:
             self.check_archive()
 
     def check_archive(self) -> None:
-        """Raise :class:`NotAnArchiveError` unless an archive of a known format is here."""
+        """Raise :class:`NotAnArchiveError` unless an archive of a known format is here; note its id."""
         try:
             marker = load_json(self.read_key(layout.MARKER_KEY, 4096), f"{self.location}/{layout.MARKER_KEY}")
         except KeyNotFoundError:
@@ -192,6 +203,16 @@ class ArchiveInterface(ABC):
         if marker.get("version") != layout.FORMAT_VERSION:
             raise NotAnArchiveError(
                 f"{self.location}: archive format {marker.get('version')!r}, this tool reads {layout.FORMAT_VERSION}")
+        archive_id = marker.get("id")
+        if archive_id is not None and not (isinstance(archive_id, str) and _ARCHIVE_ID.fullmatch(archive_id)):
+            raise NotAnArchiveError(f"{self.location}: {layout.MARKER_KEY} has a malformed id")
+        self.archive_id = archive_id
+
+    @property
+    def identity(self) -> str:
+        """What names this archive for the records remembered of it: its id, or (archives made
+        before ids existed) its location."""
+        return f"id:{self.archive_id}" if self.archive_id else self.location
 
     def names(self) -> list[str]:
         """The names of all releases, sorted."""
@@ -228,7 +249,7 @@ class ArchiveInterface(ABC):
             raise IntegrityError(
                 f"record {record_id.short} stored as {name} {version} describes {release.name} {release.version}")
         if self.seen is not None:
-            self.seen.check(self.location, name, version, record_id)
+            self.seen.check(self.identity, self.location, name, version, record_id)
         return release
 
     def read_record(self, record_id: BlobId) -> Release:

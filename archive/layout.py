@@ -9,6 +9,8 @@ which is the public contract for this layout)::
     index.json                        {"format": 1, "names": [...]}
     releases/NAME/index.json          {"format": 1, "name": ..., "versions": {VERSION: record id}}
     releases/NAME/VERSION             one line: the record id, "sha256:<hex>"
+    leases/ID                         blobs a publish in flight is reusing (see archive.gc)
+    trash/sha256/ab/abcdef...         blobs gc has set aside, restored or removed by gc
     tmp/                              temporary files of writes in flight
 """
 
@@ -22,6 +24,8 @@ BLOBS_DIR = "blobs/sha256"
 RELEASES_DIR = "releases"
 INDEX_FILE = "index.json"
 TMP_DIR = "tmp"
+LEASES_DIR = "leases"
+TRASH_DIR = "trash"
 
 
 def blob_key(blob_id: BlobId) -> str:
@@ -32,6 +36,16 @@ def blob_key(blob_id: BlobId) -> str:
 def blob_id_from_key(key: str) -> BlobId:
     """The inverse of :func:`blob_key` (for gc and verify, which walk the blob folders)."""
     return BlobId(key.rsplit("/", 1)[-1])
+
+
+def trash_key(blob_id: BlobId) -> str:
+    """Where gc sets a blob aside before deciding whether to remove it: ``trash/<blob key>``."""
+    return f"{TRASH_DIR}/{blob_key(blob_id)}"
+
+
+def lease_key(lease_id: str) -> str:
+    """The lease of one publish in flight: the blobs it found stored and is about to reference."""
+    return f"{LEASES_DIR}/{lease_id}"
 
 
 def release_dir(name: str) -> str:

@@ -2,7 +2,10 @@
 
 Releases are immutable, so the record id of ``NAME VERSION`` in an archive is fixed forever.
 The first time this machine reads a release from an archive, its record id is written down
-(like ssh's known_hosts); every later read must find the same id. A record that was replaced
+(like ssh's known_hosts); every later read must find the same id. An archive is known by the
+random id in its ``archive.json`` (older archives without one: by their location), so an archive
+deleted and created anew at the same place starts with no history, while a copy of it (a
+mirror) is held to the same records. A record that was replaced
 on the storage, or an archive rolled back to or swapped for another copy with different
 releases under the same versions, is then refused instead of silently served. The notes live
 in the cache folder (``seen/``); deleting them only forgets, it never lets bad data in.
@@ -26,9 +29,10 @@ class SeenRecords:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def check(self, location: str, name: str, version: str, record_id: BlobId) -> None:
-        """Remember ``record_id`` for this release, or raise if another one was seen before."""
-        note = self._note(location, name, version)
+    def check(self, identity: str, location: str, name: str, version: str, record_id: BlobId) -> None:
+        """Remember ``record_id`` for this release of the archive ``identity`` (its id, see
+        :attr:`ArchiveInterface.identity`), or raise if another one was seen before."""
+        note = self._note(identity, name, version)
         try:
             known = note.read_text(encoding="ascii").strip()
         except FileNotFoundError:
@@ -40,8 +44,8 @@ class SeenRecords:
                 f" now it is {record_id.short}; releases never change, so the archive was altered"
                 f" (to accept it, delete {note})")
 
-    def _note(self, location: str, name: str, version: str) -> Path:
-        archive_key = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
+    def _note(self, identity: str, name: str, version: str) -> Path:
+        archive_key = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
         return self.root / archive_key / name / version
 
     def _remember(self, note: Path, record_id: BlobId) -> None:

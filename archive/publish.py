@@ -14,10 +14,11 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 import unicodedata
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
 
@@ -26,6 +27,7 @@ from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsE
                      ReleaseExistsError, ReleaseNotFoundError)
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
+from .leases import lease
 from .records import FileEntry, Release, check_name, check_paths
 from .statcache import StatCache, identity, is_settled
 from .transfer import make_progress, reporting, run_jobs, with_retries
@@ -52,30 +54,72 @@ class SourceFile:
         return self.info.st_size
 
 
+@dataclass
+class PublishStats:
+    """What a publish moved: filled in by :func:`publish` for a caller that passes one.
+
+    ``uploaded_*`` counts the distinct contents written to the archive; every other file of the
+    release was stored already (by an earlier release, or as a duplicate within this one).
+    ``unchanged`` is true when the release existed with the same content and nothing was written.
+    """
+
+    files: int = 0
+    bytes: int = 0
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    unchanged: bool = False
+    _uploaded: set[BlobId] = field(default_factory=set, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def uploaded(self, blob: BlobId, size: int) -> None:
+        """Count one content written (from any thread; a content written twice counts once)."""
+        with self._lock:
+            if blob not in self._uploaded:
+                self._uploaded.add(blob)
+                self.uploaded_files += 1
+                self.uploaded_bytes += size
+
+
 def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
             metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
-            progress: bool | None = None, stat_cache: StatCache | None = None) -> Release:
+            progress: bool | None = None, stat_cache: StatCache | None = None,
+            stats: PublishStats | None = None) -> Release:
     """Publish ``folder`` as ``name`` ``version`` on ``arc`` and return the stored record.
 
     Publishing the same files and metadata again under an existing version is a no-op that
     returns the stored record; anything else under an existing version raises
-    :class:`ReleaseExistsError`, and nothing is written.
+    :class:`ReleaseExistsError`, and nothing is written. ``stats``, if given, is filled in
+    with what was uploaded.
+
+    Stored blobs this publish reuses are leased (:mod:`archive.leases`) from before they are
+    looked up until the release pointer exists, so a concurrent gc never removes them.
     """
     check_name(name)
     version = check_release_version(version)
     sources = scan_folder(folder)
+    stats = stats if stats is not None else PublishStats()
+    stats.files, stats.bytes = len(sources), sum(s.size for s in sources)
     if arc.has_key(layout.release_key(name, version)):
         entries = hash_sources(sources, progress, stat_cache)
         existing = _existing_release(arc, Release.create(name, version, entries, metadata))
         if existing is not None:
             update_indexes(arc, name)
+            stats.unchanged = True
             return existing
-    entries = store_sources(arc, name, sources, jobs or arc.max_workers, progress, stat_cache)
-    release = Release.create(name, version, entries, metadata)
-    stored = commit_release(arc, release)
+    workers = jobs or arc.max_workers
+    started = time.time_ns()
+    reusable = reusable_entries(arc, name, sources, progress, stat_cache)
+    with lease(arc, (entry.blob for entry in reusable.values())):
+        upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
+                             started, stats)
+        stored = store_new_files(arc, [s for s in sources if s.path not in reusable], workers, progress,
+                                 stat_cache, stats)
+        release = Release.create(name, version, {**reusable, **stored}, metadata)
+        committed = commit_release(arc, release)
     update_indexes(arc, name)
-    logger.info("published %s %s: %d files, %d bytes", name, version, len(release.files), release.total_size)
-    return stored
+    logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
+                len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
+    return committed
 
 
 def scan_folder(folder: Path) -> list[SourceFile]:
@@ -160,43 +204,50 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None,
     return {**remembered, **hashed}
 
 
-def store_sources(arc: "ArchiveInterface", name: str, sources: list[SourceFile], workers: int,
-                  progress: bool | None = None, known: StatCache | None = None) -> dict[str, FileEntry]:
-    """Make sure the archive holds every file's blob; return each file's entry.
+def reusable_entries(arc: "ArchiveInterface", name: str, sources: list[SourceFile],
+                     progress: bool | None = None, known: StatCache | None = None) -> dict[str, FileEntry]:
+    """Entries of the files whose blob may be stored already: those the stat cache knows
+    unchanged, and those of the same size as a file of the latest release of ``name``.
 
-    Files that ``known`` remembers unchanged are not read unless the archive lacks their blob.
-    Every other file is read once, and its hash and its upload come from the same chunks:
+    The second kind are most likely that release's files, published again from a machine whose
+    stat cache does not know them: they are hashed now (a large one is read again if it turns
+    out to be missing), so republishing unchanged data uploads nothing. Every other file is new
+    and is read once, by :func:`store_new_files`: asking the archive about it first would only
+    cost a round trip.
+    """
+    remembered = _remembered(sources, known)
+    rest = [s for s in sources if s.path not in remembered]
+    seen_sizes = _sizes_of_latest(arc, name) if rest else frozenset()
+    likely = [s for s in rest if s.size in seen_sizes]
+    return {**remembered, **(hash_sources(likely, progress, known) if likely else {})}
+
+
+def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers: int,
+                    progress: bool | None = None, known: StatCache | None = None,
+                    stats: PublishStats | None = None) -> dict[str, FileEntry]:
+    """Store files whose blob is not known to be stored, each read once: its hash and its
+    upload come from the same chunks.
 
     - a small file (up to :data:`BUFFERED_FILE`) is read whole into memory, hashed, and
       uploaded from memory;
     - a larger file is uploaded as it is hashed, under a name given only at the end by the
       hash (see :meth:`ArchiveInterface.write_key`).
-
-    Neither asks the archive first whether it has the blob: for a new file the question only
-    costs a round trip. But when the latest release of ``name`` has a file of the same size,
-    the file is most likely that one, published again from a machine whose stat cache does not
-    know it: then it is hashed first and uploaded (a large file read a second time) only if the
-    archive lacks its blob, so republishing unchanged data uploads nothing.
     """
     started = time.time_ns()
-    remembered = _remembered(sources, known)
-    upload_missing_blobs(arc, [s for s in sources if s.path in remembered], remembered, workers, progress, started)
-    new = [s for s in sources if s.path not in remembered]
-    seen_sizes = _sizes_of_latest(arc, name) if new else frozenset()
-    bar = make_progress("publishing", sum(s.size for s in new), len(new), progress)
+    bar = make_progress("uploading", sum(s.size for s in sources), len(sources), progress)
     try:
         def job(source: SourceFile) -> FileEntry:
-            entry = with_retries(lambda: _store_new_file(arc, source, source.size in seen_sizes, bar, started),
-                                 f"upload of {source.path}")
+            entry = with_retries(lambda: _store_new_file(arc, source, bar), f"upload of {source.path}")
+            if stats is not None:
+                stats.uploaded(entry.blob, entry.size)
             bar.file_done()
             return entry
 
-        stored = dict(zip((s.path for s in new), run_jobs([lambda s=s: job(s) for s in new], workers)))
+        stored = dict(zip((s.path for s in sources), run_jobs([lambda s=s: job(s) for s in sources], workers)))
     finally:
         bar.close()
-    _remember(known, new, stored, started)
-    logger.debug("%d files: %d new or changed, %d unchanged since last time", len(sources), len(new), len(remembered))
-    return {s.path: remembered.get(s.path) or stored[s.path] for s in sources}
+    _remember(known, sources, stored, started)
+    return stored
 
 
 def _remembered(sources: list[SourceFile], known: StatCache | None) -> dict[str, FileEntry]:
@@ -229,25 +280,16 @@ def _sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
     return frozenset(e.size for e in latest.files.values())
 
 
-def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: bool, bar: Any,
-                    started: int) -> FileEntry:
-    """Hash and store one file the stat cache does not know, from one read; when it is
-    ``probably_stored`` (see :func:`store_sources`), ask the archive first."""
+def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any) -> FileEntry:
+    """Hash and store one file, from one read."""
     with _opened(src) as stream:
         if src.size <= BUFFERED_FILE:
             data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
             _check_unchanged(src, stream, len(data))
             bar.advance(len(data))
             entry = FileEntry(BlobId.of_bytes(data), len(data))
-            if not (probably_stored and _has_blob(arc, entry.blob, entry.size)):
-                arc.write_key(layout.blob_key(entry.blob), [data])
+            arc.write_key(layout.blob_key(entry.blob), [data])
             return entry
-        if probably_stored:
-            blob, size = hash_stream(stream)
-            _check_unchanged(src, stream, size)
-            if not _has_blob(arc, blob, size):
-                _upload(arc, blob, src, bar, is_settled(src.info, started))
-            return FileEntry(blob, size)
         hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
         arc.write_key(lambda: layout.blob_key(hashing.blob_id),
                       _then_unchanged(hashing, src, stream))
@@ -289,7 +331,8 @@ def _then_unchanged(chunks: Iterable[bytes], src: SourceFile, stream: BinaryIO) 
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],
-                         workers: int, progress: bool | None = None, hashed_at_ns: int = 0) -> None:
+                         workers: int, progress: bool | None = None, hashed_at_ns: int = 0,
+                         stats: PublishStats | None = None) -> None:
     """Upload each distinct blob of ``sources`` (hashed before) that the archive lacks or holds
     at a wrong size, once.
 
@@ -308,6 +351,8 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
         def job(blob: BlobId, src: SourceFile) -> None:
             settled = is_settled(src.info, hashed_at_ns)
             with_retries(lambda: _upload(arc, blob, src, bar, settled), f"upload of {src.path}")
+            if stats is not None:
+                stats.uploaded(blob, src.size)
             bar.file_done()
 
         run_jobs([lambda b=b, s=s: job(b, s) for b, s in missing], workers)
