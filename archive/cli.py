@@ -80,10 +80,30 @@ def push(ctx: click.Context, folder: Path, name: str, version: str, message: str
     metadata.setdefault("author", author or _user_name())
     if message is not None:
         metadata["message"] = message
+    from .publish import PublishStats
+
+    stats = PublishStats()
     with _open(ctx) as arc:
-        release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
-    click.echo(f"published {release.name} {release.version}: {len(release.files)} files, "
-               f"{format_size(release.total_size)} (record {release.record_id.short})")
+        release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
+                              stats=stats)
+    click.echo(_push_summary(release, stats))
+
+
+def _push_summary(release, stats) -> str:
+    """One line: what was published, and how much of it was new to the archive."""
+    head = f"{release.name} {release.version}"
+    if stats.unchanged:
+        return f"{head} exists already with the same content: nothing changed (record {release.record_id.short})"
+    stored_files, stored_bytes = stats.files - stats.uploaded_files, stats.bytes - stats.uploaded_bytes
+    return (f"published {head}: {plural(len(release.files), 'file')}, {format_size(release.total_size)}"
+            f" (record {release.record_id.short}); new: {plural(stats.uploaded_files, 'file')},"
+            f" {format_size(stats.uploaded_bytes)}; already stored: {plural(stored_files, 'file')},"
+            f" {format_size(stored_bytes)}")
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
     from .pins import SeenRecords
+    from .publish import PublishStats
 
 logger = logging.getLogger(__name__)
 MAX_POINTER_BYTES = 1024
@@ -294,14 +295,14 @@ class ArchiveInterface(ABC):
 
     def publish(self, folder: str | Path, name: str, version: str,
                 metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
-                progress: bool | None = None) -> Release:
+                progress: bool | None = None, stats: "PublishStats | None" = None) -> Release:
         """Publish ``folder`` as release ``name`` ``version``; see :func:`archive.publish.publish`."""
         from .cache import default_cache
         from .publish import publish
 
         self.check_writable()
         return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress,
-                       stat_cache=default_cache().stat_cache)
+                       stat_cache=default_cache().stat_cache, stats=stats)
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,
