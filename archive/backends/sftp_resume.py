@@ -137,6 +137,9 @@ def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[
         raise
     writer.offset = offset
     stored = writer.write_all(rest)
+    # A new object's mtime is the time of its write (gc takes an old one for an abandoned blob,
+    # see archive.gc); a partial that was already whole got no write, so its time is set here.
+    sftp.utime(partial.path, None)
     return writer.offset, stored
 
 

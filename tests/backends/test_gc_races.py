@@ -216,3 +216,21 @@ def test_racing_publishers_and_gc_threads(arc: ArchiveInterface, tmp_path: Path)
     assert not errors, errors
     for i, data in enumerate(contents):
         assert_whole(arc, f"1.1.{i}", data, tmp_path)
+
+
+def test_a_resumed_upload_is_as_new_as_its_write(tmp_path: Path, sshd, ssh_key_home) -> None:
+    """An SFTP upload that takes over a whole partial file of a process killed days ago writes
+    no byte; the blob it makes must still look new, or gc would take it for abandoned."""
+    import uuid
+
+    store = tmp_path / "store"
+    data = os.urandom(3 * 1024 * 1024)  # large enough to be worth resuming
+    blob = BlobId.of_bytes(data)
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        partial = store / layout.TMP_DIR / f"{blob.hexdigest}.{uuid.uuid4().hex}.part"
+        partial.parent.mkdir(exist_ok=True)
+        partial.write_bytes(data)
+        os.utime(partial, (time.time() - OLD, time.time() - OLD))
+        arc.write_key(layout.blob_key(blob), [data])
+        assert not partial.exists()
+        assert time.time() - arc.stat_key(layout.blob_key(blob)).mtime < 3600
