@@ -56,7 +56,7 @@ def verify_archive(arc: "ArchiveInterface", name: str | None = None, range: str 
                 _check_release(arc, each, version, report, sizes)
         _check_index(arc, each, report, repair)
     report.blobs, report.bytes = len(sizes), sum(sizes.values())
-    _check_blobs(arc, sizes, full, report, jobs or arc.max_workers, progress)
+    _check_blobs(arc, sizes, full, report, jobs or arc.max_workers, progress, repair)
     return report
 
 
@@ -95,12 +95,14 @@ def _check_index(arc: "ArchiveInterface", name: str, report: VerifyReport, repai
 
 
 def _check_blobs(arc: "ArchiveInterface", sizes: dict[BlobId, int], full: bool, report: VerifyReport,
-                 workers: int, progress: bool | None) -> None:
+                 workers: int, progress: bool | None, repair: bool = False) -> None:
     total = sum(sizes.values()) if full else 0
     bar = make_progress("verifying", total, len(sizes), progress)
     try:
         def job(blob: BlobId, size: int) -> str | None:
             problem = _blob_problem(arc, blob, size, full, bar.advance)
+            if problem == _MISSING:
+                problem = _missing_blob(arc, blob, repair, report)
             bar.file_done()
             return problem
 
@@ -122,9 +124,25 @@ def _blob_problem(arc: "ArchiveInterface", blob: BlobId, size: int, full: bool, 
                 for chunk in verified_chunks(iter_chunks(stream), blob, size, f"blob {blob.short}"):
                     advance(len(chunk))
     except KeyNotFoundError:
-        return f"blob {blob.short} is missing"
+        return _MISSING
     except ArchiveError as exc:
         return str(exc)
+    return None
+
+
+_MISSING = "missing"
+
+
+def _missing_blob(arc: "ArchiveInterface", blob: BlobId, repair: bool, report: VerifyReport) -> str | None:
+    """Describe a missing blob; one that an interrupted gc left in ``trash/`` is put back with
+    ``repair`` (as the next gc would do)."""
+    trash = layout.trash_key(blob)
+    if not arc.has_key(trash):
+        return f"blob {blob.short} is missing"
+    if not repair or arc.read_only:
+        return f"blob {blob.short} is missing: an interrupted gc left it in {trash} (verify --repair puts it back)"
+    arc.move_key(trash, layout.blob_key(blob))
+    report.warnings.append(f"blob {blob.short} was in {trash}, left by an interrupted gc; repaired")
     return None
 
 
@@ -136,6 +154,8 @@ def verify_cache(cache: "BlobCache", *, jobs: int = 4, progress: bool | None = N
 
     def job(blob: BlobId, size: int) -> str | None:
         problem = _blob_problem(cache.store, blob, size, True, lambda n: None)
+        if problem == _MISSING:
+            return None  # removed meanwhile: nothing to check
         if problem:
             cache.evict(blob)
             return f"{problem} (evicted)"

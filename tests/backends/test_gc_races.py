@@ -234,3 +234,14 @@ def test_a_resumed_upload_is_as_new_as_its_write(tmp_path: Path, sshd, ssh_key_h
         arc.write_key(layout.blob_key(blob), [data])
         assert not partial.exists()
         assert time.time() - arc.stat_key(layout.blob_key(blob)).mtime < 3600
+
+
+def test_verify_names_and_repairs_a_blob_an_interrupted_gc_left_aside(arc: ArchiveInterface) -> None:
+    blob = arc.resolve("calib").files["data.bin"].blob
+    arc.move_key(layout.blob_key(blob), layout.trash_key(blob))  # what a gc killed mid-way leaves
+    report = arc.verify()
+    assert report.errors == [f"blob {blob.short} is missing: an interrupted gc left it in {layout.trash_key(blob)}"
+                             " (verify --repair puts it back)"]
+    repaired = arc.verify(repair=True)
+    assert repaired.ok and any("repaired" in w for w in repaired.warnings)
+    assert arc.verify(full=True).ok
