@@ -122,11 +122,12 @@ def _set_aside(arc: "ArchiveInterface", key: str, cutoff: float, dry_run: bool, 
     """Move an unreferenced blob older than ``cutoff`` to the trash; put it back if it turns out
     young (a writer stored it anew between the first look and the move)."""
     try:
-        if arc.stat_key(key).mtime > cutoff:
+        info = arc.stat_key(key)
+        if info.mtime > cutoff:
             report.kept_young += 1
             return
         if dry_run:
-            report.count(key, arc.stat_key(key).size)
+            report.count(key, info.size)
             return
         trash = layout.trash_key(layout.blob_id_from_key(key))
         arc.move_key(key, trash)
