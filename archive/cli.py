@@ -72,16 +72,23 @@ def init(location: str) -> None:
 @click.option("--message", "-m", help="What this release is.")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--author", default=None, help="Who publishes [default: your user name].")
+@click.option("--exclude", "-x", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out paths matching GLOB, in gitignore syntax like .archiveignore (repeatable).")
 @click.pass_context
 def push(ctx: click.Context, folder: Path, name: str, version: str, message: str | None,
-         meta: tuple[str, ...], author: str | None) -> None:
-    """Publish FOLDER as release NAME VERSION."""
+         meta: tuple[str, ...], author: str | None, exclude: tuple[str, ...]) -> None:
+    """Publish FOLDER as release NAME VERSION.
+
+    Left out: a top-level .archive folder, and paths matched by --exclude or by the
+    gitignore patterns of FOLDER/.archiveignore.
+    """
     metadata = _parse_meta(meta)
     metadata.setdefault("author", author or _user_name())
     if message is not None:
         metadata["message"] = message
     with _open(ctx) as arc:
-        release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+        release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
+                              exclude=exclude)
     click.echo(f"published {release.name} {release.version}: {len(release.files)} files, "
                f"{format_size(release.total_size)} (record {release.record_id.short})")
 
