@@ -232,7 +232,9 @@ def load_json(data: bytes, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
                           parse_constant=_reject_constant)
     except IntegrityError as exc:
         raise IntegrityError(f"{what}: {exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:  # the C parser's own guard, about 1000 levels deep
+        raise IntegrityError(f"{what}: not valid JSON (nested more than this reader can parse)") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
 
 
