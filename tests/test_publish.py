@@ -393,3 +393,27 @@ def test_a_stored_record_nested_deep_is_refused_in_one_line(folder_archive, samp
     verify = run("-a", folder_archive.location, "verify")
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     assert "error: calib 2.0.0: " in verify.stdout and "nested more than" in verify.stdout
+
+
+@pytest.mark.parametrize("index", [b'{"format":1,"versions":5}', b'{"format":1,"versions":{"1.0.0":[[[]]]}}',
+                                   b'{"format":2}', b"[" * 5000],
+                         ids=["versions-not-object", "id-not-string", "other-format", "nested-5000"])
+def test_a_corrupt_index_is_reported_and_rebuilt_not_a_crash(folder_archive, sample_folder: Path,
+                                                              index: bytes) -> None:
+    """The index is derived: a corrupt one is a verify warning, --repair rebuilds it, and a
+    publish rewrites it instead of failing after its release was committed."""
+    from archive.index import versions_in_index
+    from tests.test_cli import run
+
+    folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
+    index_file = Path(folder_archive.location) / layout.versions_index_key("calib")
+    index_file.write_bytes(index)
+    verify = run("-a", folder_archive.location, "verify")
+    assert "Traceback" not in verify.stderr and "warning: calib: releases/calib/index.json: " in verify.stdout
+    repair = run("-a", folder_archive.location, "verify", "--repair")
+    assert repair.returncode == 0 and "repaired" in repair.stdout, repair.stderr
+    assert versions_in_index(folder_archive, "calib") == ["1.0.0"]
+    index_file.write_bytes(index)
+    push = run("-a", folder_archive.location, "push", str(sample_folder), "calib", "1.1.0")
+    assert push.returncode == 0, push.stderr
+    assert versions_in_index(folder_archive, "calib") == ["1.0.0", "1.1.0"]
