@@ -273,7 +273,8 @@ class ArchiveInterface(ABC):
 
         self.check_writable()
         return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress,
-                       stat_cache=default_cache().stat_cache, exclude=tuple(exclude))
+                       stat_cache=default_cache().stat_cache,
+                       exclude=(exclude,) if isinstance(exclude, str) else tuple(exclude))
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,

@@ -110,7 +110,7 @@ def scan_folder(folder: Path, exclude: Sequence[str] = ()) -> list[SourceFile]:
     if not folder.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder")
     root = os.path.realpath(folder)
-    files, problems = _walk(root, exclude)
+    files, problems = _walk(root, (exclude,) if isinstance(exclude, str) else exclude)
     files.sort(key=lambda f: f.path)
     problems += path_problems([f.path for f in files])
     if problems:
@@ -170,7 +170,7 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
     root_info = os.stat(root)
     top = _Folder(root, "", _Chain((root_info.st_dev, root_info.st_ino), None))
     top_listing = _listing(top, problems)
-    ignored = _ignore_spec(root, exclude, any(path == IGNORE_FILE for _, path in top_listing))
+    ignored = _ignore_spec(root, exclude, any(path == IGNORE_FILE and _is_file(entry) for entry, path in top_listing))
     stack = [top]
     while stack:
         folder = stack.pop()
@@ -234,6 +234,14 @@ def _is_ignored(ignored: pathspec.PathSpec, entry: os.DirEntry[str], path: str) 
     except OSError:
         return False  # the stat that follows reports it
     return is_folder and ignored.match_file(path + "/")
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """True for a regular file (or a link to one): never open a FIFO, which would block."""
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
 
 
 def _is_ancestor(identity: tuple[int, int], chain: _Chain | None) -> bool:

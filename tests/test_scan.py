@@ -183,3 +183,18 @@ def test_excluded_entries_are_matched_without_a_stat(tmp_path: Path) -> None:
     files = scan_folder(src, ["private/", "fifo"])
     assert [f.path for f in files] == ["f.txt"]
     assert stat.S_ISREG(files[0].info.st_mode)
+
+
+@pytest.mark.timeout(20)  # a hang guard: opening the FIFO would block
+def test_an_archiveignore_that_is_a_fifo_is_reported_not_opened(tmp_path: Path) -> None:
+    """Opening a FIFO for its patterns would block the publish forever."""
+    src = make_tree(tmp_path / "src", {"f.txt": b"f"})
+    os.mkfifo(src / ".archiveignore")
+    with pytest.raises(FolderProblemsError, match="'.archiveignore' is not a regular file"):
+        scan_folder(src)
+
+
+def test_one_pattern_given_as_a_string_is_one_pattern(folder_archive, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"f.txt": b"f", "x.tmp": b"t"})
+    release = folder_archive.publish(src, "calib", "1.0.0", progress=False, exclude="*.tmp")
+    assert set(release.files) == {"f.txt"}
