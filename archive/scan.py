@@ -174,26 +174,35 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
     stack = [top]
     while stack:
         folder = stack.pop()
+        children = []
         for entry, path in top_listing if folder is top else _listing(folder, problems):
-            if ignored is not None and _is_ignored(ignored, entry, path):
-                continue
-            info = _stat_entry(root, entry, path, problems)
-            if info is None:
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                identity = (info.st_dev, info.st_ino)
-                if entry.is_symlink() and _is_ancestor(identity, folder.ancestors):
-                    problems.append(f"{path!r} is a link that loops back to a folder containing it")
-                    continue
-                stack.append(_Folder(entry.path, path + "/", _Chain(identity, folder.ancestors)))
-            elif stat.S_ISREG(info.st_mode):
-                if not os.access(entry.path, os.R_OK):  # found now, before any upload
-                    problems.append(f"cannot read {path!r}: {os.strerror(errno.EACCES)}")
-                    continue
-                files.append(SourceFile(path, Path(entry.path), info))
-            else:
-                problems.append(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
+            if ignored is None or not _is_ignored(ignored, entry, path):
+                child = _visit(root, folder, entry, path, files, problems)
+                if child is not None:
+                    children.append(child)
+        stack.extend(reversed(children))  # folders in name order, so problems come in path order
     return files, problems
+
+
+def _visit(root: str, folder: _Folder, entry: os.DirEntry[str], path: str, files: list[SourceFile],
+           problems: list[str]) -> _Folder | None:
+    """Note the file ``entry`` is, or its problem; return it as a folder to list if it is one."""
+    info = _stat_entry(root, entry, path, problems)
+    if info is None:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        identity = (info.st_dev, info.st_ino)
+        if entry.is_symlink() and _is_ancestor(identity, folder.ancestors):
+            problems.append(f"{path!r} is a link that loops back to a folder containing it")
+            return None
+        return _Folder(entry.path, path + "/", _Chain(identity, folder.ancestors))
+    if not stat.S_ISREG(info.st_mode):
+        problems.append(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
+    elif not os.access(entry.path, os.R_OK):  # found now, before any upload
+        problems.append(f"cannot read {path!r}: {os.strerror(errno.EACCES)}")
+    else:
+        files.append(SourceFile(path, Path(entry.path), info))
+    return None
 
 
 def _listing(folder: _Folder, problems: list[str]) -> list[tuple[os.DirEntry[str], str]]:
