@@ -198,3 +198,11 @@ def test_one_pattern_given_as_a_string_is_one_pattern(folder_archive, tmp_path: 
     src = make_tree(tmp_path / "src", {"f.txt": b"f", "x.tmp": b"t"})
     release = folder_archive.publish(src, "calib", "1.0.0", progress=False, exclude="*.tmp")
     assert set(release.files) == {"f.txt"}
+
+
+def test_a_file_where_another_system_needs_a_folder_is_reported(tmp_path: Path) -> None:
+    """``Lib`` (a file) and ``lib/x.py`` coexist here but not on a case-insensitive system."""
+    src = make_tree(tmp_path / "src", {"Lib": b"file", "lib/x.py": b"x", "ok.txt": b"ok"})
+    with pytest.raises(FolderProblemsError) as info:
+        scan_folder(src)
+    assert info.value.problems == ["'Lib' is a file but 'lib/x.py' needs it to be a folder"]
