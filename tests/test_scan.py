@@ -25,14 +25,27 @@ def deep_folder(root: Path, depth: int) -> str:
     return f"{path}/leaf.txt"
 
 
-def test_a_folder_1200_levels_deep_is_scanned(tmp_path: Path) -> None:
-    leaf = deep_folder(tmp_path / "src", 1200)
-    assert [f.path for f in scan_folder(tmp_path / "src")] == [leaf, "top.txt"]
+@pytest.fixture
+def deep_src(tmp_path: Path):
+    """``tmp_path/src`` holding a folder 1200 levels deep; removed bottom-up afterwards, as
+    shutil.rmtree (pytest's cleanup) recurses and fails on it."""
+    root = tmp_path / "src"
+    yield deep_folder(root, 1200)
+    (root / "top.txt").unlink()
+    for level in range(1200, 0, -1):
+        folder = os.path.join(root, *["d"] * level)
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
 
 
-def test_push_and_show_of_a_folder_1200_levels_deep(tmp_path: Path) -> None:
+def test_a_folder_1200_levels_deep_is_scanned(tmp_path: Path, deep_src: str) -> None:
+    assert [f.path for f in scan_folder(tmp_path / "src")] == [deep_src, "top.txt"]
+
+
+def test_push_and_show_of_a_folder_1200_levels_deep(tmp_path: Path, deep_src: str) -> None:
     store = str(tmp_path / "store")
-    leaf = deep_folder(tmp_path / "src", 1200)
+    leaf = deep_src
     assert run("init", store).returncode == 0
     push = run("-a", store, "push", str(tmp_path / "src"), "deep", "1.0.0")
     assert push.returncode == 0, push.stderr[-2000:]
