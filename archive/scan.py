@@ -157,7 +157,7 @@ def _ignore_spec(root: str, exclude: Sequence[str], has_file: bool) -> pathspec.
     try:
         return pathspec.GitIgnoreSpec.from_lines(lines)
     except ValueError as exc:  # pathspec's GitWildMatchPatternError
-        raise InvalidInputError(f"invalid exclude pattern: {exc}") from None
+        raise InvalidInputError(f"{exc} (in an --exclude or {IGNORE_FILE})") from None
 
 
 def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str]]:

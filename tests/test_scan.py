@@ -219,3 +219,9 @@ def test_a_file_where_another_system_needs_a_folder_is_reported(tmp_path: Path) 
     with pytest.raises(FolderProblemsError) as info:
         scan_folder(src)
     assert info.value.problems == ["'Lib' is a file but 'lib/x.py' needs it to be a folder"]
+
+
+def test_an_invalid_pattern_is_one_line(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"f.txt": b"f"})
+    with pytest.raises(InvalidInputError, match=r"Invalid git pattern: '!' \(in an --exclude or .archiveignore\)"):
+        scan_folder(src, ["!"])
