@@ -101,6 +101,17 @@ def path_problems(paths: list[str]) -> list[str]:
     The case-folded paths are entered into a tree whose nodes are numbered by (parent node,
     component), so a folder prefix is found by one lookup per component instead of joining
     every prefix again (which is quadratic in the number of components of a path).
+
+    Parameters
+    ----------
+    paths
+        Release paths, in the order problems should be reported.
+
+    Returns
+    -------
+    list[str]
+        One message per problem (unsafe path, case clash, file where a folder is needed);
+        empty when the paths can coexist.
     """
     problems: list[str] = []
     nodes: dict[tuple[int, str], int] = {}
@@ -132,6 +143,21 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     It must be a mapping of JSON values nested at most :data:`MAX_METADATA_DEPTH` deep (see
     :func:`json_value_problem`); checked before anything is serialized or uploaded, so bad
     metadata never costs an upload nor recurses.
+
+    Parameters
+    ----------
+    metadata
+        The metadata given to a publish; None is an empty mapping.
+
+    Returns
+    -------
+    dict
+        A plain dict of it.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first problem found.
     """
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, Mapping):
