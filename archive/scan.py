@@ -35,13 +35,16 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import pathspec
 
 from .errors import FolderProblemsError, InvalidInputError
-from .records import FileEntry, path_problems
+from .records import MAX_RECORD_BYTES, FileEntry, path_problems
 
 logger = logging.getLogger(__name__)
 #: The top-level name a publish always leaves out: the marker folder of a pulled destination.
 RESERVED_NAME = ".archive"
 #: The file at the folder's root whose gitignore patterns leave paths out of a publish.
 IGNORE_FILE = ".archiveignore"
+#: More files than a record can list (the smallest file entry takes 95 of its bytes): the
+#: scan stops there, so links to folders that multiply paths cannot make it run for hours.
+MAX_FILES = MAX_RECORD_BYTES // 95
 #: How many problems the one-line message names before "and N more".
 SHOWN_PROBLEMS = 3
 
@@ -181,6 +184,10 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
                 if child is not None:
                     children.append(child)
         stack.extend(reversed(children))  # folders in name order, so problems come in path order
+        if len(files) > MAX_FILES:
+            problems.append(f"more than {MAX_FILES} files, more than a release can list"
+                            " (do links to folders multiply the paths?); scan stopped")
+            break
     return files, problems
 
 

@@ -225,3 +225,19 @@ def test_an_invalid_pattern_is_one_line(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"f.txt": b"f"})
     with pytest.raises(InvalidInputError, match=r"Invalid git pattern: '!' \(in an --exclude or .archiveignore\)"):
         scan_folder(src, ["!"])
+
+
+@pytest.mark.timeout(60)  # a hang guard: without the bound the scan runs for hours
+def test_links_that_multiply_paths_stop_the_scan_at_what_a_record_can_hold(tmp_path: Path, monkeypatch) -> None:
+    """Each level links twice to the next: 2 ** 40 paths. The scan stops at the bound (lowered
+    here from the ~700,000 files a 64 MiB record can list) instead of running for hours."""
+    import archive.scan
+
+    monkeypatch.setattr(archive.scan, "MAX_FILES", 1000)
+    src = make_tree(tmp_path / "src", {"l40/f.txt": b"f"})
+    for level in range(39, -1, -1):
+        (src / f"l{level}").mkdir()
+        for link in "ab":
+            (src / f"l{level}" / link).symlink_to(f"../l{level + 1}", target_is_directory=True)
+    with pytest.raises(FolderProblemsError, match="more than 1000 files, more than a release can list"):
+        scan_folder(src)
