@@ -72,10 +72,16 @@ def init(location: str) -> None:
 @click.option("--message", "-m", help="What this release is.")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to record (repeatable).")
 @click.option("--author", default=None, help="Who publishes [default: your user name].")
+@click.option("--exclude", "-x", "exclude", multiple=True, metavar="GLOB",
+              help="Leave out paths matching GLOB, in gitignore syntax like .archiveignore (repeatable).")
 @click.pass_context
 def push(ctx: click.Context, folder: Path, name: str, version: str, message: str | None,
-         meta: tuple[str, ...], author: str | None) -> None:
-    """Publish FOLDER as release NAME VERSION."""
+         meta: tuple[str, ...], author: str | None, exclude: tuple[str, ...]) -> None:
+    """Publish FOLDER as release NAME VERSION.
+
+    Left out: a top-level .archive folder, and paths matched by --exclude or by the
+    gitignore patterns of FOLDER/.archiveignore.
+    """
     metadata = _parse_meta(meta)
     metadata.setdefault("author", author or _user_name())
     if message is not None:
@@ -85,7 +91,7 @@ def push(ctx: click.Context, folder: Path, name: str, version: str, message: str
     stats = PublishStats()
     with _open(ctx) as arc:
         release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
-                              stats=stats)
+                              stats=stats, exclude=exclude)
     click.echo(_push_summary(release, stats))
 
 

@@ -33,6 +33,18 @@ class InvalidPathError(InvalidInputError):
     """A file path in a release is absolute, escapes its folder, or is otherwise unsafe."""
 
 
+class FolderProblemsError(InvalidPathError):
+    """A folder cannot be published as it is; ``problems`` lists every reason found in one scan.
+
+    The message names the count and the first few, on one line; ``problems`` has them all.
+    """
+
+    def __init__(self, message: str, folder: str, problems: list[str]) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.problems = problems
+
+
 class NotAnArchiveError(InvalidInputError):
     """A location exists but holds no archive (run ``archive init`` to create one)."""
 

@@ -60,8 +60,15 @@ def update_indexes(arc: "ArchiveInterface", name: str) -> None:
 
 def sync_index(arc: "ArchiveInterface", key: str, list_now: Callable[[], list[str]],
                build: Callable[[set[str], dict[str, Any]], dict[str, Any]]) -> None:
-    """Rewrite the index at ``key`` until a fresh listing adds nothing to what was written."""
-    old = _read_index(arc, key)
+    """Rewrite the index at ``key`` until a fresh listing adds nothing to what was written.
+
+    A corrupt index is rebuilt from the listing (it is derived), never left to block publishes.
+    """
+    try:
+        old = _read_index(arc, key)
+    except IntegrityError as exc:
+        logger.warning("%s; rebuilding it", exc)
+        old = {}
     listed = set(list_now())
     for _ in range(MAX_SYNC_ROUNDS):
         document = build(listed, old)
@@ -90,6 +97,10 @@ def _read_index(arc: "ArchiveInterface", key: str) -> dict[str, Any]:
         return {}
     if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
         raise IntegrityError(f"{key}: not an index of format {INDEX_FORMAT}")
+    names, versions = document.get("names", []), document.get("versions", {})
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)
+            and isinstance(versions, dict) and all(isinstance(i, str) for i in versions.values())):
+        raise IntegrityError(f"{key}: names must be a list of strings, versions an object of strings")
     return document
 
 

@@ -295,14 +295,20 @@ class ArchiveInterface(ABC):
 
     def publish(self, folder: str | Path, name: str, version: str,
                 metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
-                progress: bool | None = None, stats: "PublishStats | None" = None) -> Release:
-        """Publish ``folder`` as release ``name`` ``version``; see :func:`archive.publish.publish`."""
+                progress: bool | None = None, exclude: Iterable[str] = (),
+                stats: "PublishStats | None" = None) -> Release:
+        """Publish ``folder`` as release ``name`` ``version``; see :func:`archive.publish.publish`.
+
+        ``exclude``: gitignore patterns of paths to leave out (with those of ``.archiveignore``).
+        ``stats``: a :class:`~archive.publish.PublishStats` to fill in with what was uploaded.
+        """
         from .cache import default_cache
         from .publish import publish
 
         self.check_writable()
         return publish(self, Path(folder), name, version, metadata, jobs=jobs, progress=progress,
-                       stat_cache=default_cache().stat_cache, stats=stats)
+                       stat_cache=default_cache().stat_cache, stats=stats,
+                       exclude=(exclude,) if isinstance(exclude, str) else tuple(exclude))
 
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,

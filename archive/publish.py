@@ -10,17 +10,14 @@ never replace an existing one. A publish killed at any point leaves at most unre
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import threading
 import time
-import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
 from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError,
@@ -28,7 +25,8 @@ from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsE
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .leases import lease
-from .records import FileEntry, Release, check_name, check_paths
+from .records import FileEntry, Release, check_metadata, check_name
+from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
@@ -83,24 +81,26 @@ class PublishStats:
 def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
             metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
             progress: bool | None = None, stat_cache: StatCache | None = None,
-            stats: PublishStats | None = None) -> Release:
+            stats: PublishStats | None = None, exclude: Sequence[str] = ()) -> Release:
     """Publish ``folder`` as ``name`` ``version`` on ``arc`` and return the stored record.
 
     Publishing the same files and metadata again under an existing version is a no-op that
     returns the stored record; anything else under an existing version raises
-    :class:`ReleaseExistsError`, and nothing is written. ``stats``, if given, is filled in
-    with what was uploaded.
+    :class:`ReleaseExistsError`, and nothing is written. ``exclude`` holds gitignore patterns
+    of paths to leave out (see :func:`archive.scan.scan_folder`); ``stats``, if given, is
+    filled in with what was uploaded.
 
     Stored blobs this publish reuses are leased (:mod:`archive.leases`) from before they are
     looked up until the release pointer exists, so a concurrent gc never removes them.
     """
     check_name(name)
     version = check_release_version(version)
-    sources = scan_folder(folder)
+    check_metadata(metadata)
+    sources = scan_folder(folder, exclude)
     stats = stats if stats is not None else PublishStats()
     stats.files, stats.bytes = len(sources), sum(s.size for s in sources)
     if arc.has_key(layout.release_key(name, version)):
-        entries = hash_sources(sources, progress, stat_cache)
+        entries = with_modes(hash_sources(sources, progress, stat_cache), sources)
         existing = _existing_release(arc, Release.create(name, version, entries, metadata))
         if existing is not None:
             update_indexes(arc, name)
@@ -114,67 +114,12 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
                              started, stats)
         stored = store_new_files(arc, [s for s in sources if s.path not in reusable], workers, progress,
                                  stat_cache, stats)
-        release = Release.create(name, version, {**reusable, **stored}, metadata)
+        release = Release.create(name, version, with_modes({**reusable, **stored}, sources), metadata)
         committed = commit_release(arc, release)
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
     return committed
-
-
-def scan_folder(folder: Path) -> list[SourceFile]:
-    """Every regular file below ``folder``, sorted by release path.
-
-    Symbolic links are followed when they stay inside the folder (the file they point to is
-    published) and refused when they point outside it, so a publish never picks up files its
-    author did not mean to share. Special files (FIFOs, sockets, devices) are refused.
-    """
-    if not folder.exists():
-        raise InvalidInputError(f"folder {str(folder)!r} does not exist")
-    if not folder.is_dir():
-        raise InvalidInputError(f"{str(folder)!r} is not a folder")
-    root = Path(os.path.realpath(folder))
-    files = sorted(_walk(root, root, "", frozenset([root])), key=lambda f: f.path)
-    if not files:
-        raise InvalidInputError(f"folder {str(folder)!r} has no files to publish")
-    check_paths([f.path for f in files])
-    return files
-
-
-def _walk(root: Path, directory: Path, prefix: str, ancestors: frozenset[Path]) -> Iterator[SourceFile]:
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read folder {str(directory)!r}: {exc.strerror}") from None
-    for entry in entries:
-        path = prefix + unicodedata.normalize("NFC", entry.name)
-        info = _stat_entry(root, entry, path)
-        if stat.S_ISDIR(info.st_mode):
-            real = Path(os.path.realpath(entry.path))
-            if real in ancestors:
-                raise InvalidInputError(f"{path!r} is a link that loops back to a folder containing it")
-            yield from _walk(root, Path(entry.path), path + "/", ancestors | {real})
-        elif stat.S_ISREG(info.st_mode):
-            if not os.access(entry.path, os.R_OK):  # found now, before any upload
-                raise InvalidInputError(f"cannot read {path!r}: {os.strerror(errno.EACCES)}")
-            yield SourceFile(path, Path(entry.path), info)
-        else:
-            raise InvalidInputError(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
-
-
-def _stat_entry(root: Path, entry: os.DirEntry[str], path: str) -> os.stat_result:
-    """Stat an entry, following a symlink only when it stays inside ``root``."""
-    try:
-        if not entry.is_symlink():
-            return entry.stat(follow_symlinks=False)
-        target = Path(os.path.realpath(entry.path))
-        if target != root and root not in target.parents:
-            raise InvalidInputError(f"{path!r} is a link to {str(target)!r}, outside the published folder")
-        return os.stat(entry.path)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{path!r} is a broken link or vanished during the scan") from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path!r}: {exc.strerror}") from None
 
 
 def hash_sources(sources: list[SourceFile], progress: bool | None = None,
@@ -267,7 +212,7 @@ def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[
 def _sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
     """Sizes of the files in the latest release of ``name``.
 
-    Only a hint (see :func:`store_sources`): a release that cannot be read gives none.
+    Only a hint (see :func:`reusable_entries`): a release that cannot be read gives none.
     """
     try:
         versions = arc.versions(name)

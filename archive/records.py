@@ -11,21 +11,26 @@ version does not know are kept, so an older client never drops what a newer one 
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .errors import IntegrityError, InvalidNameError, InvalidPathError
+from .errors import IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError
 from .hashing import BlobId
 from .versions import parse_version
 
 RECORD_FORMAT = 1
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 MAX_METADATA_DEPTH = 16
+#: The most values (objects, arrays, strings, numbers...) metadata may hold, counted as
+#: serialized: a bound that a structure sharing one list many times cannot escape.
+MAX_METADATA_VALUES = 1_000_000
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
 _DRIVE = re.compile(r"[A-Za-z]:")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KNOWN_FIELDS = {"format", "name", "version", "created", "metadata", "files"}
 
 
@@ -60,7 +65,7 @@ def check_path(path: str) -> str:
 def _path_problem(path: str) -> str | None:
     if not isinstance(path, str) or not path:
         return "empty"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         return "control character"
     try:
         path.encode("utf-8")
@@ -70,7 +75,7 @@ def _path_problem(path: str) -> str | None:
         return "backslash"
     if path.startswith("/") or _DRIVE.match(path):
         return "absolute"
-    if unicodedata.normalize("NFC", path) != path:
+    if not unicodedata.is_normalized("NFC", path):
         return "not in Unicode NFC form"
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
@@ -82,21 +87,86 @@ def check_paths(paths: list[str]) -> None:
     """Check that a set of paths can coexist in one folder on every common filesystem.
 
     Each path must be safe; no two may collide when case is folded (macOS, Windows); and no
-    file may stand where another needs a directory (``a`` and ``a/b``).
+    file may stand where another needs a directory (``a`` and ``a/b``). Raises
+    :class:`InvalidPathError` naming the first problem of :func:`path_problems`.
     """
-    folded: dict[str, str] = {}
+    problems = path_problems(paths)
+    if problems:
+        raise InvalidPathError(problems[0])
+
+
+def path_problems(paths: list[str]) -> list[str]:
+    """Every problem of :func:`check_paths`, one line each, in time linear in the total length.
+
+    The case-folded paths are entered into a tree whose nodes are numbered by (parent node,
+    component), so a folder prefix is found by one lookup per component instead of joining
+    every prefix again (which is quadratic in the number of components of a path).
+
+    Parameters
+    ----------
+    paths
+        Release paths, in the order problems should be reported.
+
+    Returns
+    -------
+    list[str]
+        One message per problem (unsafe path, case clash, file where a folder is needed);
+        empty when the paths can coexist.
+    """
+    problems: list[str] = []
+    nodes: dict[tuple[int, str], int] = {}
+    folders: dict[int, str] = {}  # node -> the first path that needs it to be a folder
+    files: dict[int, str] = {}  # node -> the path of the file it is
     for path in paths:
-        check_path(path)
-        key = path.casefold()
-        if key in folded:
-            raise InvalidPathError(f"paths {folded[key]!r} and {path!r} clash on a case-insensitive filesystem")
-        folded[key] = path
-    for path in paths:
+        problem = _path_problem(path)
+        if problem:
+            problems.append(f"unsafe path {path!r} in release: {problem}")
+            continue
+        node = 0
         parts = path.casefold().split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent in folded:
-                raise InvalidPathError(f"{folded[parent]!r} is a file but {path!r} needs it to be a folder")
+        for depth, part in enumerate(parts, 1):
+            node = nodes.setdefault((node, part), len(nodes) + 1)
+            if depth < len(parts):
+                folders.setdefault(node, path)
+        if node in files:
+            problems.append(f"paths {files[node]!r} and {path!r} clash on a case-insensitive filesystem")
+        else:
+            files[node] = path
+    problems.extend(f"{files[node]!r} is a file but {folders[node]!r} needs it to be a folder"
+                    for node in files if node in folders)
+    return problems
+
+
+def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return ``metadata`` as a dict if a record can hold it; else raise :class:`InvalidInputError`.
+
+    It must be a mapping of JSON values nested at most :data:`MAX_METADATA_DEPTH` deep (see
+    :func:`json_value_problem`); checked before anything is serialized or uploaded, so bad
+    metadata never costs an upload nor recurses.
+
+    Parameters
+    ----------
+    metadata
+        The metadata given to a publish; None is an empty mapping.
+
+    Returns
+    -------
+    dict
+        A plain dict of it.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first problem found.
+    """
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, Mapping):
+        raise InvalidInputError(f"metadata is a {type(metadata).__name__}, not a mapping")
+    metadata = dict(metadata)
+    problem = json_value_problem(metadata, MAX_METADATA_DEPTH)
+    if problem:
+        raise InvalidInputError(f"metadata {problem}")
+    return metadata
 
 
 @dataclass(frozen=True)
@@ -133,7 +203,7 @@ class Release:
                metadata: Mapping[str, Any] | None = None) -> "Release":
         """A new record stamped with the current UTC time, checked like a stored one."""
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        release = cls(name, version, created, dict(metadata or {}), dict(sorted(files.items())))
+        release = cls(name, version, created, check_metadata(metadata), dict(sorted(files.items())))
         return parse_record(release.to_bytes())
 
     @property
@@ -188,7 +258,9 @@ def load_json(data: bytes, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
                           parse_constant=_reject_constant)
     except IntegrityError as exc:
         raise IntegrityError(f"{what}: {exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:  # the C parser's own guard, about 1000 levels deep
+        raise IntegrityError(f"{what}: not valid JSON (nested more than this reader can parse)") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
 
 
@@ -217,12 +289,14 @@ def _release_from_json(obj: Any) -> Release:
     _require(isinstance(created, str), "created is a string")
     metadata = obj["metadata"]
     _require(isinstance(metadata, dict), "metadata is an object")
-    _require(_depth(metadata) <= MAX_METADATA_DEPTH, "metadata nested too deep")
+    _require_json("metadata", metadata)
+    _require_json("created", created)
     files_obj = obj["files"]
     _require(isinstance(files_obj, dict), "files is an object")
     check_paths(list(files_obj))
     files = {path: _entry_from_json(entry) for path, entry in sorted(files_obj.items())}
     extra = {key: value for key, value in obj.items() if key not in _KNOWN_FIELDS}
+    _require_json("unknown fields", extra)
     return Release(name, version, created, metadata, files, extra)
 
 
@@ -233,15 +307,62 @@ def _entry_from_json(obj: Any) -> FileEntry:
     executable = obj.get("executable", False)
     _require(isinstance(executable, bool), "executable is true or false")
     extra = {key: value for key, value in obj.items() if key not in ("blob", "size", "executable")}
+    if extra:
+        _require_json("unknown fields of a file entry", extra)
     return FileEntry(BlobId.parse(obj["blob"]), size, extra, executable)
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def json_value_problem(value: Any, max_depth: int) -> str | None:
+    """Why ``value`` cannot be part of a record, or None when it can.
+
+    A value can when it is JSON (objects with string keys, arrays, strings encodable as UTF-8,
+    finite numbers, booleans, null), nested at most ``max_depth`` deep, with at most
+    :data:`MAX_METADATA_VALUES` values. The walk is iterative and stops at the first problem,
+    so a value nested a million deep, a structure that refers to itself, or one that shares a
+    list so often that it would serialize to terabytes, is refused in time linear in what is
+    looked at (at most that many values), never with a RecursionError.
+    """
+    budget = MAX_METADATA_VALUES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return f"has more than {MAX_METADATA_VALUES} values"
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= max_depth:
+                return f"is nested more than {max_depth} deep"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(item, dict) and _string_problem(key):
+                    return f"has a key {key!r} that is not a UTF-8 string"
+                stack.append((child, depth + 1))
+        elif isinstance(item, str):
+            if _string_problem(item):
+                return f"has a string {item!r} that is not valid UTF-8"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"has a number {item!r} JSON cannot hold"
+        elif item is not None and not isinstance(item, (int, bool)):
+            return f"has a {type(item).__name__}, which is not JSON"
+    return None
+
+
+def _string_problem(text: Any) -> bool:
+    """True unless ``text`` is a string that can be encoded as UTF-8 (no lone surrogate)."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _require_json(what: str, value: Any) -> None:
+    problem = json_value_problem(value, MAX_METADATA_DEPTH)
+    if problem:
+        raise ValueError(f"{what} {problem}")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -349,3 +349,71 @@ def test_settled_file_changed_during_upload_fails_cleanly(folder_archive, sample
         folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
     assert folder_archive.names() == []
     assert folder_archive.list_keys("tmp") == []
+
+
+def nested(depth: int) -> dict:
+    """A dict nested ``depth`` deep, built without recursion."""
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_metadata_nested_100000_deep_is_refused_before_any_upload(folder_archive, sample_folder: Path) -> None:
+    before = snapshot(Path(folder_archive.location))
+    with pytest.raises(InvalidInputError, match="metadata is nested more than 16 deep"):
+        folder_archive.publish(sample_folder, "calib", "1.0.0", {"deep": nested(100_000)}, progress=False)
+    assert snapshot(Path(folder_archive.location)) == before
+
+
+def plant_release(arc, name: str, version: str, record: bytes) -> None:
+    """Store ``record`` as release ``name`` ``version``, as a tampered archive could hold it."""
+    from archive.hashing import BlobId
+
+    record_id = BlobId.of_bytes(record)
+    arc.write_key(layout.blob_key(record_id), [record])
+    arc.write_key(layout.release_key(name, version), [f"{record_id}\n".encode()], exclusive=True)
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_a_stored_record_nested_deep_is_refused_in_one_line(folder_archive, sample_folder: Path,
+                                                           depth: int) -> None:
+    from archive.errors import IntegrityError
+    from tests.test_cli import run
+
+    good = folder_archive.publish(sample_folder, "calib", "1.0.0", {"m": "x"}, progress=False).to_bytes()
+    hostile = good.replace(b'"metadata":{', b'"metadata":{"deep":' + b'{"a":' * depth + b"{}" + b"}" * depth + b",", 1)
+    plant_release(folder_archive, "calib", "2.0.0", hostile)
+    with pytest.raises(IntegrityError, match="nested more than 16 deep|not valid JSON"):
+        folder_archive.get_release("calib", "2.0.0")
+    for args in (["show", "calib"], ["show", "calib", "--json"], ["pull", "calib", "2.0.0"]):
+        result = run("-a", folder_archive.location, *args)
+        assert result.returncode == 1 and result.stderr.startswith("archive: error: "), result.stderr[-3000:]
+        assert result.stderr.count("\n") == 1
+    verify = run("-a", folder_archive.location, "verify")
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    assert "error: calib 2.0.0: " in verify.stdout and "nested more than" in verify.stdout
+
+
+@pytest.mark.parametrize("index", [b'{"format":1,"versions":5}', b'{"format":1,"versions":{"1.0.0":[[[]]]}}',
+                                   b'{"format":2}', b"[" * 5000],
+                         ids=["versions-not-object", "id-not-string", "other-format", "nested-5000"])
+def test_a_corrupt_index_is_reported_and_rebuilt_not_a_crash(folder_archive, sample_folder: Path,
+                                                              index: bytes) -> None:
+    """The index is derived: a corrupt one is a verify warning, --repair rebuilds it, and a
+    publish rewrites it instead of failing after its release was committed."""
+    from archive.index import versions_in_index
+    from tests.test_cli import run
+
+    folder_archive.publish(sample_folder, "calib", "1.0.0", progress=False)
+    index_file = Path(folder_archive.location) / layout.versions_index_key("calib")
+    index_file.write_bytes(index)
+    verify = run("-a", folder_archive.location, "verify")
+    assert "Traceback" not in verify.stderr and "warning: calib: releases/calib/index.json: " in verify.stdout
+    repair = run("-a", folder_archive.location, "verify", "--repair")
+    assert repair.returncode == 0 and "repaired" in repair.stdout, repair.stderr
+    assert versions_in_index(folder_archive, "calib") == ["1.0.0"]
+    index_file.write_bytes(index)
+    push = run("-a", folder_archive.location, "push", str(sample_folder), "calib", "1.1.0")
+    assert push.returncode == 0, push.stderr
+    assert versions_in_index(folder_archive, "calib") == ["1.0.0", "1.1.0"]

@@ -135,3 +135,110 @@ def test_parser_on_arbitrary_json_shapes(value) -> None:
             parse_record(canonical_json(obj))
         except IntegrityError:
             pass
+
+
+def nested_json(depth: int) -> bytes:
+    """JSON text of an object nested ``depth`` deep, built without recursion."""
+    return b'{"a":' * depth + b"{}" + b"}" * depth
+
+
+def record_with_raw(field: bytes, value: bytes) -> bytes:
+    """A record's JSON with ``value`` (raw JSON text) in place of ``field``'s value."""
+    marker = '"__hole__"'
+    text = canonical_json(record_json(**{field.decode(): "__hole__"}))
+    return text.replace(marker.encode(), value)
+
+
+@pytest.mark.parametrize("depth", [600, 990, 100_000])
+@pytest.mark.parametrize("field", [b"metadata", b"future_field"])
+def test_a_record_nested_deep_is_an_integrity_error(depth: int, field: bytes) -> None:
+    """Deep in metadata or in a field this version does not know: refused, never a
+    RecursionError (json parses ~1000 deep, which recursive checks and printing could not)."""
+    with pytest.raises(IntegrityError, match="nested more than 16 deep|not valid JSON"):
+        parse_record(record_with_raw(field, nested_json(depth)))
+
+
+def test_a_file_entry_with_a_deep_unknown_field_is_an_integrity_error() -> None:
+    data = record_with_raw(b"files", b'{"a.txt":{"blob":"%s","size":1,"x":%s}}' % (str(BLOB).encode(), nested_json(500)))
+    with pytest.raises(IntegrityError, match="file entry is nested more than 16 deep"):
+        parse_record(data)
+
+
+@pytest.mark.parametrize("raw, match", [
+    (b'{"a":"\\ud800"}', "not valid UTF-8"),
+    (b'{"\\udcff":1}', "not a UTF-8 string"),
+])
+def test_a_record_with_a_lone_surrogate_is_an_integrity_error(raw: bytes, match: str) -> None:
+    """Valid JSON escapes can spell a string UTF-8 cannot hold: the record could never be
+    serialized again (its id, ``show --json``), so it is refused when read."""
+    with pytest.raises(IntegrityError, match=match):
+        parse_record(record_with_raw(b"metadata", raw))
+
+
+def test_metadata_nested_100000_deep_is_refused_before_serializing() -> None:
+    from archive.errors import InvalidInputError
+
+    deep: dict = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    with pytest.raises(InvalidInputError, match="metadata is nested more than 16 deep"):
+        Release.create("calib", "1.0.0", {"a.txt": FileEntry(BLOB, 1)}, {"deep": deep})
+
+
+def self_referring() -> dict:
+    loop: dict = {}
+    loop["me"] = loop
+    return loop
+
+
+@pytest.mark.parametrize("metadata, match", [
+    ({"when": {1, 2}}, "has a set, which is not JSON"),
+    ({"x": float("nan")}, "JSON cannot hold"),
+    ({1: "x"}, "key 1 that is not"),
+    ({"s": "\udcff"}, "not valid UTF-8"),
+    (self_referring(), "nested more than 16 deep"),
+    (["not", "a", "mapping"], "not a mapping"),
+])
+def test_metadata_that_is_not_json_is_refused_in_one_line(metadata, match: str) -> None:
+    from archive.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=match):
+        Release.create("calib", "1.0.0", {"a.txt": FileEntry(BLOB, 1)}, metadata)
+
+
+def test_metadata_sharing_one_list_many_times_is_bounded() -> None:
+    """A value whose shared parts expand to more nodes than a record holds bytes is refused
+    once that budget is spent, not after walking (or serializing) all of them."""
+    from archive.errors import InvalidInputError
+    from archive.records import json_value_problem
+
+    wide: list = [0] * 64
+    for _ in range(6):  # 64 ** 7 = 4e12 values, 7 deep
+        wide = [wide] * 64
+    assert json_value_problem({"w": wide}, 16).startswith("has more than")
+    with pytest.raises(InvalidInputError, match="has more than"):
+        Release.create("calib", "1.0.0", {"a.txt": FileEntry(BLOB, 1)}, {"w": wide})
+
+
+@pytest.mark.timeout(20)  # a hang guard only: the quadratic check took hours on these
+def test_path_checks_are_linear_in_the_size_of_the_paths() -> None:
+    deep = "/".join(["d"] * 200_000)
+    check_paths([deep])
+    with pytest.raises(InvalidPathError, match="needs it to be a folder"):
+        check_paths([deep, deep + "/x"])
+    with pytest.raises(InvalidPathError, match="clash on a case-insensitive"):
+        check_paths([deep, deep.upper()])
+    many = [f"dir{i % 100}/sub{i % 7}/file{i}.txt" for i in range(100_000)]
+    check_paths(many)
+    with pytest.raises(InvalidPathError, match="'dir3' is a file"):
+        check_paths(many + ["dir3"])
+
+
+def test_path_problems_lists_every_problem() -> None:
+    from archive.records import path_problems
+
+    problems = path_problems(["ok", "A", "a", "b", "b/c", "../x", "n\nl"])
+    assert problems == ["paths 'A' and 'a' clash on a case-insensitive filesystem",
+                        "unsafe path '../x' in release: empty, '.' or '..' component",
+                        "unsafe path 'n\\nl' in release: control character",
+                        "'b' is a file but 'b/c' needs it to be a folder"]

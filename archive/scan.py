@@ -1,0 +1,290 @@
+"""What a publish reads: the regular files of a folder, and every reason it cannot be published.
+
+The scan walks the folder iteratively (a folder thousands of levels deep is just a longer
+stack, never a deeper Python recursion), in one pass, and collects *every* problem it meets
+instead of stopping at the first: broken links, links leaving the folder, link loops, special
+files, unreadable files and folders, names that are not valid UTF-8 or hold control
+characters, and names that would clash on another system (case, Unicode normalization, a file
+where a folder is needed). They are raised together as one :class:`FolderProblemsError`, so a
+user fixes a folder in one round instead of one error per run.
+
+What is left out, and never stat'ed beyond what matching needs (an excluded folder is not
+entered):
+
+- a top-level ``.archive`` (the marker folder ``archive pull`` writes into a destination), so
+  republishing a pulled folder never publishes the marker;
+- paths matched by ``--exclude`` patterns or by the folder's ``.archiveignore`` file, both in
+  gitignore syntax (matched by the ``pathspec`` library). The ``.archiveignore`` file itself is
+  published, as git publishes ``.gitignore``, unless a pattern excludes it.
+
+A file found is recorded with its path, where it is, its stat (the stat cache and the check
+that a file did not change while read both need it) and its executable bit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import unicodedata
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import pathspec
+
+from .errors import FolderProblemsError, InvalidInputError
+from .records import MAX_RECORD_BYTES, FileEntry, path_problems
+
+logger = logging.getLogger(__name__)
+#: The top-level name a publish always leaves out: the marker folder of a pulled destination.
+RESERVED_NAME = ".archive"
+#: The file at the folder's root whose gitignore patterns leave paths out of a publish.
+IGNORE_FILE = ".archiveignore"
+#: More files than a record can list (the smallest file entry takes 95 of its bytes): the
+#: scan stops there, so links to folders that multiply paths cannot make it run for hours.
+MAX_FILES = MAX_RECORD_BYTES // 95
+#: How many problems the one-line message names before "and N more".
+SHOWN_PROBLEMS = 3
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A regular file found in the folder: its release path, where it is, and its stat."""
+
+    path: str
+    location: Path
+    info: os.stat_result
+
+    @property
+    def size(self) -> int:
+        return self.info.st_size
+
+    @property
+    def executable(self) -> bool:
+        """True when its owner may execute it: the one mode bit a release keeps, as git does."""
+        return bool(self.info.st_mode & stat.S_IXUSR)
+
+
+class _Folder(NamedTuple):
+    """A folder waiting to be listed: where it is, its release path prefix, its ancestors."""
+
+    location: str
+    prefix: str
+    ancestors: "_Chain"
+
+
+class _Chain(NamedTuple):
+    """The (device, inode) of a folder and its parent's chain: the way up, for loop checks."""
+
+    identity: tuple[int, int]
+    parent: "_Chain | None"
+
+
+def scan_folder(folder: Path, exclude: Sequence[str] = ()) -> list[SourceFile]:
+    """Every regular file below ``folder`` that is not left out, sorted by release path.
+
+    Symbolic links are followed when they stay inside the folder (the file they point to is
+    published) and refused when they point outside it, so a publish never picks up files its
+    author did not mean to share. Special files (FIFOs, sockets, devices) are refused.
+
+    Parameters
+    ----------
+    folder
+        The folder to publish.
+    exclude
+        Gitignore patterns of paths to leave out, added to those of ``.archiveignore``.
+
+    Returns
+    -------
+    list[SourceFile]
+        The files to publish, sorted by release path.
+
+    Raises
+    ------
+    FolderProblemsError
+        Listing every problem found, when there is any.
+    InvalidInputError
+        When ``folder`` is missing, not a folder, has no file, or a pattern is invalid.
+    """
+    if not folder.exists():
+        raise InvalidInputError(f"folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise InvalidInputError(f"{str(folder)!r} is not a folder")
+    root = os.path.realpath(folder)
+    files, problems = _walk(root, (exclude,) if isinstance(exclude, str) else exclude)
+    files.sort(key=lambda f: f.path)
+    problems += path_problems([f.path for f in files])
+    if problems:
+        for problem in problems:  # all of them at -v; the error names the first few
+            logger.info("cannot publish: %s", problem)
+        raise FolderProblemsError(_summary(str(folder), problems), str(folder), problems)
+    if not files:
+        raise InvalidInputError(f"folder {str(folder)!r} has no files to publish")
+    return files
+
+
+def with_modes(entries: Mapping[str, FileEntry], sources: Iterable[SourceFile]) -> dict[str, FileEntry]:
+    """``entries`` with the executable bit of each source file recorded."""
+    marked = dict(entries)
+    for source in sources:
+        if source.executable:
+            marked[source.path] = replace(marked[source.path], executable=True)
+    return marked
+
+
+def _summary(folder: str, problems: list[str]) -> str:
+    """One line: the problem itself when alone, else the count and the first few."""
+    if len(problems) == 1:
+        return problems[0]
+    shown = "; ".join(problems[:SHOWN_PROBLEMS])
+    more = len(problems) - SHOWN_PROBLEMS
+    return f"{len(problems)} problems in {folder!r}: {shown}" + (f"; and {more} more" if more > 0 else "")
+
+
+def _ignore_spec(root: str, exclude: Sequence[str], has_file: bool) -> pathspec.PathSpec | None:
+    """The patterns of ``exclude`` and, if ``has_file``, of the root's ``.archiveignore``; None
+    if there are none (then nothing is matched at all)."""
+    lines = list(exclude)
+    try:
+        if has_file:
+            with open(os.path.join(root, IGNORE_FILE), "rb") as stream:
+                lines += stream.read().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{IGNORE_FILE} in {root!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {IGNORE_FILE} in {root!r}: {exc.strerror}") from None
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
+        return None
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except ValueError as exc:  # pathspec's GitWildMatchPatternError
+        raise InvalidInputError(f"{exc} (in an --exclude or {IGNORE_FILE})") from None
+
+
+def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str]]:
+    """Every file below ``root`` and every problem met, walking with an explicit stack.
+
+    The root is listed first, so its ``.archiveignore`` is read only when the listing has one.
+    """
+    files: list[SourceFile] = []
+    problems: list[str] = []
+    root_info = os.stat(root)
+    top = _Folder(root, "", _Chain((root_info.st_dev, root_info.st_ino), None))
+    top_listing = _listing(top, problems)
+    ignored = _ignore_spec(root, exclude, any(path == IGNORE_FILE and _is_file(entry) for entry, path in top_listing))
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        children = []
+        for entry, path in top_listing if folder is top else _listing(folder, problems):
+            if ignored is None or not _is_ignored(ignored, entry, path):
+                child = _visit(root, folder, entry, path, files, problems)
+                if child is not None:
+                    children.append(child)
+        stack.extend(reversed(children))  # folders in name order, so problems come in path order
+        if len(files) > MAX_FILES:
+            problems.append(f"more than {MAX_FILES} files, more than a release can list"
+                            " (do links to folders multiply the paths?); scan stopped")
+            break
+    return files, problems
+
+
+def _visit(root: str, folder: _Folder, entry: os.DirEntry[str], path: str, files: list[SourceFile],
+           problems: list[str]) -> _Folder | None:
+    """Note the file ``entry`` is, or its problem; return it as a folder to list if it is one."""
+    info = _stat_entry(root, entry, path, problems)
+    if info is None:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        identity = (info.st_dev, info.st_ino)
+        if entry.is_symlink() and _is_ancestor(identity, folder.ancestors):
+            problems.append(f"{path!r} is a link that loops back to a folder containing it")
+            return None
+        return _Folder(entry.path, path + "/", _Chain(identity, folder.ancestors))
+    if not stat.S_ISREG(info.st_mode):
+        problems.append(f"{path!r} is not a regular file or folder (device, FIFO or socket)")
+    elif not os.access(entry.path, os.R_OK):  # found now, before any upload
+        problems.append(f"cannot read {path!r}: {os.strerror(errno.EACCES)}")
+    else:
+        files.append(SourceFile(path, Path(entry.path), info))
+    return None
+
+
+def _listing(folder: _Folder, problems: list[str]) -> list[tuple[os.DirEntry[str], str]]:
+    """The entries of one folder with their release paths, in name order, minus the reserved
+    name at the top; two names equal in Unicode NFC are a problem (one path, two files)."""
+    try:
+        with os.scandir(folder.location) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except FileNotFoundError:  # removed since its parent was listed: it is not part of the folder
+        logger.debug("%r vanished during the scan", folder.prefix)
+        return []
+    except OSError as exc:
+        problems.append(f"cannot read folder {folder.prefix.rstrip('/') or '.'!r}: {exc.strerror}")
+        return []
+    named: dict[str, str] = {}
+    found = []
+    for entry in entries:
+        name = unicodedata.normalize("NFC", entry.name)
+        if not folder.prefix and name == RESERVED_NAME:
+            continue
+        path = folder.prefix + name
+        if name in named:
+            problems.append(f"names {named[name]!r} and {folder.prefix + entry.name!r} are the same"
+                            " in Unicode NFC and clash")
+            continue
+        named[name] = folder.prefix + entry.name
+        found.append((entry, path))
+    return found
+
+
+def _is_ignored(ignored: pathspec.PathSpec, entry: os.DirEntry[str], path: str) -> bool:
+    """True if a pattern leaves ``path`` out; a folder is matched as ``path/`` too, which needs
+    a stat only for a link (a plain entry's type comes with the listing)."""
+    if ignored.match_file(path):
+        return True
+    try:
+        is_folder = entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False  # the stat that follows reports it
+    return is_folder and ignored.match_file(path + "/")
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """True for a regular file (or a link to one): never open a FIFO, which would block."""
+    try:
+        return entry.is_file(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _is_ancestor(identity: tuple[int, int], chain: _Chain | None) -> bool:
+    while chain is not None:
+        if chain.identity == identity:
+            return True
+        chain = chain.parent
+    return False
+
+
+def _stat_entry(root: str, entry: os.DirEntry[str], path: str, problems: list[str]) -> os.stat_result | None:
+    """Stat an entry, following a symlink only when it stays inside ``root``; None (with the
+    problem noted, unless the entry simply vanished) when it cannot be published."""
+    try:
+        if not entry.is_symlink():
+            return entry.stat(follow_symlinks=False)
+        target = os.path.realpath(entry.path)
+        if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+            problems.append(f"{path!r} is a link to {target!r}, outside the published folder")
+            return None
+        return os.stat(entry.path)
+    except FileNotFoundError:
+        if os.path.lexists(entry.path):
+            problems.append(f"{path!r} is a broken link")
+        else:
+            logger.debug("%r vanished during the scan", path)
+        return None
+    except OSError as exc:
+        problems.append(f"cannot read {path!r}: {exc.strerror}")
+        return None
