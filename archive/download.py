@@ -134,14 +134,15 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     previous = read_marker(root) if marker else None
     old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
     removing = set(old.remove) if old else set()
-    placements, kept, blocked = plan(release, root, dest, force, cache, link, removing, marker)
+    placed_before = {**previous.earlier, **previous.files} if previous else {}
+    placements, kept, blocked = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
     remove_leftovers(root, sorted(removing))
     _clear_the_way(root, blocked)
     remove_stale_parts(placements)
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
     remove_empty_folders(root, sorted(removing))
     if marker:
-        earlier = old.kept if old else {**previous.earlier, **previous.files} if previous else {}
+        earlier = old.kept if old else placed_before
         write_marker(root, release, arc.location, earlier)
     written = sum(1 for p in placements if not p.mode_only)
     logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, written)
@@ -193,8 +194,12 @@ def _placing_workers(placements: list[Placement], routes: dict[str, "Route"], wo
 
 
 def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache, link: str,
-         removing: set[str], marker: bool) -> tuple[list[Placement], int, list[str]]:
+         removing: set[str], marker: bool, placed_before: dict[str, FileEntry] | None = None,
+         ) -> tuple[list[Placement], int, list[str]]:
     """The files to write into ``root``: all but those already there as the release has them.
+
+    A file still exactly as an earlier pull placed it (``placed_before``, from the folder's
+    marker) is replaced without asking: it holds nothing of the user's.
 
     Returns the placements, how many files are already there, and the non-folders standing
     where folders must go (removed before writing, with ``force``). Every conflict is found
@@ -216,7 +221,7 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
         elif state == "mode":
             todo.append(Placement(path, entry, found.target, mode_only=True))
         else:
-            if state == "conflict":
+            if state == "conflict" and not _as_placed_before(found, (placed_before or {}).get(path), cache):
                 conflicts.append(Conflict(path, "other content", True) if found.kind is Kind.FILE
                                  else conflict_of(found))
             todo.append(Placement(path, entry, found.target))
@@ -249,6 +254,12 @@ def _compare(found, entry: FileEntry, cache: BlobCache, link: str, started: int)
     if not same:
         return "conflict"
     return "same" if entry_mode_ok(info, entry) else "mode"
+
+
+def _as_placed_before(found, before: FileEntry | None, cache: BlobCache) -> bool:
+    """Whether a file is still what an earlier pull placed there."""
+    return (before is not None and found.kind is Kind.FILE
+            and is_unchanged(found.target, found.info, before, cache.stat_cache))
 
 
 def _links_to_cache(target: Path, entry: FileEntry, cache: BlobCache) -> bool:
