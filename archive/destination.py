@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DestinationConflictError, DestinationError, InvalidPathError
+from .hashing import BlobId, hash_file
 from .records import FileEntry
+
+if TYPE_CHECKING:
+    from .cache import BlobCache
+    from .statcache import StatCache
 
 
 class Kind(Enum):
@@ -172,3 +179,65 @@ def make_folders(root: Path, folder: str, made: set[str]) -> None:
 def entry_mode_ok(info: os.stat_result, entry: FileEntry) -> bool:
     """Whether a file's executable bit is what the release says (owner's bit decides)."""
     return bool(info.st_mode & stat.S_IXUSR) == entry.executable
+
+
+def is_unchanged(target: Path, info: os.stat_result, entry: FileEntry, stat_cache: "StatCache") -> bool:
+    """Whether the regular file ``target`` still holds ``entry``'s content (stat cache first)."""
+    if info.st_size != entry.size:
+        return False
+    if stat_cache.lookup(target, info) == entry.blob:
+        return True
+    started = time.time_ns()  # before hashing: a change made while it reads is never remembered
+    try:
+        same = hash_file(target)[0] == entry.blob
+    except OSError as exc:
+        raise DestinationError(f"cannot read {str(target)!r}: {exc.strerror or exc}") from exc
+    if same:
+        stat_cache.remember([(target, info, entry.blob)], started)
+    return same
+
+
+def compare(found: Found, entry: FileEntry, cache: "BlobCache", link: str) -> str:
+    """``same``, ``mode`` (same content, executable bit to fix), ``ours`` (a link into the cache
+    to re-place without asking) or ``conflict``."""
+    if found.kind is Kind.LINK:
+        if not _links_to_cache(found.target, entry, cache):
+            return "conflict"
+        verified = cache_file_verified(cache, entry.blob)
+        return "same" if link == "symlink" and verified is not None and not entry.executable else "ours"
+    if found.kind is not Kind.FILE:
+        return "conflict"
+    info = found.info
+    shared = cache_file_verified(cache, entry.blob) if info.st_nlink > 1 else None
+    if shared is not None and (shared.st_dev, shared.st_ino) == (info.st_dev, info.st_ino):
+        return "ours" if entry.executable else "same"  # the cache's own file: never chmod it
+    try:
+        same = is_unchanged(found.target, info, entry, cache.stat_cache)
+    except OSError:
+        return "conflict"
+    if not same:
+        return "conflict"
+    return "same" if entry_mode_ok(info, entry) else "mode"
+
+
+def as_placed_before(found: Found, before: FileEntry | None, cache: "BlobCache") -> bool:
+    """Whether a file is still what an earlier pull placed there."""
+    return (before is not None and found.kind is Kind.FILE
+            and is_unchanged(found.target, found.info, before, cache.stat_cache))
+
+
+def _links_to_cache(target: Path, entry: FileEntry, cache: "BlobCache") -> bool:
+    try:
+        return os.readlink(target) == str(cache.path_of(entry.blob))
+    except OSError:
+        return False
+
+
+def cache_file_verified(cache: "BlobCache", blob: BlobId) -> os.stat_result | None:
+    """The ``stat`` of the cache file of ``blob`` if it is there and verified since the last boot."""
+    path = cache.path_of(blob)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info if cache.stat_cache.lookup(path, info, with_ctime=False) == blob else None

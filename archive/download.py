@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -29,14 +28,13 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
-from .destination import Conflict, Folders, Kind, check_inside, conflict_of, entry_mode_ok, find, in_the_way, \
-    make_folders, refuse
+from .destination import (Conflict, Folders, Kind, as_placed_before, check_inside, compare, conflict_of, find,
+                          in_the_way, make_folders, refuse)
 from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
-from .hashing import BlobId, iter_chunks, verified_chunks
-from .materialize import (INDEPENDENT_MODES, PART_SUFFIX, check_link_mode, place_file, temporary_is_for,
-                          wanted_mode, write_file_atomically)
-from .inflight import remove_if_stale
-from .placed import MARKER_FILE, is_reserved, is_unchanged, leftovers, read_marker, remove_empty_folders, \
+from .hashing import iter_chunks, verified_chunks
+from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove_stale_temporaries, wanted_mode,
+                          write_file_atomically)
+from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     remove_leftovers, write_marker
 from .records import FileEntry, Release
 from .statcache import identity
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
-_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -139,6 +136,8 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     remove_leftovers(root, sorted(removing))
     _clear_the_way(root, blocked)
     remove_stale_parts(placements)
+    if marker:
+        remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
     remove_empty_folders(root, sorted(removing))
     if marker:
@@ -209,19 +208,18 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     todo: list[Placement] = []
     conflicts: list[Conflict] = []
     kept = 0
-    started = time.time_ns()
     for path, entry in release.files.items():
         found = find(folders, path)
         if found.kind is Kind.ABSENT:
             todo.append(Placement(path, entry, found.target))
             continue
-        state = _compare(found, entry, cache, link, started)
+        state = compare(found, entry, cache, link)
         if state == "same":
             kept += 1
         elif state == "mode":
             todo.append(Placement(path, entry, found.target, mode_only=True))
         else:
-            if state == "conflict" and not _as_placed_before(found, (placed_before or {}).get(path), cache):
+            if state == "conflict" and not as_placed_before(found, (placed_before or {}).get(path), cache):
                 conflicts.append(Conflict(path, "other content", True) if found.kind is Kind.FILE
                                  else conflict_of(found))
             todo.append(Placement(path, entry, found.target))
@@ -231,52 +229,6 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     conflicts.extend(in_the_way(p) for p in blocked)
     refuse(conflicts, dest, f"{release.name} {release.version}", force)
     return todo, kept, blocked
-
-
-def _compare(found, entry: FileEntry, cache: BlobCache, link: str, started: int) -> str:
-    """``same``, ``mode`` (same content, executable bit to fix), ``ours`` (a link into the cache
-    to re-place without asking) or ``conflict``."""
-    if found.kind is Kind.LINK:
-        if not _links_to_cache(found.target, entry, cache):
-            return "conflict"
-        verified = _cache_file_verified(cache, entry.blob)
-        return "same" if link == "symlink" and verified is not None and not entry.executable else "ours"
-    if found.kind is not Kind.FILE:
-        return "conflict"
-    info = found.info
-    shared = _cache_file_verified(cache, entry.blob) if info.st_nlink > 1 else None
-    if shared is not None and (shared.st_dev, shared.st_ino) == (info.st_dev, info.st_ino):
-        return "ours" if entry.executable else "same"  # the cache's own file: never chmod it
-    try:
-        same = is_unchanged(found.target, info, entry, cache.stat_cache)
-    except OSError:
-        return "conflict"
-    if not same:
-        return "conflict"
-    return "same" if entry_mode_ok(info, entry) else "mode"
-
-
-def _as_placed_before(found, before: FileEntry | None, cache: BlobCache) -> bool:
-    """Whether a file is still what an earlier pull placed there."""
-    return (before is not None and found.kind is Kind.FILE
-            and is_unchanged(found.target, found.info, before, cache.stat_cache))
-
-
-def _links_to_cache(target: Path, entry: FileEntry, cache: BlobCache) -> bool:
-    try:
-        return os.readlink(target) == str(cache.path_of(entry.blob))
-    except OSError:
-        return False
-
-
-def _cache_file_verified(cache: BlobCache, blob: BlobId) -> os.stat_result | None:
-    """The ``stat`` of the cache file of ``blob`` if it is there and verified since the last boot."""
-    path = cache.path_of(blob)
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info if cache.stat_cache.lookup(path, info, with_ctime=False) == blob else None
 
 
 def _clear_the_way(root: Path, blocked: list[str]) -> None:
@@ -414,21 +366,13 @@ def _remember_placed(cache: BlobCache, placements: list[Placement], started: int
 
 
 def remove_stale_parts(placements: list[Placement]) -> None:
-    """Remove temporary files that a killed download left beside the files this one writes:
-    only ours (named for one of those files) and only stale (:mod:`archive.inflight`)."""
+    """Remove the temporaries a killed download left beside the files this one writes."""
     wanted: dict[Path, set[str]] = {}
     for placement in placements:
         if not placement.mode_only:
             wanted.setdefault(placement.target.parent, set()).add(placement.target.name)
     for folder, names in wanted.items():
-        try:
-            entries = [e.name for e in os.scandir(folder)]
-        except OSError:
-            continue  # a folder not made yet holds no temporary
-        for entry in entries:
-            match = _PART.fullmatch(entry)
-            if match and temporary_is_for(match["name"], names):
-                remove_if_stale(folder / entry)
+        remove_stale_temporaries(folder, names)
 
 
 def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, workers: int,

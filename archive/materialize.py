@@ -18,13 +18,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from .errors import InvalidInputError
-from .inflight import claim
+from .inflight import claim, remove_if_stale
 
 logger = logging.getLogger(__name__)
 LINK_MODES = ("auto", "reflink", "hard", "symlink", "copy")
@@ -117,6 +118,23 @@ def temporary_is_for(kept: str, names: "set[str]") -> bool:
     if len(kept.encode("utf-8", "surrogateescape")) <= TEMP_NAME_KEEP - 4:
         return False  # not cut: it names its target whole
     return any(name.startswith(kept) for name in names)
+
+
+_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
+
+
+def remove_stale_temporaries(folder: Path, names: "set[str]") -> None:
+    """Remove the temporaries in ``folder`` made for one of ``names`` whose writer is gone
+    (:func:`archive.inflight.remove_if_stale`); a live download's are left alone."""
+    try:
+        with os.scandir(folder) as entries:
+            found = [e.name for e in entries]
+    except OSError:
+        return  # a folder not made yet holds no temporary
+    for name in found:
+        match = _PART.fullmatch(name)
+        if match and temporary_is_for(match["name"], names):
+            remove_if_stale(folder / name)
 
 
 def _write_atomically(target: Path, fill: Callable[[BinaryIO], None], file_mode: int) -> None:

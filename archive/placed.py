@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .destination import Folders, Kind, check_inside, find, make_folders
+from .destination import Folders, Kind, check_inside, find, is_unchanged, make_folders
 from .errors import ArchiveError, DestinationError, IntegrityError, InvalidInputError
-from .hashing import BlobId, hash_file
+from .hashing import BlobId
 from .materialize import wanted_mode, write_file_atomically
 from .records import FileEntry, Release, check_path, load_json
 
@@ -95,21 +94,6 @@ def write_marker(root: Path, release: Release, location: str, earlier: dict[str,
                     {p: e for p, e in earlier.items() if p not in release.files})
     make_folders(root, MARKER_DIR, set())
     write_file_atomically(root / MARKER_DIR / "pulled.json", [pulled.to_bytes()], wanted_mode(False))
-
-
-def is_unchanged(target: Path, info: os.stat_result, entry: FileEntry, stat_cache: "StatCache") -> bool:
-    """Whether the regular file ``target`` still holds ``entry``'s content (stat cache first)."""
-    if info.st_size != entry.size:
-        return False
-    if stat_cache.lookup(target, info) == entry.blob:
-        return True
-    try:
-        same = hash_file(target)[0] == entry.blob
-    except OSError as exc:
-        raise DestinationError(f"cannot read {str(target)!r}: {exc.strerror or exc}") from exc
-    if same:
-        stat_cache.remember([(target, info, entry.blob)], time.time_ns())
-    return same
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,7 @@ def test_unknown_link_mode_is_refused(published, tmp_path: Path) -> None:
 def test_pulling_again_into_a_settled_folder_does_not_rehash(published, tmp_path: Path, monkeypatch) -> None:
     import time
 
-    import archive.placed as placed_module
+    import archive.destination as placed_module
 
     out = published.download("calib", "*", tmp_path / "out", progress=False)
     old = time.time() - 3600

@@ -100,6 +100,7 @@ def test_status_lists_modified_missing_and_extra(store: str, tmp_path: Path) -> 
 
 
 def test_status_of_a_settled_folder_does_not_rehash(store: str, tmp_path: Path, monkeypatch) -> None:
+    import archive.destination as destination
     import archive.placed as placed
 
     out = tmp_path / "out"
@@ -109,7 +110,7 @@ def test_status_of_a_settled_folder_does_not_rehash(store: str, tmp_path: Path, 
         os.utime(path, (old, old), follow_symlinks=False)
     assert placed.status(out).clean  # hashes once, remembers the settled files
     calls = []
-    monkeypatch.setattr(placed, "hash_file", lambda path: calls.append(path))
+    monkeypatch.setattr(destination, "hash_file", lambda path: calls.append(path))
     assert placed.status(out).clean and calls == []
 
 
