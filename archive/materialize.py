@@ -1,7 +1,10 @@
 """Putting a verified cached blob at a path: by reflink, hard link, symbolic link or copy.
 
 Every mode writes a temporary file beside the target and renames it over the target, so the
-target is never seen partial. The modes trade speed for independence from the cache:
+target is never seen partial. The temporary is held locked while it is written, so that no
+other download takes it for a leftover (:mod:`archive.inflight`), and its name keeps at most
+:data:`TEMP_NAME_KEEP` bytes of the target's, so that any name the filesystem allows has one.
+The modes trade speed for independence from the cache:
 
 - ``copy``: an independent file (the kernel copies: ``sendfile``/``copy_file_range``).
 - ``reflink``: an independent file that shares blocks until either is written
