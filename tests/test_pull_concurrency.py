@@ -40,19 +40,37 @@ def parts_in(folder: Path, suffix: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(suffix)] if folder.exists() else []
 
 
-def hold_while_writing(proc: subprocess.Popen, folder: Path, suffix: str) -> list[Path]:
-    """Stop ``proc`` (SIGSTOP) at a moment it has a temporary file open in ``folder``; return them."""
+def locked_inodes() -> set[int]:
+    """Inodes with an flock on them now (from /proc/locks)."""
+    return {int(line.split()[5].rsplit(":", 1)[1]) for line in Path("/proc/locks").read_text().splitlines()
+            if line.split()[1] == "FLOCK"}
+
+
+def hold_while_writing(proc: subprocess.Popen, folder: Path, suffix: str, locked: bool = False) -> list[Path]:
+    """Stop ``proc`` (SIGSTOP) at a moment it has a temporary file open in ``folder`` (and, with
+    ``locked``, holds its lock: past the instant between creating and locking it); return them."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the process ended before it could be held mid-file"
         if parts_in(folder, suffix):
             proc.send_signal(signal.SIGSTOP)
+            wait_until_stopped(proc.pid)
             held = parts_in(folder, suffix)
+            if locked:
+                inodes = locked_inodes()
+                held = [p for p in held if p.exists() and p.stat().st_ino in inodes]
             if held:
                 return held
             proc.send_signal(signal.SIGCONT)  # it finished that file just then: catch the next one
         time.sleep(0.0005)
     raise AssertionError("no temporary file appeared")
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Return once every thread of ``pid`` has stopped: SIGSTOP is delivered asynchronously."""
+    tasks = Path(f"/proc/{pid}/task")
+    while not all((task / "stat").read_text().rpartition(")")[2].split()[0] in "tT" for task in tasks.iterdir()):
+        time.sleep(0.0002)
 
 
 def test_two_pulls_into_one_folder_both_succeed(big_release, tmp_path: Path) -> None:
@@ -62,7 +80,7 @@ def test_two_pulls_into_one_folder_both_succeed(big_release, tmp_path: Path) -> 
     first = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1",
                               "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        held = hold_while_writing(first, out, ".archive-part")
+        held = hold_while_writing(first, out, ".archive-part", locked=True)
         second = run("-a", big_release.location, "pull", "big", "--to", str(out))
         assert second.returncode == 0, second.stderr
         assert all(p.exists() for p in held), "the second pull removed a live temporary of the first"
@@ -112,3 +130,63 @@ def test_verify_cache_removes_stale_partial_blobs_but_not_live_ones(big_release,
     alone = run("verify", "--cache")
     assert alone.returncode == 0 and "removed 1 temporary file(s) left by interrupted downloads" in alone.stdout
     assert parts_in(cache_tmp, ".part") == []
+
+
+def forget_cached_blobs() -> None:
+    """Empty the cache's blobs, so that the next pull fetches (and can be held while it does)."""
+    for blob in (Path(os.environ["ARCHIVE_CACHE_DIR"]) / "blobs").rglob("*"):
+        if blob.is_file():
+            blob.unlink()
+
+
+def test_killed_snapshot_build_is_cleaned_and_racing_builds_agree(big_release, tmp_path: Path) -> None:
+    """A snapshot build (pull without --to) killed midway leaves a half-built folder that the
+    next pull removes; two builds of the same snapshot at once, one held midway, both give
+    the same whole folder."""
+    cache = Path(os.environ["ARCHIVE_CACHE_DIR"])
+    pull = [sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1", "pull", "big"]
+    killed = subprocess.Popen(pull, stdout=subprocess.PIPE)
+    hold_while_writing(killed, cache / "tmp", ".part")
+    killed.kill()
+    killed.wait(timeout=30)
+    half_built = stray_folders(cache / "snapshots", None)
+    assert half_built, "nothing was half-built"
+    forget_cached_blobs()
+    held = subprocess.Popen(pull, stdout=subprocess.PIPE, text=True)
+    try:
+        hold_while_writing(held, cache / "tmp", ".part")
+        other = subprocess.run(pull, capture_output=True, text=True, timeout=300)
+        assert other.returncode == 0, other.stderr
+    finally:
+        held.send_signal(signal.SIGCONT)
+    out, _ = held.communicate(timeout=300)
+    assert held.returncode == 0 and out.strip() == other.stdout.strip()
+    assert snapshot(Path(out.strip())) == BIG
+    assert stray_folders(cache / "snapshots", Path(out.strip())) == []
+
+
+def stray_folders(snapshots: Path, final: Path | None) -> list[Path]:
+    """Folders under ``snapshots`` that are neither the snapshot ``final`` (with its parents
+    and its own folders) nor the empty folder builds happen in."""
+    return [p for p in snapshots.rglob("*") if p.is_dir() and not (
+        final is not None and (p == final or final in p.parents or p in final.parents)
+        or p.name == ".building" and not any(p.iterdir()))]
+
+
+def test_a_cleaner_between_create_and_lock_costs_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A cleaner that runs in the instant between a writer's create and its lock removes the
+    (then unlocked) temporary; the writer finds its file unlinked once locked and starts again."""
+    import archive.materialize as materialize
+    from archive.inflight import claim, remove_if_stale
+
+    cleaned = []
+
+    def clean_first(fd: int) -> bool:
+        if not cleaned:
+            cleaned.extend(p for p in tmp_path.iterdir() if remove_if_stale(p))
+        return claim(fd)
+
+    monkeypatch.setattr(materialize, "claim", clean_first)
+    materialize.write_file_atomically(tmp_path / "f.txt", [b"whole"], 0o644)
+    assert len(cleaned) == 1 and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    assert (tmp_path / "f.txt").read_bytes() == b"whole"
