@@ -204,3 +204,14 @@ def test_release_with_a_top_level_archive_folder_is_refused(folder_archive, tmp_
     result = run("-a", folder_archive.location, "pull", "odd", "--to", str(tmp_path / "out"))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "reserved" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("link", ["symlink", "hard"])
+def test_pulling_again_with_a_linking_mode_keeps_the_links(published, tmp_path: Path, link: str) -> None:
+    """A second pull in the symlink (or hard) mode finds its own links, not conflicts."""
+    out = tmp_path / "out"
+    assert run("-a", published.location, "pull", "calib", "--to", str(out), "--link", link).returncode == 0
+    again = run("-a", published.location, "pull", "calib", "--to", str(out), "--link", link)
+    assert again.returncode == 0, again.stderr
+    assert "0 written, 4 already there" in again.stderr
+    assert snapshot(out) == FILES

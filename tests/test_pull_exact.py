@@ -114,6 +114,18 @@ def test_status_of_a_settled_folder_does_not_rehash(store: str, tmp_path: Path, 
     assert placed.status(out).clean and calls == []
 
 
+@pytest.mark.parametrize("link", ["hard", "symlink", "copy"])
+def test_status_of_linked_files(store: str, tmp_path: Path, link: str) -> None:
+    out = tmp_path / "out"
+    assert run("-a", store, "pull", "calib", "^2", "--to", str(out), "--link", link).returncode == 0
+    clean = run("status", str(out))
+    assert clean.returncode == 0, clean.stdout
+    (out / "new.txt").unlink()
+    (out / "new.txt").symlink_to(out / "keep.txt")
+    dirty = run("status", str(out))
+    assert dirty.returncode == 1 and "  modified: new.txt" in dirty.stdout.splitlines()
+
+
 def test_status_without_a_marker_is_one_line(tmp_path: Path) -> None:
     result = run("status", str(make_tree(tmp_path / "plain", {"a": b"a"})))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "was not filled by archive pull" in result.stderr
