@@ -201,7 +201,7 @@ def compare(found: Found, entry: FileEntry, cache: "BlobCache", link: str) -> st
     """``same``, ``mode`` (same content, executable bit to fix), ``ours`` (a link into the cache
     to re-place without asking) or ``conflict``."""
     if found.kind is Kind.LINK:
-        if not _links_to_cache(found.target, entry, cache):
+        if not links_to_cache(found.target, entry, cache):
             return "conflict"
         verified = cache_file_verified(cache, entry.blob)
         return "same" if link == "symlink" and verified is not None and not entry.executable else "ours"
@@ -226,7 +226,7 @@ def as_placed_before(found: Found, before: FileEntry | None, cache: "BlobCache")
             and is_unchanged(found.target, found.info, before, cache.stat_cache))
 
 
-def _links_to_cache(target: Path, entry: FileEntry, cache: "BlobCache") -> bool:
+def links_to_cache(target: Path, entry: FileEntry, cache: "BlobCache") -> bool:
     try:
         return os.readlink(target) == str(cache.path_of(entry.blob))
     except OSError:

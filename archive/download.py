@@ -132,13 +132,15 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
     removing = set(old.remove) if old else set()
     placed_before = {**previous.earlier, **previous.files} if previous else {}
-    placements, kept, blocked = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
-    remove_leftovers(root, sorted(removing))
-    _clear_the_way(root, blocked)
+    placements, kept, in_the_way = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
+    early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
+    remove_leftovers(root, early)
+    _clear_the_way(root, [p for p in in_the_way if p not in removing])
     remove_stale_parts(placements)
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
+    remove_leftovers(root, sorted(removing.difference(early)))  # the rest once the new files are in place
     remove_empty_folders(root, sorted(removing))
     if marker:
         earlier = old.kept if old else placed_before
@@ -201,8 +203,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     marker) is replaced without asking: it holds nothing of the user's.
 
     Returns the placements, how many files are already there, and the non-folders standing
-    where folders must go (removed before writing, with ``force``). Every conflict is found
-    before any is reported, and reported in one :class:`DestinationConflictError`.
+    where folders must go (removed before writing: leftovers of an earlier pull, or with
+    ``force``). Every conflict is found before any is reported, and reported in one
+    :class:`DestinationConflictError`.
     """
     folders = Folders(root)
     todo: list[Placement] = []
@@ -225,10 +228,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
             todo.append(Placement(path, entry, found.target))
     if marker:
         folders.ancestors_clear(MARKER_FILE)
-    blocked = [p for p in folders.in_the_way if p not in removing]
-    conflicts.extend(in_the_way(p) for p in blocked)
+    conflicts.extend(in_the_way(p) for p in folders.in_the_way if p not in removing)
     refuse(conflicts, dest, f"{release.name} {release.version}", force)
-    return todo, kept, blocked
+    return todo, kept, list(folders.in_the_way)
 
 
 def _clear_the_way(root: Path, blocked: list[str]) -> None:

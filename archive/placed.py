@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .destination import Folders, Kind, check_inside, find, is_unchanged, make_folders
+from .destination import Folders, Kind, check_inside, find, is_unchanged, links_to_cache, make_folders
 from .errors import ArchiveError, DestinationError, IntegrityError, InvalidInputError
 from .hashing import BlobId
 from .materialize import wanted_mode, write_file_atomically
 from .records import FileEntry, Release, check_path, load_json
 
 if TYPE_CHECKING:
+    from .cache import BlobCache
     from .statcache import StatCache
 
 MARKER_DIR = ".archive"
@@ -166,7 +167,7 @@ class Status:
         return not (self.modified or self.missing or self.extra)
 
 
-def status(folder: str | Path, stat_cache: "StatCache | None" = None) -> Status:
+def status(folder: str | Path, cache: "BlobCache | None" = None) -> Status:
     """Compare ``folder`` with the release its last pull placed (see the module docstring).
 
     Raises
@@ -174,10 +175,10 @@ def status(folder: str | Path, stat_cache: "StatCache | None" = None) -> Status:
     InvalidInputError
         ``folder`` is not a folder, or no pull wrote a marker there.
     """
-    if stat_cache is None:
+    if cache is None:
         from .cache import default_cache
 
-        stat_cache = default_cache().stat_cache
+        cache = default_cache()
     root = Path(os.path.realpath(folder))
     if not root.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder")
@@ -190,13 +191,27 @@ def status(folder: str | Path, stat_cache: "StatCache | None" = None) -> Status:
         info = present.pop(path, None)
         if info is None:
             report.missing.append(path)
-        elif (not stat.S_ISREG(info.st_mode) or bool(info.st_mode & stat.S_IXUSR) != entry.executable
-              or not is_unchanged(root.joinpath(*path.split("/")), info, entry, stat_cache)):
+        elif not _as_pulled(root.joinpath(*path.split("/")), info, entry, cache):
             report.modified.append(path)
     report.extra = sorted(present)
     report.modified.sort()
     report.missing.sort()
     return report
+
+
+def _as_pulled(target: Path, info: os.stat_result, entry: FileEntry, cache: "BlobCache") -> bool:
+    """Whether ``target`` is as a pull places ``entry``: a file of its content and executable
+    bit, or (``--link symlink``) a link to its intact cache file."""
+    if stat.S_ISLNK(info.st_mode) and links_to_cache(target, entry, cache):
+        source = cache.path_of(entry.blob)
+        try:
+            info = os.stat(source)
+        except OSError:
+            return False
+        target = source
+    if not stat.S_ISREG(info.st_mode) or bool(info.st_mode & stat.S_IXUSR) != entry.executable:
+        return False
+    return is_unchanged(target, info, entry, cache.stat_cache)
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:

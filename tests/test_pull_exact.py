@@ -139,3 +139,20 @@ def test_pull_says_which_version_the_range_chose(store: str, tmp_path: Path) -> 
     second = run("-a", store, "pull", "calib", "*", "--to", str(out), "--force")
     assert f"pulled calib 2.0.0 (range *) into {out}: 3 files, 2 written, 1 already there\n" == second.stderr
     assert run("-q", "-a", store, "pull", "calib", "--to", str(out)).stderr == ""
+
+
+def test_exact_replaces_an_old_file_by_a_folder_of_the_new_release(store: str, tmp_path: Path) -> None:
+    """1.x placed a file ``data``; 2.x has a folder ``data/``: --exact removes the unchanged file
+    first, without --force, and says so."""
+    location = store
+    old = make_tree(tmp_path / "old", {"data": b"a file in 1.x"})
+    new = make_tree(tmp_path / "new", {"data/inside.txt": b"a folder in 2.x"})
+    assert run("-a", location, "push", str(old), "shape", "1.0.0").returncode == 0
+    assert run("-a", location, "push", str(new), "shape", "2.0.0").returncode == 0
+    out = tmp_path / "out"
+    run("-a", location, "pull", "shape", "1.0.0", "--to", str(out))
+    refused = run("-a", location, "pull", "shape", "^2", "--to", str(out))
+    assert refused.returncode == 1 and "data (a file where the release needs a folder)" in refused.stderr
+    result = run("-a", location, "pull", "shape", "^2", "--to", str(out), "--exact")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(out) == {"data/inside.txt": b"a folder in 2.x"} and "removed data" in result.stderr
