@@ -156,3 +156,14 @@ def test_exact_replaces_an_old_file_by_a_folder_of_the_new_release(store: str, t
     result = run("-a", location, "pull", "shape", "^2", "--to", str(out), "--exact")
     assert result.returncode == 0, result.stderr
     assert snapshot(out) == {"data/inside.txt": b"a folder in 2.x"} and "removed data" in result.stderr
+
+
+def test_marker_is_never_written_through_a_link_leading_outside(store: str, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".archive").symlink_to(outside, target_is_directory=True)
+    result = run("-a", store, "pull", "calib", "^2", "--to", str(out))
+    assert result.returncode == 1 and "symbolic link" in result.stderr and result.stderr.count("\n") == 1
+    assert list(outside.iterdir()) == [] and snapshot(out) == {}
