@@ -154,6 +154,19 @@ def refuse(conflicts: list[Conflict], dest: Path, release: str, force: bool) -> 
                                    f" {shown}{more} ({hint})", [c.path for c in blocking])
 
 
+def clear_the_way(root: Path, blocked: list[str]) -> None:
+    """Remove the non-folders standing where folders must go (``force`` allowed it)."""
+    for path in blocked:
+        target = root.joinpath(*path.split("/"))
+        check_inside(root, target.parent, path)
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise DestinationError(f"cannot remove {str(target)!r}: {exc.strerror or exc}") from exc
+
+
 def make_folders(root: Path, folder: str, made: set[str]) -> None:
     """Create ``root/folder`` and its parents, iteratively (pathlib and ``os.makedirs`` recurse
     once per level), each once per download, refusing a link that leads outside ``root``."""

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
-from .destination import (Conflict, Folders, Kind, as_placed_before, check_inside, compare, conflict_of, find,
-                          in_the_way, make_folders, refuse)
+from .destination import (Conflict, Folders, Kind, as_placed_before, check_inside, clear_the_way, compare,
+                          conflict_of, find, in_the_way, make_folders, refuse)
 from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
 from .hashing import iter_chunks, verified_chunks
 from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove_stale_temporaries, wanted_mode,
@@ -135,7 +135,7 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     placements, kept, in_the_way = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
     early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
     remove_leftovers(root, early)
-    _clear_the_way(root, [p for p in in_the_way if p not in removing])
+    clear_the_way(root, [p for p in in_the_way if p not in removing])
     remove_stale_parts(placements)
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
@@ -231,19 +231,6 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     conflicts.extend(in_the_way(p) for p in folders.in_the_way if p not in removing)
     refuse(conflicts, dest, f"{release.name} {release.version}", force)
     return todo, kept, list(folders.in_the_way)
-
-
-def _clear_the_way(root: Path, blocked: list[str]) -> None:
-    """Remove the non-folders standing where folders must go (``force`` allowed it)."""
-    for path in blocked:
-        target = root.joinpath(*path.split("/"))
-        check_inside(root, target.parent, path)
-        try:
-            os.unlink(target)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise DestinationError(f"cannot remove {str(target)!r}: {exc.strerror or exc}") from exc
 
 
 def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEntry], workers: int,
