@@ -235,7 +235,7 @@ def compare(found: Found, entry: FileEntry, cache: "BlobCache", link: str) -> st
 
 def as_placed_before(found: Found, before: FileEntry | None, cache: "BlobCache") -> bool:
     """Whether a file is still what an earlier pull placed there."""
-    return (before is not None and found.kind is Kind.FILE
+    return (before is not None and found.kind is Kind.FILE and stat.S_ISREG(found.info.st_mode)
             and is_unchanged(found.target, found.info, before, cache.stat_cache))
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
-from .destination import (Conflict, Folders, Kind, as_placed_before, check_inside, clear_the_way, compare,
+from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, clear_the_way, compare,
                           conflict_of, find, in_the_way, make_folders, refuse)
 from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
 from .hashing import iter_chunks, verified_chunks
@@ -228,7 +228,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
             todo.append(Placement(path, entry, found.target))
     if marker:
         folders.ancestors_clear(MARKER_FILE)
-    conflicts.extend(in_the_way(p) for p in folders.in_the_way if p not in removing)
+    conflicts.extend(in_the_way(p) for p, info in folders.in_the_way.items() if p not in removing
+                     and not as_placed_before(Found(p, root.joinpath(*p.split("/")), Kind.FILE, info),
+                                              (placed_before or {}).get(p), cache))
     refuse(conflicts, dest, f"{release.name} {release.version}", force)
     return todo, kept, list(folders.in_the_way)
 

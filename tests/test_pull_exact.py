@@ -151,11 +151,25 @@ def test_exact_replaces_an_old_file_by_a_folder_of_the_new_release(store: str, t
     assert run("-a", location, "push", str(new), "shape", "2.0.0").returncode == 0
     out = tmp_path / "out"
     run("-a", location, "pull", "shape", "1.0.0", "--to", str(out))
-    refused = run("-a", location, "pull", "shape", "^2", "--to", str(out))
-    assert refused.returncode == 1 and "data (a file where the release needs a folder)" in refused.stderr
     result = run("-a", location, "pull", "shape", "^2", "--to", str(out), "--exact")
     assert result.returncode == 0, result.stderr
     assert snapshot(out) == {"data/inside.txt": b"a folder in 2.x"} and "removed data" in result.stderr
+
+
+def test_a_file_in_the_way_is_replaced_without_force_only_if_a_pull_placed_it(store: str, tmp_path: Path) -> None:
+    old = make_tree(tmp_path / "old", {"data": b"a file in 1.x"})
+    new = make_tree(tmp_path / "new", {"data/inside.txt": b"a folder in 2.x"})
+    assert run("-a", store, "push", str(old), "shape", "1.0.0").returncode == 0
+    assert run("-a", store, "push", str(new), "shape", "2.0.0").returncode == 0
+    placed, edited = tmp_path / "placed", tmp_path / "edited"
+    for out in (placed, edited):
+        run("-a", store, "pull", "shape", "1.0.0", "--to", str(out))
+    (edited / "data").write_bytes(b"the user's edit")
+    assert run("-a", store, "pull", "shape", "^2", "--to", str(placed)).returncode == 0
+    assert snapshot(placed) == {"data/inside.txt": b"a folder in 2.x"}
+    refused = run("-a", store, "pull", "shape", "^2", "--to", str(edited))
+    assert refused.returncode == 1 and "data (a file where the release needs a folder)" in refused.stderr
+    assert snapshot(edited) == {"data": b"the user's edit"}
 
 
 def test_marker_is_never_written_through_a_link_leading_outside(store: str, tmp_path: Path) -> None:
