@@ -6,19 +6,28 @@ atomically like any archive. A blob enters only after its content was checked ag
 while streaming, and is checked again whenever it is copied out: a blob corrupted on the local
 disk is detected, evicted, and fetched again once. Materialized releases ("snapshots", the
 read-only folders ``archive pull`` gives without ``--to``) live beside the blobs.
+
+Several processes may use one cache at once. Each holds a shared lock on ``in-use.lock`` while
+it may write; :meth:`BlobCache.clean_stale` removes the temporaries of killed processes (the
+``tmp/<uuid hex>.part`` files of the folder archive, the half-built snapshots) by the rules of
+:mod:`archive.inflight`, never those of a live one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import layout
 from .backends.filesystem import FileSystemArchive
 from .errors import IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
+from .inflight import SharedUse, claim, is_old, remove_if_stale, remove_tree
 from .statcache import StatCache, knows_boots
 from .transfer import with_retries
 
@@ -27,6 +36,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 SNAPSHOTS_DIR = "snapshots"
+BUILDING_DIR = ".building"  # in SNAPSHOTS_DIR: snapshots being built, renamed into place when whole
+#: The temporary files of :class:`FileSystemArchive` writes (``tmp/<uuid hex>.part``).
+_STORE_TEMPORARY = re.compile(r"[0-9a-f]{32}\.part")
 
 
 class BlobCache:
@@ -40,6 +52,7 @@ class BlobCache:
         self.store = FileSystemArchive(self.root, durable=not knows_boots())
         #: Remembered hashes of files (published sources and cached blobs).
         self.stat_cache = StatCache(self.root / "stat.sqlite")
+        self._use = SharedUse(self.root / "in-use.lock")
 
     def __repr__(self) -> str:
         return f"BlobCache({str(self.root)!r})"
@@ -59,6 +72,7 @@ class BlobCache:
         if self.has(blob, size):
             return
         logger.debug("fetching blob %s (%d bytes) from %s", blob.short, size, arc.location)
+        self._use.share()
         with_retries(lambda: arc.copy_blob_to(blob, size, self.store, on_bytes), f"download of blob {blob.short}")
         self._remember_verified(blob)
 
@@ -102,10 +116,66 @@ class BlobCache:
         except KeyNotFoundError:
             pass
 
+    def clean_stale(self) -> list[Path]:
+        """Remove what killed processes left in the cache; return what was removed.
+
+        Alone (no other process holds the cache's use lock) every store temporary is stale;
+        otherwise only those unchanged for :data:`archive.inflight.STALE_AGE_S`. A half-built
+        snapshot is stale once its builder's lock is gone. Then this process holds the use lock
+        shared, so that no later cleaner removes its own temporaries.
+        """
+        removed: list[Path] = []
+        alone = self._use.try_alone()
+        try:
+            for entry in _scan(self.store.local_path(layout.TMP_DIR)):
+                if _STORE_TEMPORARY.fullmatch(entry.name) and (alone or is_old(entry.stat(follow_symlinks=False))):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue
+                    logger.info("removed %s, left by an interrupted download", entry.path)
+                    removed.append(Path(entry.path))
+            for entry in _scan(self.root / SNAPSHOTS_DIR / BUILDING_DIR):
+                if remove_if_stale(Path(entry.path), remove=remove_tree):
+                    removed.append(Path(entry.path))
+        finally:
+            self._use.share()
+        return removed
+
+    @contextmanager
+    def building_folder(self) -> Iterator[Path]:
+        """A new, empty folder to build a snapshot in, locked as alive while in use, removed after."""
+        self._use.share()
+        parent = self.root / SNAPSHOTS_DIR / BUILDING_DIR
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / uuid.uuid4().hex
+            path.mkdir()
+            fd = os.open(path, os.O_RDONLY)
+            if claim(fd):
+                break
+            os.close(fd)  # a cleaner removed it between our mkdir and our lock
+        try:
+            yield path
+        finally:
+            try:
+                if path.exists():
+                    remove_tree(path)
+            finally:
+                os.close(fd)
+
     def snapshot_dir(self, name: str, version: str, record_id: BlobId) -> Path:
         """Where the read-only copy of a release lives; the record id keeps two archives'
         different releases of the same name and version apart."""
         return self.root / SNAPSHOTS_DIR / name / version / record_id.hexdigest[:16]
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError:
+        return []
 
 
 def default_cache() -> BlobCache:

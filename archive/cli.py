@@ -134,6 +134,8 @@ def _user_name() -> str:
 @click.argument("range", default="*")
 @click.option("--to", "dest", type=click.Path(path_type=Path), help="Folder to write [default: a read-only folder in the cache].")
 @click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
+@click.option("--exact", is_flag=True, help="Also remove the files an earlier pull placed that this release lacks"
+              " (unchanged ones; edited ones too with --force; never files no pull placed).")
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
 @click.option("--expect", metavar="RECORD_ID", help="Refuse the release unless its record id is this (sha256:...).")
 @click.option("--link", type=click.Choice(["auto", "reflink", "hard", "symlink", "copy"]), default="auto",
@@ -142,16 +144,56 @@ def _user_name() -> str:
 @click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
               " the cache (needs --to; an archive on a local disk is never cached).")
 @click.pass_context
-def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, pre: bool,
+def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, exact: bool, pre: bool,
          expect: str | None, link: str, no_cache: bool) -> None:
-    """Download the highest version of NAME matching RANGE; print the folder."""
+    """Download the highest version of NAME matching RANGE; print the folder.
+
+    A summary (the version the range chose, files written and already there) goes to stderr.
+    """
+    from .download import pull as pull_release
+
     if no_cache and dest is None:
         raise click.UsageError("--no-cache needs --to: a folder without --to lives in the cache")
+    if exact and dest is None:
+        raise click.UsageError("--exact needs --to: a folder without --to always equals its release")
     with _open(ctx) as arc:
-        folder = arc.download(name, range, dest, force=force, include_prerelease=pre, expect=expect,
-                              link=link, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
-                              use_cache=not no_cache)
-    click.echo(str(folder))
+        release = arc.resolve(name, range, include_prerelease=pre, expect=expect)
+        report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
+                              progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
+    click.echo(str(report.folder))
+    if _verbosity["level"] >= 0:
+        removed = f", {len(report.removed)} removed" if exact else ""
+        click.echo(f"pulled {release.name} {release.version} (range {range}) into {report.folder}: "
+                   f"{report.files} files, {report.written} written, {report.already_there} already there"
+                   f"{removed}", err=True)
+        for path in report.removed:
+            click.echo(f"  removed {path}", err=True)
+        if report.kept_edited:
+            click.echo(f"  kept {len(report.kept_edited)} edited file(s) of the earlier pull (--force removes"
+                       f" them): {', '.join(report.kept_edited[:5])}", err=True)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+def status(folder: Path) -> None:
+    """Tell whether FOLDER still matches the release pulled into it; exit 1 if not.
+
+    Lists modified, missing and extra files (like `git status`; the exit status is that of
+    `git diff --exit-code`). Unchanged files are known by their stat, not hashed again.
+    """
+    from .placed import status as folder_status
+
+    report = folder_status(folder)
+    pulled = report.pulled
+    click.echo(f"{folder}: {pulled.name} {pulled.version} (record {pulled.record_id[:19]}) from {pulled.archive}")
+    for label, paths in (("modified", report.modified), ("missing", report.missing), ("extra", report.extra)):
+        for path in paths:
+            click.echo(f"  {label + ':':<10}{path}")
+    if report.clean:
+        click.echo("clean: every file as pulled, nothing else")
+        return
+    click.echo(f"{len(report.modified)} modified, {len(report.missing)} missing, {len(report.extra)} extra")
+    sys.exit(1)
 
 
 @cli.command(name="ls")

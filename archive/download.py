@@ -3,20 +3,23 @@
 Every byte placed in a destination comes from a cache blob verified against its id: when it
 was fetched, and again before use unless the stat cache knows it unchanged since. Each file is
 placed through a temporary file beside its target and renamed over it only once complete, so
-an interrupted download never leaves a partial or corrupt file under a release path. Files
-already there with the right content are kept; files with other content are only replaced
-with ``force``, and otherwise the whole download is refused before anything is written.
-Nothing is ever written outside the destination, whatever the record says and whatever
-symbolic links the destination holds.
+an interrupted download never leaves a partial or corrupt file under a release path; the
+temporaries of a killed download are removed by the next one, never those of a live one
+(:mod:`archive.inflight`). Files already there with the right content are kept (their
+executable bit fixed if needed); every conflict (other content, a link, a special file, a
+folder where a file goes, a file where a folder goes) is found before anything is written, and
+the whole download is refused unless ``force`` settles them. Nothing is ever written outside
+the destination, whatever the record says and whatever symbolic links the destination holds.
+
+A pull into a folder ends by writing its marker (:mod:`archive.placed`), which ``status`` and
+``exact`` read. In the ``hard`` and ``symlink`` modes an executable file is a read-only copy,
+never a link: a cache blob is never made executable.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -25,10 +28,14 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
-from .errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
-                     InvalidPathError, KeyNotFoundError)
-from .hashing import BlobId, hash_file, iter_chunks, verified_chunks
-from .materialize import INDEPENDENT_MODES, PART_SUFFIX, check_link_mode, place_file, write_file_atomically
+from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, clear_the_way, compare,
+                          conflict_of, find, in_the_way, make_folders, refuse)
+from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
+from .hashing import iter_chunks, verified_chunks
+from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove_stale_temporaries, wanted_mode,
+                          write_file_atomically)
+from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
+    remove_leftovers, write_marker
 from .records import FileEntry, Release
 from .statcache import identity
 from .transfer import make_progress, reporting, run_jobs, with_retries
@@ -38,30 +45,34 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
-_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
-
-
-class Existing(Enum):
-    """What a destination path holds before a download."""
-
-    ABSENT = "absent"
-    SAME = "the release's content, known from the stat cache"
-    SAME_BY_HASH = "the release's content, found by hashing"
-    DIFFERENT = "something else"
 
 
 @dataclass(frozen=True)
 class Placement:
-    """One file to write: its release path, its entry, and the target path."""
+    """One file to write (or, with ``mode_only``, only to make executable or not)."""
 
     path: str
     entry: FileEntry
     target: Path
+    mode_only: bool = False
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What a pull did: the folder, how many files the release has, how many were written and
+    how many were already there, and (``exact``) the files of an earlier pull removed or kept."""
+
+    folder: Path
+    files: int
+    written: int
+    already_there: int
+    removed: tuple[str, ...] = ()
+    kept_edited: tuple[str, ...] = ()
 
 
 def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
              link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-             cache: BlobCache | None = None, use_cache: bool = True) -> Path:
+             cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False) -> Path:
     """Materialize ``release`` into ``dest`` (or a read-only snapshot in the cache); return the folder.
 
     Parameters
@@ -74,40 +85,101 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
         keeping a copy in the cache (a one-off pull: each byte written once). Needs ``dest``
         and a link mode that makes independent files. An archive on a local disk is never
         cached whatever this says.
+    exact
+        Make ``dest`` equal the release: also remove the files an earlier pull placed there that
+        this release lacks, if unchanged since (edited ones too with ``force``), and the folders
+        that leaves empty. A file no pull placed is never removed.
 
     Raises
     ------
     DestinationConflictError
-        Files in ``dest`` differ from the release and ``force`` is not set; nothing was written.
+        Paths in ``dest`` conflict with the release (all are named) and ``force`` does not
+        settle them; nothing was written.
     IntegrityError
         A blob does not match its id or size, in the archive or (twice) in the cache.
     """
+    return pull(arc, release, dest, force=force, link=link, jobs=jobs, progress=progress, cache=cache,
+                use_cache=use_cache, exact=exact).folder
+
+
+def pull(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
+         link: str = "auto", jobs: int | None = None, progress: bool | None = None,
+         cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False) -> PullReport:
+    """:func:`download`, reporting what was done (for the command line's summary)."""
     cache = cache or default_cache()
     check_link_mode(link)
     workers = jobs or arc.max_workers
     if not use_cache and (dest is None or link not in INDEPENDENT_MODES):
         raise InvalidInputError("a pull without the cache needs a destination folder and a link mode"
                                 f" that makes independent files ({', '.join(sorted(INDEPENDENT_MODES))})")
+    cache.clean_stale()
     if dest is None:
         return _snapshot(arc, release, cache, workers, progress)
-    placements = plan(release, dest, force, cache)
+    reserved = [path for path in release.files if is_reserved(path)]
+    if reserved:
+        raise InvalidPathError(f"{release.name} {release.version} has {reserved[0]!r}: '.archive' at the top of"
+                               " a folder is reserved for the record of what a pull placed")
+    return _fill(arc, release, dest, force, link, workers, progress, cache, use_cache, exact, marker=True)
+
+
+def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, link: str, workers: int,
+          progress: bool | None, cache: BlobCache, use_cache: bool, exact: bool, marker: bool) -> PullReport:
+    """Plan everything, refuse conflicts, then write: leftovers out, files in, marker last."""
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
+    root = Path(os.path.realpath(dest))
+    previous = read_marker(root) if marker else None
+    old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
+    removing = set(old.remove) if old else set()
+    placed_before = {**previous.earlier, **previous.files} if previous else {}
+    placements, kept, in_the_way = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
+    early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
+    remove_leftovers(root, early)
+    clear_the_way(root, [p for p in in_the_way if p not in removing])
     remove_stale_parts(placements)
-    file_mode = 0o666 & ~_umask()
+    if marker:
+        remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
+    _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
+    remove_leftovers(root, sorted(removing.difference(early)))  # the rest once the new files are in place
+    remove_empty_folders(root, sorted(removing))
+    if marker:
+        earlier = old.kept if old else placed_before
+        write_marker(root, release, arc.location, earlier)
+    written = sum(1 for p in placements if not p.mode_only)
+    logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, written)
+    return PullReport(dest, len(release.files), written, len(release.files) - written, tuple(sorted(removing)),
+                      tuple(sorted(old.kept)) if old else ())
+
+
+def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements: list[Placement], link: str,
+               workers: int, progress: bool | None, use_cache: bool) -> None:
+    """Fetch what the cache lacks, then place every file, in parallel."""
     routes = {p.path: _route(arc, p.entry, link, use_cache) for p in placements}
-    fetch_blobs(arc, cache, [p.entry for p in placements if routes[p.path] is Route.CACHE], workers, progress)
+    writes = [p for p in placements if not p.mode_only]
+    fetch_blobs(arc, cache, [p.entry for p in writes if routes[p.path] is Route.CACHE], workers, progress)
     started = time.time_ns()
-    bar = make_progress("writing", sum(p.entry.size for p in placements), len(placements), progress)
+    _make_parent_folders(root, placements)
+    bar = make_progress("writing", sum(p.entry.size for p in writes), len(writes), progress)
     try:
         def job(placement: Placement) -> None:
-            place(arc, cache, placement, routes[placement.path], link, file_mode, bar.advance)
+            place(arc, cache, placement, routes[placement.path], link, bar.advance)
             bar.file_done()
 
         run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, routes, workers))
     finally:
         bar.close()
     _remember_placed(cache, placements, started)
-    logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
-    return dest
+
+
+def _make_parent_folders(root: Path, placements: list[Placement]) -> None:
+    """Create the folders the files go in, iteratively and each once, in this thread, and check
+    each again (once) just before the writes: none may have become a link leading outside."""
+    root.mkdir(parents=True, exist_ok=True)
+    made: set[str] = set()
+    for placement in placements:
+        make_folders(root, placement.path.rpartition("/")[0], made)
+    for parent in {p.target.parent for p in placements}:
+        check_inside(root, parent, str(parent.relative_to(root)))
 
 
 def _placing_workers(placements: list[Placement], routes: dict[str, "Route"], workers: int) -> int:
@@ -122,60 +194,45 @@ def _placing_workers(placements: list[Placement], routes: dict[str, "Route"], wo
     return workers if average >= SMALL_FILE else 1
 
 
-def plan(release: Release, dest: Path, force: bool, cache: BlobCache) -> list[Placement]:
-    """The files to write into ``dest``: all but those already there with the same content."""
-    if dest.exists() and not dest.is_dir():
-        raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
-    root = Path(os.path.realpath(dest))
+def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache, link: str,
+         removing: set[str], marker: bool, placed_before: dict[str, FileEntry] | None = None,
+         ) -> tuple[list[Placement], int, list[str]]:
+    """The files to write into ``root``: all but those already there as the release has them.
+
+    A file still exactly as an earlier pull placed it (``placed_before``, from the folder's
+    marker) is replaced without asking: it holds nothing of the user's.
+
+    Returns the placements, how many files are already there, and the non-folders standing
+    where folders must go (removed before writing: leftovers of an earlier pull, or with
+    ``force``). Every conflict is found before any is reported, and reported in one
+    :class:`DestinationConflictError`.
+    """
+    folders = Folders(root)
     todo: list[Placement] = []
-    conflicts: list[str] = []
-    hashed_same: list[tuple[Path, os.stat_result, BlobId]] = []
-    started = time.time_ns()
+    conflicts: list[Conflict] = []
+    kept = 0
     for path, entry in release.files.items():
-        target = safe_target(root, path)
-        state = _existing_state(target, entry, cache)
-        if state is Existing.SAME_BY_HASH:
-            hashed_same.append((target, target.stat(), entry.blob))
-        if state in (Existing.SAME, Existing.SAME_BY_HASH):
+        found = find(folders, path)
+        if found.kind is Kind.ABSENT:
+            todo.append(Placement(path, entry, found.target))
             continue
-        if state is Existing.DIFFERENT:
-            conflicts.append(path)
-        todo.append(Placement(path, entry, target))
-    cache.stat_cache.remember(hashed_same, started)
-    if conflicts and not force:
-        shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
-        raise DestinationConflictError(
-            f"{len(conflicts)} file(s) in {str(dest)!r} differ from {release.name} {release.version}"
-            f" and would be overwritten: {shown} (use --force to replace them)", conflicts)
-    return todo
-
-
-def safe_target(root: Path, path: str) -> Path:
-    """``root/path``, refused if a symbolic link would take the write outside ``root``."""
-    target = root.joinpath(*path.split("/"))
-    parent = Path(os.path.realpath(target.parent))
-    if parent != root and root not in parent.parents:
-        raise InvalidPathError(f"{path!r} would be written outside {str(root)!r} (through a symbolic link)")
-    return target
-
-
-def _existing_state(target: Path, entry: FileEntry, cache: BlobCache) -> "Existing":
-    """What is at ``target`` now, compared with the release's file."""
-    if not os.path.lexists(target):
-        return Existing.ABSENT
-    if target.is_dir() and not target.is_symlink():
-        raise DestinationConflictError(f"{str(target)!r} is a folder where the release has a file", [str(target)])
-    if target.is_symlink() or not target.is_file():
-        return Existing.DIFFERENT
-    try:
-        info = target.stat()
-        if info.st_size != entry.size:
-            return Existing.DIFFERENT
-        if cache.stat_cache.lookup(target, info) == entry.blob:
-            return Existing.SAME
-        return Existing.SAME_BY_HASH if hash_file(target)[0] == entry.blob else Existing.DIFFERENT
-    except OSError as exc:
-        raise DestinationError(f"cannot read {str(target)!r}: {exc.strerror or exc}") from exc
+        state = compare(found, entry, cache, link)
+        if state == "same":
+            kept += 1
+        elif state == "mode":
+            todo.append(Placement(path, entry, found.target, mode_only=True))
+        else:
+            if state == "conflict" and not as_placed_before(found, (placed_before or {}).get(path), cache):
+                conflicts.append(Conflict(path, "other content", True) if found.kind is Kind.FILE
+                                 else conflict_of(found))
+            todo.append(Placement(path, entry, found.target))
+    if marker:
+        folders.ancestors_clear(MARKER_FILE)
+    conflicts.extend(in_the_way(p) for p, info in folders.in_the_way.items() if p not in removing
+                     and not as_placed_before(Found(p, root.joinpath(*p.split("/")), Kind.FILE, info),
+                                              (placed_before or {}).get(p), cache))
+    refuse(conflicts, dest, f"{release.name} {release.version}", force)
+    return todo, kept, list(folders.in_the_way)
 
 
 def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEntry], workers: int,
@@ -215,20 +272,25 @@ def _route(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool
 
 
 def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, route: Route, link: str,
-          file_mode: int, on_bytes: Callable[[int], None] | None = None) -> None:
-    """Place one file, atomically, by ``route``; ``on_bytes`` hears of the bytes written."""
+          on_bytes: Callable[[int], None] | None = None) -> None:
+    """Place one file, atomically, by ``route``, with its executable bit; ``on_bytes`` hears of
+    the bytes written. In a linking mode an executable is a read-only copy: the cache file a
+    link would share is never made executable."""
     entry, target = placement.entry, placement.target
-    source = cache.verified_path(arc, entry.blob, entry.size) if route is Route.CACHE else None
+    linked = link not in INDEPENDENT_MODES
+    file_mode = wanted_mode(entry.executable) & (~0o222 if linked else 0o7777)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        safe_target(Path(os.path.realpath(target.parent)), target.name)
+        if placement.mode_only:
+            os.chmod(target, file_mode)
+            return
+        source = cache.verified_path(arc, entry.blob, entry.size) if route is Route.CACHE else None
         if route is Route.LOCAL:
             _place_from_local_archive(arc, cache, placement, link, file_mode, on_bytes)
         elif route is Route.STREAM:
             with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
                          f"download of {placement.path}")
         else:
-            place_file(source, target, link, file_mode)
+            place_file(source, target, "copy" if linked and entry.executable else link, file_mode)
             if on_bytes is not None:
                 on_bytes(entry.size)
     except OSError as exc:
@@ -295,52 +357,35 @@ def _remember_placed(cache: BlobCache, placements: list[Placement], started: int
 
 
 def remove_stale_parts(placements: list[Placement]) -> None:
-    """Remove temporary files that a killed download left beside the files it was writing."""
+    """Remove the temporaries a killed download left beside the files this one writes."""
     wanted: dict[Path, set[str]] = {}
     for placement in placements:
-        wanted.setdefault(placement.target.parent, set()).add(placement.target.name)
+        if not placement.mode_only:
+            wanted.setdefault(placement.target.parent, set()).add(placement.target.name)
     for folder, names in wanted.items():
-        try:
-            entries = [e.name for e in os.scandir(folder)]
-        except OSError:
-            continue
-        for entry in entries:
-            match = _PART.fullmatch(entry)
-            if match and match["name"] in names:
-                (folder / entry).unlink(missing_ok=True)
-                logger.info("removed %s, left by an interrupted download", folder / entry)
-
-
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    """The process umask, read once (reading it means setting it for a moment: main thread only)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+        remove_stale_temporaries(folder, names)
 
 
 def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, workers: int,
-              progress: bool | None) -> Path:
+              progress: bool | None) -> PullReport:
     """A read-only copy of the release in the cache, built aside and renamed into place whole.
 
     Its files are hard links to the (read-only) cache blobs: the snapshot belongs to the cache.
+    One that exists is checked again like any destination (a ``stat`` per file while its files
+    are still the cache's verified blobs) and repaired: a file deleted, edited or left behind by
+    an evicted blob is placed again.
     """
     final = cache.snapshot_dir(release.name, release.version, release.record_id)
     if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
-    try:
-        download(arc, release, building, link="hard", jobs=workers, progress=progress, cache=cache)
-        os.rename(building, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
-    return final
+        return _fill(arc, release, final, True, "hard", workers, progress, cache, True, False, marker=False)
+    with cache.building_folder() as building:
+        report = _fill(arc, release, building, False, "hard", workers, progress, cache, True, False, marker=False)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(building, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # another process finished the same snapshot first: use (and check) its copy
+            return _fill(arc, release, final, True, "hard", workers, progress, cache, True, False, marker=False)
+    return PullReport(final, report.files, report.written, report.already_there)

@@ -313,13 +313,13 @@ class ArchiveInterface(ABC):
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,
                  link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-                 use_cache: bool = True) -> Path:
+                 use_cache: bool = True, exact: bool = False) -> Path:
         """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`."""
         from .download import download
 
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
         return download(self, release, None if dest is None else Path(dest), force=force, link=link,
-                        jobs=jobs, progress=progress, use_cache=use_cache)
+                        jobs=jobs, progress=progress, use_cache=use_cache, exact=exact)
 
     def verify(self, name: str | None = None, range: str | None = None, *, full: bool = False,
                repair: bool = False, jobs: int | None = None, progress: bool | None = None):

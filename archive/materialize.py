@@ -1,7 +1,10 @@
 """Putting a verified cached blob at a path: by reflink, hard link, symbolic link or copy.
 
 Every mode writes a temporary file beside the target and renames it over the target, so the
-target is never seen partial. The modes trade speed for independence from the cache:
+target is never seen partial. The temporary is held locked while it is written, so that no
+other download takes it for a leftover (:mod:`archive.inflight`), and its name keeps at most
+:data:`TEMP_NAME_KEEP` bytes of the target's, so that any name the filesystem allows has one.
+The modes trade speed for independence from the cache:
 
 - ``copy``: an independent file (the kernel copies: ``sendfile``/``copy_file_range``).
 - ``reflink``: an independent file that shares blocks until either is written
@@ -18,12 +21,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from .errors import InvalidInputError
+from .inflight import claim, remove_if_stale
 
 logger = logging.getLogger(__name__)
 LINK_MODES = ("auto", "reflink", "hard", "symlink", "copy")
@@ -41,8 +46,30 @@ def check_link_mode(mode: str) -> str:
     return mode
 
 
+def wanted_mode(executable: bool) -> int:
+    """The permission bits of a placed file: ``0o777 & ~umask`` for an executable, else
+    ``0o666 & ~umask`` (what ``git checkout`` gives)."""
+    return (0o777 if executable else 0o666) & ~_umask()
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read once (reading it means setting it for a moment)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
 def place_file(source: Path, target: Path, mode: str, file_mode: int) -> None:
-    """Make ``target`` hold the content of the cache file ``source``, atomically."""
+    """Make ``target`` hold the content of the cache file ``source``, atomically.
+
+    ``file_mode`` applies to the independent modes; a hard or symbolic link has the cache file's
+    mode (read-only, never executable: see :mod:`archive.download` for executables).
+    """
     if mode == "auto":
         device = os.stat(target.parent).st_dev
         if device not in _NO_REFLINK_DEVICES:
@@ -53,67 +80,144 @@ def place_file(source: Path, target: Path, mode: str, file_mode: int) -> None:
                     raise
                 _NO_REFLINK_DEVICES.add(device)  # ask each filesystem once, not once per file
         mode = "copy"
-    _atomically(target, lambda tmp: _MAKERS[mode](source, tmp, file_mode))
+    if mode in ("hard", "symlink"):
+        _link_atomically(target, source, os.link if mode == "hard" else os.symlink)
+    else:
+        fill = _reflink if mode == "reflink" else _copy
+        _write_atomically(target, lambda out: fill(source, out), file_mode)
 
 
 def write_file_atomically(target: Path, chunks: Iterable[bytes], file_mode: int) -> None:
     """Write ``chunks`` to ``target`` through a temporary file beside it, then rename.
 
     A process killed with SIGKILL cannot remove its temporary file; the next download into the
-    same folder does (see :func:`archive.download.remove_stale_parts`).
+    same folder does, once no live process holds it (see :mod:`archive.inflight`).
     """
-    def write(tmp: str) -> None:
-        with _create(tmp) as out:
-            for chunk in chunks:
-                out.write(chunk)
-            os.fchmod(out.fileno(), file_mode)
+    def fill(out: BinaryIO) -> None:
+        for chunk in chunks:
+            out.write(chunk)
 
-    _atomically(target, write)
+    _write_atomically(target, fill, file_mode)
+
+
+#: Longest file name most filesystems allow (ext4, XFS, Btrfs, tmpfs, APFS, NTFS: 255 bytes).
+NAME_MAX = 255
+_TEMP_OVERHEAD = len(".") + len(".") + 12 + len(PART_SUFFIX)
+#: Longest part of a target's name kept in its temporary name, so that any name has a temporary.
+TEMP_NAME_KEEP = NAME_MAX - _TEMP_OVERHEAD
 
 
 def temporary_name(target: Path) -> str:
-    """A hidden, unique name beside ``target``, recognizable as ours."""
-    return str(target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}")
+    """A hidden, unique name beside ``target``, recognizable as ours and never too long: the
+    target's name is cut to :data:`TEMP_NAME_KEEP` bytes (at a character boundary)."""
+    kept = target.name.encode("utf-8", "surrogateescape")[:TEMP_NAME_KEEP].decode("utf-8", "ignore")
+    return str(target.parent / f".{kept}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}")
 
 
-def _atomically(target: Path, make: Callable[[str], None]) -> None:
-    """Let ``make`` build a temporary file, then rename it over ``target``; clean up on error."""
-    tmp = temporary_name(target)
+def temporary_is_for(kept: str, names: "set[str]") -> bool:
+    """Whether a temporary whose name keeps ``kept`` was made for one of ``names``."""
+    if kept in names:
+        return True
+    if len(kept.encode("utf-8", "surrogateescape")) <= TEMP_NAME_KEEP - 4:
+        return False  # not cut: it names its target whole
+    return any(name.startswith(kept) for name in names)
+
+
+_PART = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}" + re.escape(PART_SUFFIX))
+
+
+def remove_stale_temporaries(folder: Path, names: "set[str]") -> None:
+    """Remove the temporaries in ``folder`` made for one of ``names`` whose writer is gone
+    (:func:`archive.inflight.remove_if_stale`); a live download's are left alone."""
     try:
-        make(tmp)
-        os.replace(tmp, target)
+        with os.scandir(folder) as entries:
+            found = [e.name for e in entries]
+    except OSError:
+        return  # a folder not made yet holds no temporary
+    for name in found:
+        match = _PART.fullmatch(name)
+        if match and temporary_is_for(match["name"], names):
+            remove_if_stale(folder / name)
+
+
+def _write_atomically(target: Path, fill: Callable[[BinaryIO], None], file_mode: int) -> None:
+    """Let ``fill`` write a new, locked temporary file, then rename it over ``target`` while the
+    lock still says it is alive; the temporary is removed on any error."""
+    tmp, out = _new_temporary(target)
+    try:
+        with out:
+            fill(out)
+            out.flush()
+            os.fchmod(out.fileno(), file_mode)
+            os.replace(tmp, target)
     except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
 
 
-def _create(path: str):
-    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+def _new_temporary(target: Path) -> tuple[str, BinaryIO]:
+    """Create and claim (lock) a temporary beside ``target``; see :func:`archive.inflight.claim`."""
+    for _ in range(5):
+        tmp = temporary_name(target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if claim(fd):
+                return tmp, open(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)  # a cleaner took it between our create and our lock: try a new name
+    raise OSError(errno.EAGAIN, f"temporary files beside {target.name!r} keep being removed")
 
 
-def _copy(source: Path, tmp: str, file_mode: int) -> None:
-    shutil.copyfile(source, tmp)  # the kernel copies where it can (sendfile, copy_file_range)
-    os.chmod(tmp, file_mode)
+def _link_atomically(target: Path, source: Path, make_link: Callable[[Path, str], None]) -> None:
+    """Link ``source`` under a temporary name, then rename it over ``target``. A link temporary
+    lives for two system calls and is stale only by age (:mod:`archive.inflight`)."""
+    tmp = temporary_name(target)
+    try:
+        make_link(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
-def _reflink(source: Path, tmp: str, file_mode: int) -> None:
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _copy(source: Path, out: BinaryIO) -> None:
+    with open(source, "rb") as src:
+        copy_bytes(src, out)
+
+
+def copy_bytes(src: BinaryIO, out: BinaryIO) -> None:
+    """Copy a whole file into ``out``; the kernel copies where it can (``sendfile``), as
+    :func:`shutil.copyfile` would, but into a file we created and hold locked."""
+    offset = 0
+    try:
+        while True:
+            sent = os.sendfile(out.fileno(), src.fileno(), offset, 1 << 30)
+            if not sent:
+                return
+            offset += sent
+    except (AttributeError, OSError) as exc:
+        if offset or (isinstance(exc, OSError) and exc.errno not in _NO_SENDFILE):
+            raise
+    shutil.copyfileobj(src, out, 1 << 20)
+
+
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.ENODATA}
+
+
+def _reflink(source: Path, out: BinaryIO) -> None:
     try:
         import fcntl
     except ImportError:  # Windows
         raise OSError(errno.EOPNOTSUPP, "reflinks are not supported here") from None
-    with open(source, "rb") as src, _create(tmp) as out:
+    with open(source, "rb") as src:
         fcntl.ioctl(out.fileno(), FICLONE, src.fileno())
-        os.fchmod(out.fileno(), file_mode)
-
-
-def _hard(source: Path, tmp: str, file_mode: int) -> None:
-    os.link(source, tmp)
-
-
-def _symlink(source: Path, tmp: str, file_mode: int) -> None:
-    os.symlink(source, tmp)
-
-
-_MAKERS: dict[str, Callable[[Path, str, int], None]] = {
-    "copy": _copy, "reflink": _reflink, "hard": _hard, "symlink": _symlink}

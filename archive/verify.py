@@ -147,8 +147,15 @@ def _missing_blob(arc: "ArchiveInterface", blob: BlobId, repair: bool, report: V
 
 
 def verify_cache(cache: "BlobCache", *, jobs: int = 4, progress: bool | None = None) -> VerifyReport:
-    """Re-hash every blob in the local cache; corrupt ones are evicted (the cache is disposable)."""
+    """Re-hash every blob in the local cache; corrupt ones are evicted (the cache is disposable).
+
+    What killed downloads left there (partial blobs, half-built snapshots) is removed first,
+    and reported as a warning; what live downloads are writing is left alone.
+    """
     report = VerifyReport()
+    stale = cache.clean_stale()
+    if stale:
+        report.warnings.append(f"removed {len(stale)} temporary file(s) left by interrupted downloads")
     blobs = [(blob, cache.store.stat_key(layout.blob_key(blob)).size) for blob in _cached_blobs(cache)]
     report.blobs, report.bytes = len(blobs), sum(size for _, size in blobs)
 

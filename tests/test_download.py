@@ -94,7 +94,7 @@ def test_existing_identical_files_are_kept(published, tmp_path: Path) -> None:
 
 def test_different_existing_file_needs_force(published, tmp_path: Path) -> None:
     out = make_tree(tmp_path / "out", {"a.txt": b"local edit", "sub/c.txt": b"also edited"})
-    with pytest.raises(DestinationConflictError, match=r"2 file\(s\) .* a.txt, sub/c.txt .*--force") as info:
+    with pytest.raises(DestinationConflictError, match=r"2 path\(s\) .* a.txt \(other content\), sub/c.txt \(other content\) .*--force") as info:
         published.download("calib", "^1", out, progress=False)
     assert info.value.paths == ["a.txt", "sub/c.txt"]
     assert snapshot(out) == {"a.txt": b"local edit", "sub/c.txt": b"also edited"}
@@ -155,15 +155,15 @@ def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, 
     import archive.download as download_module
     import archive.materialize as materialize
 
-    def dying_copy(source, tmp):
-        Path(tmp).write_bytes(Path(source).read_bytes()[:10])
+    def dying_copy(source, out):
+        out.write(source.read(10))
         raise KeyboardInterrupt
 
     def dying_chunks(stream):
         yield stream.read(10)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(materialize.shutil, "copyfile", dying_copy)  # a copy from the cache
+    monkeypatch.setattr(materialize, "copy_bytes", dying_copy)  # a copy from the cache
     monkeypatch.setattr(download_module, "iter_chunks", dying_chunks)  # a verified copy from the archive
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -305,7 +305,7 @@ def test_unknown_link_mode_is_refused(published, tmp_path: Path) -> None:
 def test_pulling_again_into_a_settled_folder_does_not_rehash(published, tmp_path: Path, monkeypatch) -> None:
     import time
 
-    import archive.download as download_module
+    import archive.destination as placed_module
 
     out = published.download("calib", "*", tmp_path / "out", progress=False)
     old = time.time() - 3600
@@ -314,6 +314,6 @@ def test_pulling_again_into_a_settled_folder_does_not_rehash(published, tmp_path
             os.utime(path, (old, old))
     published.download("calib", "*", out, progress=False)  # remembers the settled files
     calls = []
-    monkeypatch.setattr(download_module, "hash_file", lambda path: calls.append(path))
+    monkeypatch.setattr(placed_module, "hash_file", lambda path: calls.append(path))
     published.download("calib", "*", out, progress=False)
     assert calls == []
