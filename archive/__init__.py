@@ -16,19 +16,22 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import (ArchiveError, BackendError, IntegrityError, InvalidInputError,
-                     InvalidRangeError, InvalidVersionError, NoMatchingVersionError,
-                     NotAnArchiveError, NotFoundError, ReleaseExistsError, ReleaseNotFoundError)
+from . import errors
+from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUnavailableError,
+                     BlobNotFoundError, CredentialsError, DestinationConflictError, DestinationError,
+                     HostKeyError, IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError,
+                     InvalidRangeError, InvalidVersionError, KeyExistsError, KeyNotFoundError,
+                     NoMatchingVersionError, NotAnArchiveError, NotFoundError, ReadOnlyArchiveError,
+                     ReleaseExistsError, ReleaseNotFoundError, StorageFullError)
 from .interface import ArchiveInterface
 from .locations import get_interface
 from .records import FileEntry, Release
 
-__all__ = [
-    "ArchiveError", "ArchiveInterface", "BackendError", "FileEntry", "IntegrityError",
-    "InvalidInputError", "InvalidRangeError", "InvalidVersionError", "NoMatchingVersionError",
-    "NotAnArchiveError", "NotFoundError", "Release", "ReleaseExistsError", "ReleaseNotFoundError",
-    "download", "get_interface", "publish",
-]
+# Every exception of archive.errors is public: scripts catch them by name (a test checks that
+# each one is imported above).
+__all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "publish",
+                  *(name for name, value in vars(errors).items()
+                    if isinstance(value, type) and issubclass(value, ArchiveError))])
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
