@@ -5,6 +5,10 @@ reports bytes through a :class:`Progress`. Hashing in ``hashlib`` and I/O releas
 threads give real parallelism here. The first failure cancels the jobs not yet started, waits
 for the running ones (whose writers clean up their temporary files) and is raised as is.
 Transient backend failures (:class:`BackendUnavailableError`) are retried with backoff.
+
+A shown bar is one phase ("hashing", "uploading", "downloading", "writing", "verifying"); when
+it closes, its totals and duration are kept as a :class:`Phase` for the CLI's final line
+(:func:`take_phases`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .errors import BackendUnavailableError
@@ -56,15 +61,50 @@ class Progress:
         """Hook for subclasses; called under the lock."""
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One shown progress bar, once closed: what moved and how long it took."""
+
+    label: str
+    bytes: int
+    files: int
+    seconds: float
+
+
+_phases: list[Phase] = []
+_open_bars: set["TqdmProgress"] = set()
+_bars_lock = threading.Lock()
+
+
+def take_phases() -> list[Phase]:
+    """The phases whose bars were shown and closed since the last call, oldest first."""
+    with _bars_lock:
+        taken = _phases[:]
+        _phases.clear()
+    return taken
+
+
+def close_bars() -> None:
+    """Close every bar still open, erasing its line (before a message after an interrupt)."""
+    with _bars_lock:
+        bars = list(_open_bars)
+    for bar in bars:
+        bar.close()
+
+
 class TqdmProgress(Progress):
-    """A tqdm bar on stderr: bytes as the bar, files as a postfix."""
+    """A tqdm bar on stderr: bytes as the bar, files as a postfix. Bytes are counted as they
+    move (per chunk), so a single large file advances the bar too."""
 
     def __init__(self, description: str, total_bytes: int, total_files: int) -> None:
         super().__init__(description, total_bytes, total_files)
         from tqdm import tqdm  # imported here: the CLI starts faster without it
 
+        self._started = time.monotonic()
         self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
                          file=sys.stderr, leave=False, dynamic_ncols=True, postfix=f"0/{total_files} files")
+        with _bars_lock:
+            _open_bars.add(self)
 
     def _show_bytes(self, nbytes: int) -> None:
         self._bar.update(nbytes)
@@ -73,7 +113,15 @@ class TqdmProgress(Progress):
         self._bar.set_postfix_str(f"{self.files_done}/{self.total_files} files", refresh=False)
 
     def close(self) -> None:
-        self._bar.close()
+        """Erase the bar (``leave=False``) and keep its :class:`Phase`; only the first call counts."""
+        with _bars_lock:
+            if self not in _open_bars:
+                return
+            _open_bars.discard(self)
+            _phases.append(Phase(self.description, self.bytes_done, self.files_done,
+                                 time.monotonic() - self._started))
+        with self._lock:  # not while a worker thread draws it
+            self._bar.close()
 
 
 def make_progress(description: str, total_bytes: int, total_files: int,

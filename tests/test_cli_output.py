@@ -1,0 +1,159 @@
+"""What the ``archive`` command prints, where, and with which exit status (issue #10).
+
+Every test runs the real command in a subprocess (see :func:`tests.test_cli.run`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import archive
+import archive.errors
+from tests.conftest import make_tree
+from tests.test_cli import one_line_error, run
+from tests.test_publish import snapshot
+
+ESC_TITLE = "\x1b]0;pwned\x07"      # sets the window title
+CSI_8BIT = "\u009b2J"                # C1 CSI: clears the screen on 8-bit terminals
+RLO = "\u202e"                       # right-to-left override: "txt.exe" reads "exe.txt"
+#: What must never reach a terminal raw: C0 (but line ends), DEL, C1, bidi controls.
+UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    location = str(tmp_path / "store")
+    assert run("init", location).returncode == 0
+    return location
+
+
+def raw_controls(text: str) -> list[str]:
+    """The terminal-dangerous code points in ``text``, line ends aside."""
+    return UNSAFE.findall(text)
+
+
+# --- 1. escaping -------------------------------------------------------------------------------
+
+def test_metadata_and_paths_are_escaped_in_show(store: str, tmp_path: Path) -> None:
+    message = f"hi{ESC_TITLE}{CSI_8BIT}\x7f{RLO}"
+    src = make_tree(tmp_path / "src", {"plain.txt": b"x"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0", "-m", message, "--meta", f"k{RLO}=v\x1b[2J").returncode == 0
+    shown = run("-a", store, "show", "calib")
+    assert shown.returncode == 0 and raw_controls(shown.stdout) == []
+    assert "hi\\x1b]0;pwned\\x07\\x9b2J\\x7f\\u202e" in shown.stdout and "v\\x1b[2J" in shown.stdout
+
+
+def test_json_escapes_del_c1_and_bidi_and_stays_equal(store: str, tmp_path: Path) -> None:
+    message = f"hi{ESC_TITLE}{CSI_8BIT}\x7f{RLO} ünïcode"
+    src = make_tree(tmp_path / "src", {"plain.txt": b"x"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0", "-m", message).returncode == 0
+    shown = run("-a", store, "show", "calib", "--json")
+    assert shown.returncode == 0 and raw_controls(shown.stdout) == []
+    assert json.loads(shown.stdout)["metadata"]["message"] == message
+    assert "ünïcode" in shown.stdout  # readable text stays readable
+
+
+def test_file_names_never_reach_the_terminal_raw(store: str, tmp_path: Path) -> None:
+    """A file name with a C1 control or a bidi override: published and shown escaped, or
+    refused with an escaped one-line error; raw, never."""
+    src = make_tree(tmp_path / "src", {f"evil{CSI_8BIT}{RLO}txt.exe": b"x"})
+    pushed = run("-a", store, "push", str(src), "calib", "1.0.0")
+    assert raw_controls(pushed.stdout + pushed.stderr) == []
+    if pushed.returncode == 0:
+        shown = run("-a", store, "show", "calib")
+        assert raw_controls(shown.stdout) == [] and "evil\\x9b2J\\u202etxt.exe" in shown.stdout
+
+
+def test_error_messages_escape_what_they_quote(tmp_path: Path) -> None:
+    location = str(tmp_path / f"no{ESC_TITLE}where")
+    result = run("-a", location, "ls")
+    one_line_error(result, 1, "is not an archive")
+    assert raw_controls(result.stderr) == [] and "no\\x1b]0;pwned\\x07where" in result.stderr
+    usage = run(f"frob{ESC_TITLE}")
+    assert usage.returncode == 2 and raw_controls(usage.stderr) == []
+
+
+def test_gc_escapes_the_keys_it_removes(store: str) -> None:
+    junk = Path(store) / "tmp" / f"junk{ESC_TITLE}.part"
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(b"x")
+    result = run("-a", store, "gc", "--grace", "0", "--dry-run")
+    assert result.returncode == 0 and raw_controls(result.stdout) == [], result
+    assert "junk\\x1b]0;pwned\\x07.part" in result.stdout
+
+
+# --- 2. exceptions -----------------------------------------------------------------------------
+
+def test_every_archive_error_is_public() -> None:
+    """Each ArchiveError subclass of archive.errors is importable from archive and in __all__."""
+    classes = [c for _, c in inspect.getmembers(archive.errors, inspect.isclass) if issubclass(c, archive.ArchiveError)]
+    assert len(classes) > 15
+    for cls in classes:
+        assert getattr(archive, cls.__name__) is cls and cls.__name__ in archive.__all__
+    assert {"DestinationConflictError", "StorageFullError"} <= set(archive.__all__)
+
+
+# --- 3. output for people and for scripts --------------------------------------------------------
+
+def test_bare_archive_prints_help_on_stdout() -> None:
+    result = run()
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("Usage: archive") and "push" in result.stdout
+
+
+def test_quiet_keeps_only_data_and_errors(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
+    assert run("-q", "init", str(tmp_path / "other")).stdout == ""
+    pushed = run("-q", "-a", store, "push", str(src), "calib", "1.0.0")
+    assert pushed.returncode == 0 and pushed.stdout == "" and pushed.stderr == ""
+    assert run("-q", "-a", store, "ls").stdout == "calib\n"
+    assert run("-q", "-a", store, "show", "calib").stdout.startswith("calib 1.0.0")
+    assert run("-q", "-a", store, "pull", "calib", "--to", str(tmp_path / "out")).stdout == f"{tmp_path / 'out'}\n"
+    verified = run("-q", "-a", store, "verify")
+    assert verified.returncode == 0 and verified.stdout == "" and verified.stderr == ""
+    collected = run("-q", "-a", store, "gc", "--grace", "0")
+    assert collected.returncode == 0 and collected.stdout == ""
+    one_line_error(run("-q", "-a", store, "show", "nope"), 1, "no release named 'nope'")
+
+
+def test_ls_of_an_unknown_name_is_an_error(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    result = run("-a", store, "ls", "nope")
+    one_line_error(result, 1, "no release named 'nope'")
+    assert result.stdout == ""
+
+
+def test_closed_pipe_ends_quietly(store: str, tmp_path: Path) -> None:
+    """`archive show | head -1` with more output than a pipe holds: status 0, nothing on stderr."""
+    src = make_tree(tmp_path / "src", {f"{'long-file-name-' * 4}{i:05}.txt": b"x" for i in range(4000)})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    for command in ("show calib", "show calib --json"):
+        shell = f"{sys.executable} -m archive -a {store} {command} | head -1"
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and result.stderr == "", result
+        assert result.stdout.count("\n") == 1
+
+
+def test_verify_problems_go_to_stderr(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    for blob in (Path(store) / "blobs").rglob("*"):
+        if blob.is_file() and blob.stat().st_size == 5:
+            blob.chmod(0o644)
+            blob.write_bytes(b"ALPHA")
+    result = run("-a", store, "verify", "--full")
+    assert result.returncode == 1
+    assert result.stdout.startswith("verified 1 releases") and result.stdout.count("\n") == 1
+    assert result.stderr.startswith("archive: error: blob ") and "error:" not in result.stdout
