@@ -147,9 +147,8 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None,
     try:
         def job(source: SourceFile) -> FileEntry:
             with _opened(source) as stream:
-                blob, size = hash_stream(stream)
+                blob, size = hash_stream(stream, bar.advance)
                 _check_unchanged(source, stream, size)
-            bar.advance(size)
             bar.file_done()
             return FileEntry(blob, size)
 
@@ -183,7 +182,7 @@ def store_sources(arc: "ArchiveInterface", name: str, sources: list[SourceFile],
     upload_missing_blobs(arc, [s for s in sources if s.path in remembered], remembered, workers, progress, started)
     new = [s for s in sources if s.path not in remembered]
     seen_sizes = _sizes_of_latest(arc, name) if new else frozenset()
-    bar = make_progress("publishing", sum(s.size for s in new), len(new), progress)
+    bar = make_progress("uploading", sum(s.size for s in new), len(new), progress)
     try:
         def job(source: SourceFile) -> FileEntry:
             entry = with_retries(lambda: _store_new_file(arc, source, source.size in seen_sizes, bar, started),

@@ -157,3 +157,46 @@ def test_verify_problems_go_to_stderr(store: str, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("verified 1 releases") and result.stdout.count("\n") == 1
     assert result.stderr.startswith("archive: error: blob ") and "error:" not in result.stdout
+
+
+# --- 5. progress -------------------------------------------------------------------------------
+
+#: tqdm reads defaults from TQDM_* variables: draw every update, so the test sees each chunk.
+EVERY_UPDATE = {"TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
+BIG = 20 << 20
+
+
+def bar_counts(stderr: str, label: str) -> list[str]:
+    """The byte counts a bar labelled ``label`` showed while its one file was not done yet."""
+    shown = re.findall(rf"{label}:.*?\| *([\d.]+[kMG]?)/20\.0M \[[^\]]*0/1 files\]", stderr)
+    return sorted(set(shown) - {"0", "0.00"})
+
+
+@pytest.mark.parametrize("phase, verb", [("uploading", "uploaded"), ("hashing", "hashed"),
+                                          ("downloading", "downloaded"), ("writing", "wrote"),
+                                          ("verifying", "verified")])
+def test_progress_counts_bytes_within_a_file(store: str, tmp_path: Path, phase: str, verb: str) -> None:
+    """Each phase has its bar, which moves during a single 20 MiB file, and a final line with
+    time and throughput (shown because of --progress, although stderr is a pipe)."""
+    src = make_tree(tmp_path / "src", {"big.bin": os.urandom(BIG)})
+    fresh = {**EVERY_UPDATE, "ARCHIVE_CACHE_DIR": str(tmp_path / "fresh-cache")}  # no stat cache: hash again
+    commands = {
+        "uploading": ["push", str(src), "calib", "1.0.0"],
+        "hashing": ["push", str(src), "calib", "1.0.0"],  # again: compared by hash, uploads nothing
+        "downloading": ["pull", "calib", "--to", str(tmp_path / "out"), "--link", "hard"],
+        "writing": ["pull", "calib", "--to", str(tmp_path / "out"), "--link", "copy"],
+        "verifying": ["verify", "--full"],
+    }
+    if phase != "uploading":
+        assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    result = run("-a", store, "--progress", *commands[phase], env=fresh)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(bar_counts(result.stderr, phase)) >= 3, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1].split("\r")[-1]
+    assert re.search(rf"(^|; ){verb} 20\.0 MiB in [\d.]+ s \([\d.]+ [KMG]iB/s\)(;|$)", last), last
+
+
+def test_no_progress_no_final_line(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.bin": os.urandom(1 << 20)})
+    result = run("-a", store, "push", str(src), "calib", "1.0.0")
+    assert result.returncode == 0 and result.stderr == ""
