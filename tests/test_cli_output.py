@@ -200,3 +200,84 @@ def test_no_progress_no_final_line(store: str, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"a.bin": os.urandom(1 << 20)})
     result = run("-a", store, "push", str(src), "calib", "1.0.0")
     assert result.returncode == 0 and result.stderr == ""
+
+
+# --- 6. numbers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["gc", "--grace", "nan"], ["gc", "--grace", "NaN"], ["gc", "--grace", "inf"], ["gc", "--grace", "-inf"],
+    ["gc", "--grace", "-1"], ["gc", "--grace", "1e300"], ["gc", "--grace", "twelve"],
+    ["-j", "0", "ls"], ["-j", "-3", "ls"], ["-j", "100000", "ls"], ["-j", "nan", "ls"], ["-j", "1e3", "ls"],
+])
+def test_bad_numbers_are_usage_errors(store: str, args: list[str]) -> None:
+    before = snapshot(Path(store))
+    result = run("-a", store, *args)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("archive: error: Invalid value for") and "Traceback" not in result.stderr
+    assert snapshot(Path(store)) == before
+
+
+def test_gc_grace_nan_keeps_young_garbage(store: str) -> None:
+    """The harm of nan: it compared like 0 and removed what a publish in flight had just written."""
+    junk = Path(store) / "tmp" / "in-flight.part"
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(b"x")
+    assert run("-a", store, "gc", "--grace", "nan").returncode == 2
+    assert junk.exists()
+
+
+# --- 4. interrupts -----------------------------------------------------------------------------
+
+def screen_lines(output: bytes) -> list[str]:
+    """What a terminal shows for ``output``: each line as the carriage returns left it."""
+    lines = []
+    for raw in output.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"):
+        cells: list[str] = []
+        column = 0
+        for char in raw:
+            if char == "\r":
+                column = 0
+                continue
+            cells[column:column + 1] = [char]
+            column += 1
+        lines.append("".join(cells).rstrip())
+    return [line for line in lines if line]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: Path, signum: int, status: int) -> None:
+    """SIGTERM behaves like Ctrl-C: the same cleanup (no partial file), one line, the bar erased;
+    exit status 128 + the signal number."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
+    assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
+    out = tmp_path / "out"
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out),
+                             "--link", "copy"], stdout=subprocess.PIPE, stderr=secondary,
+                            env={**os.environ, "ARCHIVE_CACHE_DIR": str(tmp_path / "fresh-cache")})
+    os.close(secondary)
+    shown = b""
+    while b"writing" not in shown or not (out.exists() and any(out.iterdir())):  # the bar is up, writing began
+        assert proc.poll() is None, "the pull ended before the signal; make the data set bigger"
+        shown += os.read(primary, 65536)
+    proc.send_signal(signum)
+    proc.communicate(timeout=60)
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        shown += data
+    os.close(primary)
+    assert proc.returncode == status
+    assert screen_lines(shown)[-1:] == ["archive: interrupted"], screen_lines(shown)[-3:]
+    for path in out.rglob("*"):
+        assert path.name.endswith(".bin") and path.read_bytes() == (big / path.name).read_bytes()
