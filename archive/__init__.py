@@ -22,7 +22,8 @@ from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUna
                      HostKeyError, IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError,
                      InvalidRangeError, InvalidVersionError, KeyExistsError, KeyNotFoundError,
                      NoMatchingVersionError, NotAnArchiveError, NotFoundError, ReadOnlyArchiveError,
-                     ReleaseExistsError, ReleaseNotFoundError, StorageFullError)
+                     ReleaseExistsError, ReleaseNotFoundError, StorageFullError,
+                     TransferInterruptedError)
 from .interface import ArchiveInterface
 from .locations import get_interface
 from .records import FileEntry, Release

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,4 +188,5 @@ def test_progress_bars_only_on_a_terminal(store: str, tmp_path: Path) -> None:
         shown += data
     os.close(primary)
     assert proc.returncode == 0 and out.startswith("published calib 1.1.0")
-    assert b"publishing" in shown and b"195k" in shown and b"0/4 files" in shown
+    assert b"uploading" in shown and b"195k" in shown and b"0/4 files" in shown
+    assert re.search(rb"uploaded 195\.3 KiB in [\d.]+ s", shown)

@@ -281,3 +281,24 @@ def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: P
     assert screen_lines(shown)[-1:] == ["archive: interrupted"], screen_lines(shown)[-3:]
     for path in out.rglob("*"):
         assert path.name.endswith(".bin") and path.read_bytes() == (big / path.name).read_bytes()
+
+
+def test_interrupt_stops_running_transfers(store: str, tmp_path: Path) -> None:
+    """Ctrl-C during a parallel push stops the files being uploaded at their next chunk (they
+    used to run to the end, minutes for large files over SSH) and leaves no temporary file."""
+    block = os.urandom(1 << 20)
+    src = make_tree(tmp_path / "src", {f"f{i}.bin": bytes([i]) + block * 128 for i in range(4)})
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "4", "--progress", "push", str(src),
+                             "calib", "1.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **EVERY_UPDATE})
+    shown = b""
+    while max(map(float, re.findall(rb"\| *([\d.]+)M/512M", shown)), default=0) < 40:  # all four are under way
+        data = os.read(proc.stderr.fileno(), 65536)
+        assert data, shown[-500:]
+        shown += data
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.decode().split("\r")[-1].strip().endswith("archive: interrupted")
+    stored = [p for p in (Path(store) / "blobs").rglob("*") if p.is_file()]
+    assert len(stored) < 4, "the running uploads went on to the end"
+    assert [p for p in Path(store).rglob("*") if p.is_file() and "tmp" in p.relative_to(store).parts] == []
