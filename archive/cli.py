@@ -27,7 +27,7 @@ import click
 from . import __version__
 from .errors import ArchiveError, ReleaseNotFoundError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
-                       silence_stdout, stdout_closed)
+                       protect_streams, silence_stdout, stdout_is_unicode, stdout_closed)
 
 logger = logging.getLogger(__name__)
 _verbosity = {"level": 0}
@@ -183,7 +183,8 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
     with _open(ctx) as arc:
         release = arc.resolve(name, range, include_prerelease=pre)
     if as_json:
-        click.echo(printable_json(json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=False)))
+        text = json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
+        click.echo(printable_json(text))
         return
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
@@ -263,6 +264,7 @@ def _clear_progress() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its status; errors become one line on stderr."""
+    protect_streams()
     _interrupts.install()
     try:
         sys.exit(_run(argv))

@@ -9,6 +9,7 @@ are handled here too, so that :mod:`archive.cli` holds only the commands.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import re
 import select
 import signal
 import sys
+import threading
 
 import click
 
@@ -74,6 +76,23 @@ class PrintableFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+def protect_streams() -> None:
+    """Never die of a character the output encoding cannot hold (a Latin-1 locale, a
+    ``PYTHONIOENCODING``): such characters are written as backslash escapes instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+def stdout_is_unicode() -> bool:
+    """True when stdout encodes every character (UTF-8, or UTF-16/32)."""
+    try:
+        return codecs.lookup(sys.stdout.encoding or "ascii").name.startswith("utf")
+    except LookupError:
+        return False
+
+
 def stdout_closed() -> bool:
     """True when stdout is a pipe whose reader has gone (``archive ls | head -1``)."""
     try:
@@ -102,6 +121,9 @@ class Interrupts:
         self.signum = signal.SIGINT
 
     def install(self) -> None:
+        """Install the handlers (from the main thread only: Python runs handlers there)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup and friends stay ignored
                 signal.signal(signum, self._raise)

@@ -302,3 +302,21 @@ def test_interrupt_stops_running_transfers(store: str, tmp_path: Path) -> None:
     stored = [p for p in (Path(store) / "blobs").rglob("*") if p.is_file()]
     assert len(stored) < 4, "the running uploads went on to the end"
     assert [p for p in Path(store).rglob("*") if p.is_file() and "tmp" in p.relative_to(store).parts] == []
+
+
+# --- 8. encodings ------------------------------------------------------------------------------
+
+def test_output_in_an_encoding_without_the_characters(store: str, tmp_path: Path) -> None:
+    """A Latin-1 terminal: names it cannot encode are escaped, not a UnicodeEncodeError traceback;
+    the JSON stays valid and equal."""
+    src = make_tree(tmp_path / "src", {"日本.txt": b"x"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0", "-m", "é 日本 😀").returncode == 0
+    latin1 = {"PYTHONIOENCODING": "latin-1"}
+    shown = subprocess.run([sys.executable, "-m", "archive", "-a", store, "show", "calib"], capture_output=True,
+                           env={**os.environ, **latin1}, timeout=60)
+    assert shown.returncode == 0 and shown.stderr == b"", shown.stderr[-500:]
+    assert "\\u65e5\\u672c.txt" in shown.stdout.decode("latin-1") and "é" in shown.stdout.decode("latin-1")
+    as_json = subprocess.run([sys.executable, "-m", "archive", "-a", store, "show", "calib", "--json"],
+                             capture_output=True, env={**os.environ, **latin1}, timeout=60)
+    assert as_json.returncode == 0, as_json.stderr[-500:]
+    assert json.loads(as_json.stdout.decode("latin-1"))["metadata"]["message"] == "é 日本 😀"
