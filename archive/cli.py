@@ -281,6 +281,10 @@ def _run(argv: list[str] | None) -> int:
         status = cli.main(args=argv, prog_name="archive", standalone_mode=False)
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
+    except SystemExit as exc:  # click's own answer to EPIPE on stdout is exit(1)
+        if exc.code == 1 and stdout_closed():
+            raise BrokenPipeError from exc
+        raise
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "archive"
         click.echo(f"archive: error: {printable(exc.format_message())}\nTry '{command} --help'.", err=True)

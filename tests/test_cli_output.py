@@ -138,10 +138,11 @@ def test_closed_pipe_ends_quietly(store: str, tmp_path: Path) -> None:
     """`archive show | head -1` with more output than a pipe holds: status 0, nothing on stderr."""
     src = make_tree(tmp_path / "src", {f"{'long-file-name-' * 4}{i:05}.txt": b"x" for i in range(4000)})
     assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
-    for command in ("show calib", "show calib --json"):
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for command, unbuffered in [("show calib", ""), ("show calib", "1"), ("show calib --json", "")]:
         shell = f"{sys.executable} -m archive -a {store} {command} | head -1"
         result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True,
-                                timeout=60)
+                                timeout=60, env={**environ, **({"PYTHONUNBUFFERED": "1"} if unbuffered else {})})
         assert result.returncode == 0 and result.stderr == "", result
         assert result.stdout.count("\n") == 1
 
