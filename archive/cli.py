@@ -27,7 +27,7 @@ import click
 from . import __version__
 from .errors import ArchiveError, ReleaseNotFoundError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
-                       protect_streams, silence_stdout, stdout_is_unicode, stdout_closed)
+                       protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
 
 logger = logging.getLogger(__name__)
 _verbosity = {"level": 0}
@@ -114,7 +114,7 @@ def push(ctx: click.Context, folder: Path, name: str, version: str, message: str
     with _open(ctx) as arc:
         release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
     _report(f"published {release.name} {release.version}: {len(release.files)} files, "
-               f"{format_size(release.total_size)} (record {release.record_id.short})")
+            f"{format_size(release.total_size)} (record {release.record_id.short})")
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -188,10 +188,10 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
         return
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
-        lines.append(f"  {printable(key):<8} {printable(value if isinstance(value, str) else json.dumps(value))}")
+        lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
     lines.append(f"  files    {len(release.files)}, {format_size(release.total_size)}")
     for path, entry in release.files.items():
-        lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {printable(path)}")
+        lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
     click.echo("\n".join(printable(line) for line in lines))
 
 
