@@ -262,6 +262,15 @@ def _clear_progress() -> None:
         sys.modules["archive.transfer"].close_bars()
 
 
+def _command_path(exc: click.UsageError, argv: list[str]) -> str:
+    """``archive push`` for a usage error of push, also when click's parser gave no context
+    (an option missing its value)."""
+    if exc.ctx is not None:
+        return exc.ctx.command_path
+    name = next((arg for arg in argv if arg in cli.commands), None)
+    return f"archive {name}" if name else "archive"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its status; errors become one line on stderr."""
     protect_streams()
@@ -286,7 +295,7 @@ def _run(argv: list[str] | None) -> int:
             raise BrokenPipeError from exc
         raise
     except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "archive"
+        command = _command_path(exc, sys.argv[1:] if argv is None else argv)
         click.echo(f"archive: error: {printable(exc.format_message())}\nTry '{command} --help'.", err=True)
         return 2
     except (KeyboardInterrupt, click.exceptions.Abort):

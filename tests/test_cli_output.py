@@ -126,6 +126,12 @@ def test_quiet_keeps_only_data_and_errors(store: str, tmp_path: Path) -> None:
     one_line_error(run("-q", "-a", store, "show", "nope"), 1, "no release named 'nope'")
 
 
+def test_usage_errors_point_at_the_command_help(store: str) -> None:
+    result = run("-a", store, "push", ".", "calib", "1.0.0", "--meta")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "archive: error: Option '--meta' requires an argument.", "Try 'archive push --help'."]
+
+
 def test_ls_of_an_unknown_name_is_an_error(store: str, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
     assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
