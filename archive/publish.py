@@ -28,7 +28,7 @@ from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_c
 from .index import update_indexes
 from .records import FileEntry, Release, check_name, check_paths
 from .statcache import StatCache, identity, is_settled
-from .transfer import make_progress, reporting, run_jobs, with_retries
+from .transfer import Progress, make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
 if TYPE_CHECKING:
@@ -241,11 +241,11 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, probably_stored: b
             if not (probably_stored and _has_blob(arc, entry.blob, entry.size)):
                 arc.write_key(layout.blob_key(entry.blob), [data])
             return entry
-        if probably_stored:
-            blob, size = hash_stream(stream)
+        if probably_stored:  # the bar counts the hashing; a second read, if any, is not counted again
+            blob, size = hash_stream(stream, bar.advance)
             _check_unchanged(src, stream, size)
             if not _has_blob(arc, blob, size):
-                _upload(arc, blob, src, bar, is_settled(src.info, started))
+                _upload(arc, blob, src, Progress(bar.description, 0, 0), is_settled(src.info, started))
             return FileEntry(blob, size)
         hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
         arc.write_key(lambda: layout.blob_key(hashing.blob_id),
