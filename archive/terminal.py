@@ -66,13 +66,16 @@ def printable_json(text: str) -> str:
 
 
 class PrintableFormatter(logging.Formatter):
-    """Log lines as ``archive: message`` with the message made :func:`printable`."""
+    """Log lines as ``archive: warning: message`` (``archive: message`` below WARNING), like
+    the CLI's own errors and warnings, with the message made :func:`printable`."""
 
     def __init__(self) -> None:
         super().__init__("archive: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(record.message)
+        if record.levelno >= logging.WARNING:
+            record.message = f"{record.levelname.lower()}: {record.message}"
         return super().formatMessage(record)
 
 

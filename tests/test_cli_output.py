@@ -328,3 +328,16 @@ def test_output_in_an_encoding_without_the_characters(store: str, tmp_path: Path
                              capture_output=True, env={**os.environ, **latin1}, timeout=60)
     assert as_json.returncode == 0, as_json.stderr[-500:]
     assert json.loads(as_json.stdout.decode("latin-1"))["metadata"]["message"] == "é 日本 😀"
+
+
+def test_library_warnings_read_like_the_cli_own(store: str, tmp_path: Path) -> None:
+    """A warning logged by the library is `archive: warning: ...`, as verify's are; -q hides it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "stat.sqlite").write_bytes(b"this is not a sqlite database" * 100)
+    src = make_tree(tmp_path / "src", {"a.txt": b"a"})
+    pushed = run("-a", store, "push", str(src), "calib", "1.0.0", env={"ARCHIVE_CACHE_DIR": str(cache)})
+    assert pushed.returncode == 0
+    assert re.match(r"archive: warning: stat cache .* unusable", pushed.stderr), pushed.stderr
+    quiet = run("-q", "-a", store, "push", str(src), "calib", "1.0.0", env={"ARCHIVE_CACHE_DIR": str(cache)})
+    assert quiet.returncode == 0 and quiet.stderr == ""
