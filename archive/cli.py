@@ -165,8 +165,8 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
 def list_command(ctx: click.Context, name: str | None) -> None:
     """List release names, or the versions of NAME, newest first."""
     with _open(ctx) as arc:
-        lines = arc.versions(name) if name else arc.names()
-        if name and not lines:  # as `show` and `pull` say it, rather than print nothing
+        lines = arc.versions(name) if name is not None else arc.names()
+        if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
             raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
     for line in lines:
         click.echo(printable(line))

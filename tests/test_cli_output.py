@@ -138,6 +138,17 @@ def test_ls_of_an_unknown_name_is_an_error(store: str, tmp_path: Path) -> None:
     result = run("-a", store, "ls", "nope")
     one_line_error(result, 1, "no release named 'nope'")
     assert result.stdout == ""
+    one_line_error(run("-a", store, "ls", ""), 1, "invalid release name ''")  # not the list of names
+
+
+def test_verify_of_nothing_is_an_error(store: str, tmp_path: Path) -> None:
+    """A misspelt name or a range that matches nothing used to verify 0 releases and pass."""
+    src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    one_line_error(run("-a", store, "verify", "nope"), 1, "no release named 'nope'")
+    one_line_error(run("-a", store, "verify", "calib", "^9"), 1, "no version of 'calib' matches '^9' (have 1.0.0)")
+    one_line_error(run("-a", store, "verify", ""), 1, "invalid release name ''")
+    assert run("-a", store, "verify", "calib", "^1").stdout.startswith("verified 1 releases")
 
 
 def test_closed_pipe_ends_quietly(store: str, tmp_path: Path) -> None:
