@@ -263,7 +263,7 @@ def screen_lines(output: bytes) -> list[str]:
     return [line for line in lines if line]
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: Path, signum: int, status: int) -> None:
     """SIGTERM behaves like Ctrl-C: the same cleanup (no partial file), one line, the bar erased;
     exit status 128 + the signal number."""
