@@ -35,6 +35,8 @@ _interrupts = Interrupts()
 #: The past tense of each progress phase, for the final line.
 _DONE = {"hashing": "hashed", "uploading": "uploaded", "downloading": "downloaded", "writing": "wrote",
          "verifying": "verified"}
+#: Back to the start of the line and clear it: the terminal's "^C" echo goes, the message stays.
+_ERASE_LINE = "\r\x1b[K"
 #: A grace period longer than this (about a century) is a typo, not a policy.
 MAX_GRACE_HOURS = 1e6
 
@@ -285,23 +287,29 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str] | None) -> int:
-    """Run one command; return its exit status."""
+    """Run one command; return its exit status.
+
+    The command is invoked here rather than through ``cli.main``, whose handlers would get in
+    the way: it prints an empty line on Ctrl-C and turns EPIPE into exit status 1.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        status = cli.main(args=argv, prog_name="archive", standalone_mode=False)
-    except click.exceptions.Exit as exc:  # --help, --version
+        with cli.make_context("archive", args) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version, or ctx.exit(status) in a command
+        _report_phases()
         return exc.exit_code
-    except SystemExit as exc:  # click's own answer to EPIPE on stdout is exit(1)
-        if exc.code == 1 and stdout_closed():
-            raise BrokenPipeError from exc
-        raise
     except click.UsageError as exc:
-        command = _command_path(exc, sys.argv[1:] if argv is None else argv)
-        click.echo(f"archive: error: {printable(exc.format_message())}\nTry '{command} --help'.", err=True)
+        click.echo(f"archive: error: {printable(exc.format_message())}\nTry '{_command_path(exc, args)} --help'.",
+                   err=True)
         return 2
     except (KeyboardInterrupt, click.exceptions.Abort):
         _clear_progress()
-        click.echo("archive: interrupted", err=True)
+        click.echo(f"{_ERASE_LINE if sys.stderr.isatty() else ''}archive: interrupted", err=True)
         return _interrupts.exit_status
+    except EOFError:  # a prompt found stdin closed
+        click.echo("archive: error: input ended before an answer was given", err=True)
+        return 1
     except ArchiveError as exc:
         _clear_progress()
         if _verbosity["level"] > 0:
@@ -312,4 +320,4 @@ def _run(argv: list[str] | None) -> int:
         click.echo(f"archive: error: {printable(exc.format_message())}", err=True)
         return exc.exit_code
     _report_phases()
-    return status if isinstance(status, int) else 0  # ctx.exit(n) in a command returns n here
+    return 0

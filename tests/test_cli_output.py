@@ -248,17 +248,20 @@ def test_gc_grace_nan_keeps_young_garbage(store: str) -> None:
 # --- 4. interrupts -----------------------------------------------------------------------------
 
 def screen_lines(output: bytes) -> list[str]:
-    """What a terminal shows for ``output``: each line as the carriage returns left it."""
+    """What a terminal shows for ``output``: each line as carriage returns and erase-line
+    (``ESC [ K``) left it."""
     lines = []
     for raw in output.decode("utf-8", "replace").replace("\r\n", "\n").split("\n"):
         cells: list[str] = []
         column = 0
-        for char in raw:
+        for char in raw.replace("\x1b[K", "\0"):
             if char == "\r":
                 column = 0
-                continue
-            cells[column:column + 1] = [char]
-            column += 1
+            elif char == "\0":
+                del cells[column:]
+            else:
+                cells[column:column + 1] = [char]
+                column += 1
         lines.append("".join(cells).rstrip())
     return [line for line in lines if line]
 
@@ -352,3 +355,19 @@ def test_library_warnings_read_like_the_cli_own(store: str, tmp_path: Path) -> N
     assert re.match(r"archive: warning: stat cache .* unusable", pushed.stderr), pushed.stderr
     quiet = run("-q", "-a", store, "push", str(src), "calib", "1.0.0", env={"ARCHIVE_CACHE_DIR": str(cache)})
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_interrupted_is_exactly_one_line_on_a_pipe(store: str, tmp_path: Path) -> None:
+    """No empty line before the message (click printed one on Ctrl-C)."""
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
+    assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out),
+                             "--link", "copy"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ARCHIVE_CACHE_DIR": str(tmp_path / "fresh-cache")})
+    while not (out.exists() and any(out.iterdir())):
+        assert proc.poll() is None, "the pull ended before the signal; make the data set bigger"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "archive: interrupted\n"
