@@ -21,6 +21,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -89,7 +90,7 @@ class Phase:
     seconds: float
 
 
-_phases: list[Phase] = []
+_phases: deque[Phase] = deque(maxlen=64)  # bounded: a library user may never take them
 _open_bars: set["TqdmProgress"] = set()
 _bars_lock = threading.Lock()
 
@@ -97,7 +98,7 @@ _bars_lock = threading.Lock()
 def take_phases() -> list[Phase]:
     """The phases whose bars were shown and closed since the last call, oldest first."""
     with _bars_lock:
-        taken = _phases[:]
+        taken = list(_phases)
         _phases.clear()
     return taken
 
