@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,8 @@ def test_interrupt_stops_running_transfers(store: str, tmp_path: Path) -> None:
     stored = [p for p in (Path(store) / "blobs").rglob("*") if p.is_file()]
     assert len(stored) < 4, "the running uploads went on to the end"
     assert [p for p in Path(store).rglob("*") if p.is_file() and "tmp" in p.relative_to(store).parts] == []
+    shutil.rmtree(src)  # half a GiB: pytest keeps the last runs' folders
+    shutil.rmtree(store)
 
 
 # --- 8. encodings ------------------------------------------------------------------------------
