@@ -253,7 +253,8 @@ def _report_phases() -> None:
     for phase in take_phases():
         moved = format_size(phase.bytes) if phase.bytes else f"{phase.files} files"
         rate = f" ({format_size(phase.bytes / phase.seconds)}/s)" if phase.bytes and phase.seconds > 0 else ""
-        parts.append(f"{_DONE.get(phase.label, phase.label)} {moved} in {phase.seconds:.{1 if phase.seconds >= 1 else 2}f} s{rate}")
+        seconds = f"{phase.seconds:.{1 if phase.seconds >= 1 else 2}f} s"
+        parts.append(f"{_DONE.get(phase.label, phase.label)} {moved} in {seconds}{rate}")
     if parts:
         click.echo("; ".join(parts), err=True)
 

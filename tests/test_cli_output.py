@@ -48,7 +48,8 @@ def raw_controls(text: str) -> list[str]:
 def test_metadata_and_paths_are_escaped_in_show(store: str, tmp_path: Path) -> None:
     message = f"hi{ESC_TITLE}{CSI_8BIT}\x7f{RLO}"
     src = make_tree(tmp_path / "src", {"plain.txt": b"x"})
-    assert run("-a", store, "push", str(src), "calib", "1.0.0", "-m", message, "--meta", f"k{RLO}=v\x1b[2J").returncode == 0
+    pushed = run("-a", store, "push", str(src), "calib", "1.0.0", "-m", message, "--meta", f"k{RLO}=v\x1b[2J")
+    assert pushed.returncode == 0
     shown = run("-a", store, "show", "calib")
     assert shown.returncode == 0 and raw_controls(shown.stdout) == []
     assert "hi\\x1b]0;pwned\\x07\\x9b2J\\x7f\\u202e" in shown.stdout and "v\\x1b[2J" in shown.stdout
