@@ -14,31 +14,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from .errors import (ArchiveError, BackendError, IntegrityError, InvalidInputError,
-                     InvalidRangeError, InvalidVersionError, NoMatchingVersionError,
-                     NotAnArchiveError, NotFoundError, ReleaseExistsError, ReleaseNotFoundError)
+from . import errors
+from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUnavailableError,
+                     BlobNotFoundError, CredentialsError, DestinationConflictError, DestinationError,
+                     FolderProblemsError,                      HostKeyError, IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError,
+                     InvalidRangeError, InvalidVersionError, KeyExistsError, KeyNotFoundError,
+                     NoMatchingVersionError, NotAnArchiveError, NotFoundError, ReadOnlyArchiveError,
+                     ReleaseExistsError, ReleaseNotFoundError, StorageFullError,
+                     TransferInterruptedError)
 from .interface import ArchiveInterface
 from .locations import get_interface
 from .records import FileEntry, Release
 
-__all__ = [
-    "ArchiveError", "ArchiveInterface", "BackendError", "FileEntry", "IntegrityError",
-    "InvalidInputError", "InvalidRangeError", "InvalidVersionError", "NoMatchingVersionError",
-    "NotAnArchiveError", "NotFoundError", "Release", "ReleaseExistsError", "ReleaseNotFoundError",
-    "download", "get_interface", "publish",
-]
+if TYPE_CHECKING:
+    from .placed import Status
+
+# Every exception of archive.errors is public: scripts catch them by name (a test checks that
+# each one is imported above).
+__all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "publish", "status",
+                  *(name for name, value in vars(errors).items()
+                    if isinstance(value, type) and issubclass(value, ArchiveError))])
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def publish(folder: str | Path, name: str, version: str, metadata: Mapping[str, Any] | None = None,
-            location: str | None = None) -> Release:
-    """Publish ``folder`` as ``name`` ``version`` to the archive at ``location`` (default archive)."""
+            location: str | None = None, *, exclude: Iterable[str] = ()) -> Release:
+    """Publish ``folder`` as ``name`` ``version`` to the archive at ``location`` (default archive),
+    leaving out paths that match the gitignore patterns ``exclude`` or ``.archiveignore``."""
     with get_interface(location) as arc:
-        return arc.publish(folder, name, version, metadata)
+        return arc.publish(folder, name, version, metadata, exclude=exclude)
 
 
 def download(name: str, range: str = "*", dest: str | Path | None = None,
@@ -46,3 +54,11 @@ def download(name: str, range: str = "*", dest: str | Path | None = None,
     """Download the highest version of ``name`` matching ``range``; return the folder."""
     with get_interface(location) as arc:
         return arc.download(name, range, dest)
+
+
+def status(folder: str | Path) -> "Status":
+    """Whether ``folder`` still holds what a pull placed there: its modified, missing and extra
+    files (see :func:`archive.placed.status`)."""
+    from .placed import status as folder_status
+
+    return folder_status(folder)

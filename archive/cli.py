@@ -1,9 +1,16 @@
 """The ``archive`` command: publish and fetch releases from a shell.
 
-This module owns the terminal: it parses arguments, configures logging, prints results to
-stdout and errors to stderr as one line, ``archive: error: ...``, with exit status 1 (2 for
-usage errors, 130 for Ctrl-C). A traceback is shown only with ``-v``; an exception that is
-not an :class:`ArchiveError` is a bug and keeps its traceback.
+This module owns the terminal. Results go to stdout; errors go to stderr as one line,
+``archive: error: ...``, with exit status 1 (2 for usage errors; 128 + the signal number when
+interrupted: 130 for Ctrl-C, 143 for SIGTERM). A traceback is shown only with ``-v``; an
+exception that is not an :class:`ArchiveError` is a bug and keeps its traceback. Everything
+printed from a record or a listing goes through :func:`~archive.terminal.printable`.
+
+``-q`` keeps only errors and the data a command exists to print: the lines of ``ls`` and
+``show``, and the folder ``pull`` prints. Reports of work done (``published ...``,
+``verified ...``, ``removed ...``), warnings and progress are silent. Output cut short by a
+closed pipe (``archive ls | head -1``) ends the command quietly with status 0: the reader had
+all it wanted, and ``set -o pipefail`` scripts must not fail on it.
 """
 
 from __future__ import annotations
@@ -17,20 +24,32 @@ from pathlib import Path
 
 import click
 
-from .errors import ArchiveError
+from . import __version__
+from .errors import ArchiveError, ReleaseNotFoundError
+from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
+                       protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
 
 logger = logging.getLogger(__name__)
 _verbosity = {"level": 0}
+_interrupts = Interrupts()
+#: The past tense of each progress phase, for the final line.
+_DONE = {"hashing": "hashed", "uploading": "uploaded", "downloading": "downloaded", "writing": "wrote",
+         "verifying": "verified"}
+#: Back to the start of the line and clear it: the terminal's "^C" echo goes, the message stays.
+_ERASE_LINE = "\r\x1b[K"
+#: A grace period longer than this (about a century) is a typo, not a policy.
+MAX_GRACE_HOURS = 1e6
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL",
               help="Archive folder or URL [default: $ARCHIVE_URL, else a local archive in your data folder].")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Parallel transfers.")
 @click.option("--verbose", "-v", count=True, help="More output; -v also shows tracebacks.")
-@click.option("--quiet", "-q", is_flag=True, help="Only errors.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Only errors, and the data a command exists to print (ls, show, the folder of pull).")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [default: on a terminal].")
-@click.version_option(package_name="archive", prog_name="archive")
+@click.version_option(__version__, prog_name="archive")
 @click.pass_context
 def cli(ctx: click.Context, location: str | None, jobs: int | None, verbose: int, quiet: bool,
         progress: bool | None) -> None:
@@ -38,15 +57,29 @@ def cli(ctx: click.Context, location: str | None, jobs: int | None, verbose: int
     _verbosity["level"] = -1 if quiet else verbose
     _configure_logging(_verbosity["level"])
     ctx.obj = {"location": location, "jobs": jobs, "progress": False if quiet else progress}
+    if ctx.invoked_subcommand is None:  # bare `archive`: the help, as asked for, not an error
+        click.echo(ctx.get_help())
 
 
 def _configure_logging(level: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("archive: %(message)s"))
+    handler.setFormatter(PrintableFormatter())
     root = logging.getLogger("archive")
     root.handlers[:] = [handler]
     root.setLevel(logging.ERROR if level < 0 else logging.WARNING if level == 0
                   else logging.INFO if level == 1 else logging.DEBUG)
+
+
+def _report(text: str) -> None:
+    """Print a report of work done on stdout, made printable; silent under ``-q``."""
+    if _verbosity["level"] >= 0:
+        click.echo(printable(text))
+
+
+def _complain(kind: str, text: str) -> None:
+    """Print ``archive: error: ...`` or ``archive: warning: ...`` on stderr (warnings not under -q)."""
+    if kind == "error" or _verbosity["level"] >= 0:
+        click.echo(f"archive: {kind}: {printable(text)}", err=True)
 
 
 def _open(ctx: click.Context):
@@ -62,7 +95,7 @@ def init(location: str) -> None:
     from .locations import get_interface
 
     with get_interface(location, create=True) as arc:
-        click.echo(f"archive ready at {arc.location}")
+        _report(f"archive ready at {arc.location}")
 
 
 @cli.command()
@@ -92,7 +125,7 @@ def push(ctx: click.Context, folder: Path, name: str, version: str, message: str
     with _open(ctx) as arc:
         release = arc.publish(folder, name, version, metadata, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"],
                               stats=stats, exclude=exclude)
-    click.echo(_push_summary(release, stats))
+    _report(_push_summary(release, stats))
 
 
 def _push_summary(release, stats) -> str:
@@ -202,8 +235,11 @@ def status(folder: Path) -> None:
 def list_command(ctx: click.Context, name: str | None) -> None:
     """List release names, or the versions of NAME, newest first."""
     with _open(ctx) as arc:
-        for line in (arc.versions(name) if name else arc.names()):
-            click.echo(line)
+        lines = arc.versions(name) if name is not None else arc.names()
+        if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
+            raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
+    for line in lines:
+        click.echo(printable(line))
 
 
 @cli.command()
@@ -217,16 +253,16 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
     with _open(ctx) as arc:
         release = arc.resolve(name, range, include_prerelease=pre)
     if as_json:
-        click.echo(json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
+        text = json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
+        click.echo(printable_json(text))
         return
-    click.echo(f"{release.name} {release.version}")
-    click.echo(f"  record   {release.record_id}")
-    click.echo(f"  created  {release.created}")
+    lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
-        click.echo(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
-    click.echo(f"  files    {len(release.files)}, {format_size(release.total_size)}")
+        lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
+    lines.append(f"  files    {len(release.files)}, {format_size(release.total_size)}")
     for path, entry in release.files.items():
-        click.echo(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
+        lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
+    click.echo("\n".join(printable(line) for line in lines))
 
 
 @cli.command()
@@ -237,7 +273,11 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
 @click.option("--repair", is_flag=True, help="Rewrite stale index files.")
 @click.pass_context
 def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool) -> None:
-    """Check that releases are sound: records valid, every blob present (and intact with --full)."""
+    """Check that releases are sound: records valid, every blob present (and intact with --full).
+
+    Each problem is a line on stderr (``archive: error: ...``); the summary goes to stdout.
+    The exit status is 1 when there is a problem.
+    """
     if check_cache:
         from .cache import default_cache
         from .verify import verify_cache
@@ -250,59 +290,103 @@ def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, 
                                 progress=ctx.obj["progress"])
         what = f"{report.releases} releases, {report.blobs} blobs ({format_size(report.bytes)})"
     for line in report.warnings:
-        click.echo(f"warning: {line}")
+        _complain("warning", line)
     for line in report.errors:
-        click.echo(f"error: {line}")
-    click.echo(f"verified {what}{' re-hashed' if full or check_cache else ''}: "
-               f"{len(report.errors)} problem(s)")
+        _complain("error", line)
+    _report(f"verified {what}{' re-hashed' if full or check_cache else ''}: {len(report.errors)} problem(s)")
     if not report.ok:
-        sys.exit(1)
+        ctx.exit(1)
 
 
 @cli.command()
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed.")
-@click.option("--grace", "grace_hours", type=click.FloatRange(min=0), default=24.0, show_default=True,
-              help="Keep anything younger than this many hours (protects publishes in flight).")
+@click.option("--grace", "grace_hours", type=FiniteFloat(min=0, max=MAX_GRACE_HOURS), default=24.0,
+              show_default=True, help="Keep anything younger than this many hours (protects publishes in flight).")
 @click.pass_context
 def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
     """Remove blobs no release references and stale temporary files."""
     with _open(ctx) as arc:
         report = arc.collect_garbage(grace_hours=grace_hours, dry_run=dry_run)
     for key in report.removed:
-        click.echo(f"{'would remove' if dry_run else 'removed'} {key}")
-    click.echo(f"{'would free' if dry_run else 'freed'} {format_size(report.bytes_freed)} in "
-               f"{len(report.removed)} objects ({report.kept_young} unreferenced but younger than {grace_hours:g} h kept)")
+        _report(f"{'would remove' if dry_run else 'removed'} {key}")
+    _report(f"{'would free' if dry_run else 'freed'} {format_size(report.bytes_freed)} in "
+            f"{len(report.removed)} objects ({report.kept_young} unreferenced but younger than {grace_hours:g} h kept)")
 
 
-def format_size(size: int) -> str:
-    """Bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+def _report_phases() -> None:
+    """One line on stderr with the time and throughput of each progress bar that was shown."""
+    from .transfer import take_phases
+
+    parts = []
+    for phase in take_phases():
+        moved = format_size(phase.bytes) if phase.bytes else f"{phase.files} files"
+        rate = f" ({format_size(phase.bytes / phase.seconds)}/s)" if phase.bytes and phase.seconds > 0 else ""
+        seconds = f"{phase.seconds:.{1 if phase.seconds >= 1 else 2}f} s"
+        parts.append(f"{_DONE.get(phase.label, phase.label)} {moved} in {seconds}{rate}")
+    if parts:
+        click.echo("; ".join(parts), err=True)
+
+
+def _clear_progress() -> None:
+    """Erase progress bars left on the terminal, so a message starts on a clean line."""
+    if "archive.transfer" in sys.modules:
+        sys.modules["archive.transfer"].close_bars()
+
+
+def _command_path(exc: click.UsageError, argv: list[str]) -> str:
+    """``archive push`` for a usage error of push, also when click's parser gave no context
+    (an option missing its value)."""
+    if exc.ctx is not None:
+        return exc.ctx.command_path
+    name = next((arg for arg in argv if arg in cli.commands), None)
+    return f"archive {name}" if name else "archive"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI and exit with its status; errors become one line on stderr."""
+    protect_streams()
+    _interrupts.install()
     try:
-        cli.main(args=argv, prog_name="archive", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        sys.exit(_run(argv))
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        silence_stdout()  # the reader went away: not an error (see the module docstring)
+        sys.exit(0)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run one command; return its exit status.
+
+    The command is invoked here rather than through ``cli.main``, whose handlers would get in
+    the way: it prints an empty line on Ctrl-C and turns EPIPE into exit status 1.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with cli.make_context("archive", args) as ctx:
+            cli.invoke(ctx)
+    except click.exceptions.Exit as exc:  # --help, --version, or ctx.exit(status) in a command
+        _report_phases()
+        return exc.exit_code
     except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "archive"
-        click.echo(f"archive: error: {exc.format_message()}\nTry '{command} --help'.", err=True)
-        sys.exit(2)
+        click.echo(f"archive: error: {printable(exc.format_message())}\nTry '{_command_path(exc, args)} --help'.",
+                   err=True)
+        return 2
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("archive: interrupted", err=True)
-        sys.exit(130)
+        _clear_progress()
+        click.echo(f"{_ERASE_LINE if sys.stderr.isatty() else ''}archive: interrupted", err=True)
+        return _interrupts.exit_status
+    except EOFError:  # a prompt found stdin closed
+        click.echo("archive: error: input ended before an answer was given", err=True)
+        return 1
     except ArchiveError as exc:
+        _clear_progress()
         if _verbosity["level"] > 0:
-            traceback.print_exc()
-        click.echo(f"archive: error: {exc}", err=True)
-        sys.exit(1)
+            click.echo("\n".join(map(printable, traceback.format_exc().splitlines())), err=True)
+        click.echo(f"archive: error: {printable(exc)}", err=True)
+        return 1
     except click.ClickException as exc:
-        click.echo(f"archive: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    sys.exit(0)
+        click.echo(f"archive: error: {printable(exc.format_message())}", err=True)
+        return exc.exit_code
+    _report_phases()
+    return 0

@@ -106,6 +106,11 @@ class ReadOnlyArchiveError(ArchiveError):
     """A write was attempted on an archive that can only be read."""
 
 
+class TransferInterruptedError(ArchiveError):
+    """A transfer job stopped because the operation was interrupted (Ctrl-C, SIGTERM); the
+    interrupt itself reaches the caller as KeyboardInterrupt."""
+
+
 class CredentialsError(ArchiveError):
     """Credentials are missing or cannot be obtained."""
 

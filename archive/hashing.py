@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .errors import IntegrityError, InvalidInputError
 
@@ -90,11 +90,16 @@ class HashingChunks:
         return self._blob_id
 
 
-def hash_stream(stream: BinaryIO) -> tuple[BlobId, int]:
-    """Hash a stream in chunks; return its id and its length in bytes."""
+def hash_stream(stream: BinaryIO, on_bytes: Callable[[int], None] | None = None) -> tuple[BlobId, int]:
+    """Hash a stream in chunks; return its id and its length in bytes.
+
+    ``on_bytes`` (a progress callback) hears of each chunk as it is hashed, so a bar moves
+    during a large file, not only after it.
+    """
     hashing = HashingChunks(iter_chunks(stream))
-    for _ in hashing:
-        pass
+    for chunk in hashing:
+        if on_bytes is not None:
+            on_bytes(len(chunk))
     return hashing.blob_id, hashing.size
 
 

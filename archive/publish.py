@@ -136,9 +136,8 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None,
     try:
         def job(source: SourceFile) -> FileEntry:
             with _opened(source) as stream:
-                blob, size = hash_stream(stream)
+                blob, size = hash_stream(stream, bar.advance)
                 _check_unchanged(source, stream, size)
-            bar.advance(size)
             bar.file_done()
             return FileEntry(blob, size)
 

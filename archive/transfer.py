@@ -5,23 +5,46 @@ reports bytes through a :class:`Progress`. Hashing in ``hashlib`` and I/O releas
 threads give real parallelism here. The first failure cancels the jobs not yet started, waits
 for the running ones (whose writers clean up their temporary files) and is raised as is.
 Transient backend failures (:class:`BackendUnavailableError`) are retried with backoff.
+On Ctrl-C (or SIGTERM, which the CLI turns into one) the running jobs stop too, at their next
+chunk, with :class:`TransferInterruptedError`: their writers remove their temporary files as on
+any error, and the command ends in moments instead of after every running file is done.
+
+A shown bar is one phase ("hashing", "uploading", "downloading", "writing", "verifying"); when
+it closes, its totals and duration are kept as a :class:`Phase` for the CLI's final line
+(:func:`take_phases`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, TransferInterruptedError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 RETRY_BASE_DELAY = 0.5
+#: Set by :func:`run_jobs` in the context its jobs run in; set() when they must stop.
+_stop: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("archive_transfer_stop",
+                                                                                default=None)
+
+
+def check_interrupted() -> None:
+    """Raise :class:`TransferInterruptedError` in a job whose :func:`run_jobs` was interrupted.
+
+    Called per chunk through :meth:`Progress.advance`; costs one ``Event.is_set``.
+    """
+    stop = _stop.get()
+    if stop is not None and stop.is_set():
+        raise TransferInterruptedError("transfer interrupted")
 
 
 class Progress:
@@ -36,7 +59,8 @@ class Progress:
         self._lock = threading.Lock()
 
     def advance(self, nbytes: int) -> None:
-        """Called by jobs as bytes move (from any thread)."""
+        """Called by jobs as bytes move (from any thread); stops a job when interrupted."""
+        check_interrupted()
         with self._lock:
             self.bytes_done += nbytes
             self._show_bytes(nbytes)
@@ -56,15 +80,50 @@ class Progress:
         """Hook for subclasses; called under the lock."""
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One shown progress bar, once closed: what moved and how long it took."""
+
+    label: str
+    bytes: int
+    files: int
+    seconds: float
+
+
+_phases: deque[Phase] = deque(maxlen=64)  # bounded: a library user may never take them
+_open_bars: set["TqdmProgress"] = set()
+_bars_lock = threading.Lock()
+
+
+def take_phases() -> list[Phase]:
+    """The phases whose bars were shown and closed since the last call, oldest first."""
+    with _bars_lock:
+        taken = list(_phases)
+        _phases.clear()
+    return taken
+
+
+def close_bars() -> None:
+    """Close every bar still open, erasing its line (before a message after an interrupt)."""
+    with _bars_lock:
+        bars = list(_open_bars)
+    for bar in bars:
+        bar.close()
+
+
 class TqdmProgress(Progress):
-    """A tqdm bar on stderr: bytes as the bar, files as a postfix."""
+    """A tqdm bar on stderr: bytes as the bar, files as a postfix. Bytes are counted as they
+    move (per chunk), so a single large file advances the bar too."""
 
     def __init__(self, description: str, total_bytes: int, total_files: int) -> None:
         super().__init__(description, total_bytes, total_files)
         from tqdm import tqdm  # imported here: the CLI starts faster without it
 
+        self._started = time.monotonic()
         self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
                          file=sys.stderr, leave=False, dynamic_ncols=True, postfix=f"0/{total_files} files")
+        with _bars_lock:
+            _open_bars.add(self)
 
     def _show_bytes(self, nbytes: int) -> None:
         self._bar.update(nbytes)
@@ -73,7 +132,15 @@ class TqdmProgress(Progress):
         self._bar.set_postfix_str(f"{self.files_done}/{self.total_files} files", refresh=False)
 
     def close(self) -> None:
-        self._bar.close()
+        """Erase the bar (``leave=False``) and keep its :class:`Phase`; only the first call counts."""
+        with _bars_lock:
+            if self not in _open_bars:
+                return
+            _open_bars.discard(self)
+            _phases.append(Phase(self.description, self.bytes_done, self.files_done,
+                                 time.monotonic() - self._started))
+        with self._lock:  # not while a worker thread draws it
+            self._bar.close()
 
 
 def make_progress(description: str, total_bytes: int, total_files: int,
@@ -90,18 +157,22 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
 
     Jobs are handed to the threads a few at a time, not all at once, so 10,000 small files
     do not hold 10,000 pending futures. On the first exception no further job starts;
-    running ones finish, then it is raised.
+    running ones finish, then it is raised. On KeyboardInterrupt the running ones stop too,
+    at their next chunk (see :func:`check_interrupted`).
     """
     if workers <= 1 or len(jobs) <= 1:
         return [job() for job in jobs]
     results: list[T] = [None] * len(jobs)  # type: ignore[list-item]
     queued = iter(enumerate(jobs))
+    stop = threading.Event()
+    context = contextvars.copy_context()
+    context.run(_stop.set, stop)
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="archive") as pool:
         running: dict[Future[T], int] = {}
 
         def submit_more() -> None:
             for index, job in queued:
-                running[pool.submit(job)] = index
+                running[pool.submit(context.copy().run, job)] = index
                 if len(running) >= 2 * workers:
                     return
 
@@ -115,7 +186,9 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
                         raise future.exception()  # type: ignore[misc]
                     results[index] = future.result()
                 submit_more()
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # KeyboardInterrupt: stop the running jobs too
+                stop.set()
             for future in running:  # those not started yet never will; the pool waits for the rest
                 future.cancel()
             raise

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from . import layout
-from .errors import ArchiveError, KeyNotFoundError
+from .errors import ArchiveError, KeyNotFoundError, NoMatchingVersionError, ReleaseNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .index import list_versions, update_indexes, versions_in_index
 from .transfer import make_progress, run_jobs
@@ -45,15 +45,29 @@ class VerifyReport:
 def verify_archive(arc: "ArchiveInterface", name: str | None = None, range: str | None = None, *,
                    full: bool = False, repair: bool = False, jobs: int | None = None,
                    progress: bool | None = None) -> VerifyReport:
-    """Verify the releases of ``name`` matching ``range`` (default: every release)."""
+    """Verify the releases of ``name`` matching ``range`` (default: every release).
+
+    Raises
+    ------
+    ReleaseNotFoundError
+        ``name`` is given but has no release (a typo must not verify nothing and pass).
+    NoMatchingVersionError
+        ``name`` and ``range`` are given, but no version of ``name`` matches.
+    """
     report = VerifyReport()
-    names = [name] if name else arc.names()
+    names = [name] if name is not None else arc.names()
     spec = parse_range(range or "*", include_prerelease=True)
     sizes: dict[BlobId, int] = {}
     for each in names:
-        for version in arc.versions(each):
-            if spec.matches(parse_version(version)):
-                _check_release(arc, each, version, report, sizes)
+        versions = arc.versions(each)
+        matching = [v for v in versions if spec.matches(parse_version(v))]
+        if name is not None and not versions:
+            raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
+        if name is not None and range is not None and not matching:
+            raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {', '.join(versions[:8])}"
+                                         f"{', ...' if len(versions) > 8 else ''})")
+        for version in matching:
+            _check_release(arc, each, version, report, sizes)
         _check_index(arc, each, report, repair)
     report.blobs, report.bytes = len(sizes), sum(sizes.values())
     _check_blobs(arc, sizes, full, report, jobs or arc.max_workers, progress, repair)

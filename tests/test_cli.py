@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,7 @@ def test_progress_bars_only_on_a_terminal(store: str, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(50_000) for i in range(4)})
     piped = run("-a", store, "push", str(src), "calib", "1.0.0")
     assert piped.returncode == 0 and piped.stderr == ""
+    make_tree(src, {f"f{i}.bin": os.urandom(50_000) for i in range(4)})  # new content: uploaded again
 
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns
@@ -187,4 +189,5 @@ def test_progress_bars_only_on_a_terminal(store: str, tmp_path: Path) -> None:
         shown += data
     os.close(primary)
     assert proc.returncode == 0 and out.startswith("published calib 1.1.0")
-    assert b"195k" in shown and b"0/4 files" in shown
+    assert b"uploading" in shown and b"195k" in shown and b"0/4 files" in shown
+    assert re.search(rb"uploaded 195\.3 KiB in [\d.]+ s", shown)

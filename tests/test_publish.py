@@ -394,7 +394,7 @@ def test_a_stored_record_nested_deep_is_refused_in_one_line(folder_archive, samp
         assert result.stderr.count("\n") == 1
     verify = run("-a", folder_archive.location, "verify")
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
-    assert "error: calib 2.0.0: " in verify.stdout and "nested more than" in verify.stdout
+    assert "archive: error: calib 2.0.0: " in verify.stderr and "nested more than" in verify.stderr
 
 
 @pytest.mark.parametrize("index", [b'{"format":1,"versions":5}', b'{"format":1,"versions":{"1.0.0":[[[]]]}}',
@@ -411,9 +411,9 @@ def test_a_corrupt_index_is_reported_and_rebuilt_not_a_crash(folder_archive, sam
     index_file = Path(folder_archive.location) / layout.versions_index_key("calib")
     index_file.write_bytes(index)
     verify = run("-a", folder_archive.location, "verify")
-    assert "Traceback" not in verify.stderr and "warning: calib: releases/calib/index.json: " in verify.stdout
+    assert "Traceback" not in verify.stderr and "archive: warning: calib: releases/calib/index.json: " in verify.stderr
     repair = run("-a", folder_archive.location, "verify", "--repair")
-    assert repair.returncode == 0 and "repaired" in repair.stdout, repair.stderr
+    assert repair.returncode == 0 and "repaired" in repair.stderr, repair.stderr
     assert versions_in_index(folder_archive, "calib") == ["1.0.0"]
     index_file.write_bytes(index)
     push = run("-a", folder_archive.location, "push", str(sample_folder), "calib", "1.1.0")

@@ -86,7 +86,7 @@ def test_verify_cli_exit_status(published) -> None:
     blob_path(published, FILES["a.txt"]).write_bytes(b"ALPHA")
     result = run("-a", published.location, "verify", "--full")
     assert result.returncode == 1
-    assert "error: blob" in result.stdout and "1 problem(s)" in result.stdout
+    assert result.stderr.startswith("archive: error: blob") and "1 problem(s)" in result.stdout
 
 
 def test_verify_cache_evicts_corrupt_blobs(published, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_verify_cache_evicts_corrupt_blobs(published, tmp_path: Path) -> None:
     cached = writable(default_cache().path_of(BlobId.of_bytes(FILES["a.txt"])))
     cached.write_bytes(b"rot!!")
     result = run("verify", "--cache")
-    assert result.returncode == 1 and "(evicted)" in result.stdout
+    assert result.returncode == 1 and "(evicted)" in result.stderr
     assert not cached.exists()
     assert run("verify", "--cache").returncode == 0
 
