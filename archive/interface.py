@@ -10,6 +10,7 @@ holds for all of them.
 from __future__ import annotations
 
 import logging
+import stat
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Itera
 
 from . import layout
 from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
-                     NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError)
+                     NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError, UnsafeObjectError)
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
 from .transfer import reporting
@@ -47,6 +48,39 @@ def key_of(key: "str | Callable[[], str]") -> str:
 def shown_key(key: "str | Callable[[], str]") -> str:
     """A key for messages, before a deferred key is known."""
     return key if isinstance(key, str) else "a new blob"
+
+
+def kind_of(mode: int) -> str:
+    """What a file mode says the thing is, for messages: ``a symbolic link``, ``a FIFO``..."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+             (stat.S_ISREG, "a file"))
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def check_regular(key: str, mode: int) -> None:
+    """Raise :class:`UnsafeObjectError` unless ``mode`` (of an ``lstat``) is a regular file's."""
+    if not stat.S_ISREG(mode):
+        raise UnsafeObjectError(key, kind_of(mode))
+
+
+def check_folder(path: str, mode: int) -> None:
+    """Raise :class:`UnsafeObjectError` unless ``mode`` (of an ``lstat``) is a real folder's."""
+    if not stat.S_ISDIR(mode):
+        raise UnsafeObjectError(path, kind_of(mode))
+
+
+def usable_name(name: str, folder: str) -> bool:
+    """Whether a listed name can be a key: not hidden, and valid UTF-8 (a name that is not is
+    skipped with a warning, the same on every backend; the archive itself writes only ASCII)."""
+    if name.startswith("."):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        logger.warning("%s: skipping a name that is not UTF-8: %r", folder or ".", name)
+        return False
+    return True
 
 
 class ArchiveInterface(ABC):
