@@ -94,9 +94,12 @@ class UnsafeObjectError(IntegrityError):
     """The storage holds a symbolic link, FIFO, device, socket or folder where an object (or a
     folder) of the archive should be: it is refused, never followed, opened or waited on."""
 
-    def __init__(self, key: str, what: str) -> None:
-        action = "refusing to follow it" if what == "a symbolic link" else "refusing to use it"
-        super().__init__(f"{key} is {what} inside the archive; {action}")
+    def __init__(self, key: str, what: str, expected: str = "a file") -> None:
+        if what == "a symbolic link":
+            message = f"{key} is a symbolic link inside the archive; refusing to follow it"
+        else:
+            message = f"{key} is {what} inside the archive, not {expected}; refusing to use it"
+        super().__init__(message)
         self.key, self.what = key, what
 
 

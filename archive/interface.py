@@ -67,7 +67,7 @@ def check_regular(key: str, mode: int) -> None:
 def check_folder(path: str, mode: int) -> None:
     """Raise :class:`UnsafeObjectError` unless ``mode`` (of an ``lstat``) is a real folder's."""
     if not stat.S_ISDIR(mode):
-        raise UnsafeObjectError(path, kind_of(mode))
+        raise UnsafeObjectError(path, kind_of(mode), "a folder")
 
 
 def usable_name(name: str, folder: str) -> bool:

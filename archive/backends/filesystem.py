@@ -81,7 +81,7 @@ class FileSystemArchive(ArchiveInterface):
         with self._errors(key):
             by_path = os.stat(path)
         if (by_path.st_dev, by_path.st_ino) != (info.st_dev, info.st_ino):
-            raise UnsafeObjectError(key, "reached through a symbolic link")
+            raise UnsafeObjectError(key, "a symbolic link")  # a folder on its path was swapped for one
         return path
 
     @contextmanager
@@ -192,8 +192,8 @@ class FileSystemArchive(ArchiveInterface):
         try:
             with self._folders.folder(folder, create=False) as fd:
                 os.fsync(fd)
-        except OSError:
-            pass
+        except (OSError, UnsafeObjectError) as exc:  # gone, or no longer ours: nothing to make durable
+            logger.debug("not syncing %s: %s", folder, exc)
 
     def close(self) -> None:
         """Make deferred renames durable and close the folders kept open."""

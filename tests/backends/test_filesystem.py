@@ -83,3 +83,21 @@ def test_local_disk_is_told_apart_from_other_mounts(small_tmpfs: Path) -> None:
 
     assert on_local_disk(small_tmpfs / "deeper" / "store")  # a tmpfs: local memory
     assert not on_local_disk(Path("/proc/self"))  # proc: not a disk
+
+
+def test_a_folder_swapped_for_a_link_while_in_use_is_never_followed(folder_archive: FileSystemArchive,
+                                                                    tmp_path: Path) -> None:
+    """Folders are kept open, not looked up by path again: a link swapped in for one that this
+    archive already used leads nowhere (the SFTP backend checks its write folders once per process)."""
+    import shutil
+
+    from archive.errors import UnsafeObjectError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder_archive.write_key("releases/n/1.0.0", [b"p"])
+    shutil.rmtree(folder_archive.local_path("releases/n"))
+    folder_archive.local_path("releases/n").symlink_to(outside)
+    with pytest.raises(UnsafeObjectError, match="releases/n is a symbolic link inside the archive"):
+        folder_archive.write_key("releases/n/2.0.0", [b"q"])
+    assert list(outside.iterdir()) == []

@@ -96,7 +96,7 @@ def test_a_fifo_fails_in_one_line_instead_of_hanging(published: tuple[str, Path]
                     ["pull", "calib", "--no-cache", "--to", str(tmp_path / "out2")]):
         if (which == "blob") != (command[0] == "pull"):
             continue  # show reads the marker, pointer and record; only a pull reads the blob
-        one_line_error(cli("-a", location, *command), f"{key} is a FIFO inside the archive; refusing to use it")
+        one_line_error(cli("-a", location, *command), f"{key} is a FIFO inside the archive, not a file; refusing to use it")
 
 
 def test_names_that_are_not_utf8_are_skipped(published: tuple[str, Path], tmp_path: Path) -> None:
