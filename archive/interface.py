@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from . import layout
-from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
+from .errors import (IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
                      NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError, UnsafeObjectError)
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
@@ -48,6 +48,15 @@ def key_of(key: "str | Callable[[], str]") -> str:
 def shown_key(key: "str | Callable[[], str]") -> str:
     """A key for messages, before a deferred key is known."""
     return key if isinstance(key, str) else "a new blob"
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names something inside the archive root (a relative POSIX path with
+    no empty, ``.`` or ``..`` part), else raise :class:`InvalidInputError`. Keys come from
+    :mod:`archive.layout` and from listings, so this only ever stops a programming error."""
+    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidInputError(f"{key!r} is not a key inside the archive")
+    return key
 
 
 def kind_of(mode: int) -> str:

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from .. import layout
 from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
                       StorageFullError, UnsafeObjectError)
-from ..interface import ArchiveInterface, KeyInfo, check_regular, key_of, shown_key, usable_name
+from ..interface import ArchiveInterface, KeyInfo, check_key, check_regular, key_of, shown_key, usable_name
 from .filesystem_folders import Folders
 
 logger = logging.getLogger(__name__)
@@ -101,12 +101,21 @@ class FileSystemArchive(ArchiveInterface):
     def _at(self, key: str, action: Callable[[int, str], T], create: bool = False) -> T:
         """``action(folder_fd, name)`` for ``key``, in its folder opened without following links."""
         folder, _, name = key.rpartition("/")
+        if name in ("", ".", ".."):
+            check_key(key)
         with self._errors(key):
             return self._folders.within(folder, create, lambda fd: action(fd, name))
 
     def _lstat(self, key: str) -> os.stat_result:
         """The ``lstat`` of ``key``, which must be a regular file."""
-        info = self._at(key, lambda fd, name: os.stat(name, dir_fd=fd, follow_symlinks=False))
+        folder, _, name = key.rpartition("/")
+        fd = self._folders.kept(folder) if name not in ("", ".", "..") else None
+        try:  # the common case, in a folder kept open, without the wrappers (pulls call this twice per file)
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+        except OSError:
+            info = None
+        if info is None:
+            info = self._at(key, lambda fd, name: os.stat(name, dir_fd=fd, follow_symlinks=False))
         check_regular(key, info.st_mode)
         return info
 

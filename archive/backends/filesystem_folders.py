@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from ..interface import check_folder
+from ..interface import check_folder, check_key
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,6 +62,10 @@ class Folders:
             if not kept:
                 os.close(fd)
 
+    def kept(self, path: str) -> int | None:
+        """The descriptor kept for the folder ``path``, if any (valid until :meth:`close`)."""
+        return self._kept.get(path)
+
     def within(self, path: str, create: bool, action: Callable[[int], T]) -> T:
         """``action(fd)`` in the folder ``path``; once more, walked anew, if the folder kept for
         it was removed since (``action`` then failed with ``FileNotFoundError``)."""
@@ -82,7 +86,7 @@ class Folders:
     # ------------------------------------------------------------------ helpers
     def _walk(self, path: str, create: bool) -> tuple[int, bool]:
         """Open ``path`` from its nearest kept ancestor; keep what was opened while there is room."""
-        parts = path.split("/") if path else []
+        parts = check_key(path).split("/") if path else []
         start = len(parts)
         while start > 0 and "/".join(parts[:start]) not in self._kept:
             start -= 1

@@ -39,7 +39,7 @@ import paramiko
 from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
-from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key, usable_name
+from ..interface import ArchiveInterface, KeyInfo, check_key, key_of, shown_key, usable_name
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_paths import CheckedFolders, list_names, lstat_below_root
 from .sftp_io import WindowedReader, close_later, remove_quietly, upload
@@ -72,7 +72,7 @@ class SFTPArchive(ArchiveInterface):
 
     def remote_path(self, key: str) -> str:
         """The server path that holds ``key``."""
-        return f"{self.root}/{key}" if key else self.root
+        return f"{self.root}/{check_key(key)}" if key else self.root
 
     def stat_key(self, key: str) -> KeyInfo:
         with self._pool.session(key) as sftp:
@@ -118,7 +118,7 @@ class SFTPArchive(ArchiveInterface):
                 if stored != size:  # everything sent must be on the server before it becomes visible
                     raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
                 final = key_of(key)
-                self._folders.check(sftp, _parent(final), create=True)
+                self._folders.check(sftp, final.rpartition("/")[0], create=True)
                 self._move_into_place(sftp, tmp, self.remote_path(final), final, exclusive, size)
             except BaseException as exc:
                 self._abandon(conn, exc, tmp, shown, blob)
@@ -147,7 +147,7 @@ class SFTPArchive(ArchiveInterface):
             self._lstat(conn.sftp, source)
             with conn.errors(target):
                 for attempt in (1, 2):
-                    self._folders.check(conn.sftp, _parent(target), create=True)
+                    self._folders.check(conn.sftp, target.rpartition("/")[0], create=True)
                     try:
                         conn.sftp.posix_rename(src, dst)
                         return
@@ -190,7 +190,7 @@ class SFTPArchive(ArchiveInterface):
                 if attempt == 2:
                     raise
                 self._folders.forget()
-                self._folders.check(sftp, _parent(key), create=True)
+                self._folders.check(sftp, key.rpartition("/")[0], create=True)
             except OSError:
                 if exclusive and _exists(sftp, target):
                     raise KeyExistsError(key) from None
@@ -257,10 +257,6 @@ def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "/" in path else "."
 
 
 def _parse_url(url: str) -> dict:

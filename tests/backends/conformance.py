@@ -250,6 +250,16 @@ class BackendContract:
         with pytest.raises(UnsafeObjectError, match="releases/n is a file inside the archive, not a folder"):
             arc.write_key("releases/n/1.0.0", [b"p"])
 
+    def test_a_key_never_leads_outside_the_root(self, arc: ArchiveInterface) -> None:
+        from archive.errors import InvalidInputError
+
+        for key in ("../outside", "releases/../../outside", "/etc/passwd", "releases//x", "./archive.json"):
+            for action in (lambda: arc.stat_key(key), lambda: arc.read_key(key, 10),
+                           lambda: arc.write_key(key, [b"x"]), lambda: arc.delete_key(key)):
+                with pytest.raises(InvalidInputError, match="is not a key inside the archive"):
+                    action()
+        assert not (self.on_disk(arc, "").parent / "outside").exists()
+
     def test_names_that_are_not_utf8_are_skipped_in_listings(self, arc: ArchiveInterface,
                                                               caplog: pytest.LogCaptureFixture) -> None:
         arc.write_key("releases/good/1.0.0", [b"p"])
