@@ -2,15 +2,35 @@
 
 A backend implements six small operations on keys (relative POSIX paths, built only by
 :mod:`archive.layout`): ``stat_key``, ``open_key``, ``write_key``, ``list_keys``,
-``delete_key`` and ``move_key``. It never knows what a blob or a release is. Publishing, resolving, downloading
-and verifying are written here, once, for every backend, so a guarantee proven for one backend
-holds for all of them.
+``delete_key`` and ``move_key``. It never knows what a blob or a release is. Publishing,
+resolving, downloading and verifying are written here, once, for every backend, so a
+guarantee proven for one backend holds for all of them.
+
+The storage may be shared with people and tools the archive does not control, so every
+backend keeps this contract (``tests/backends/conformance.py`` proves it on each):
+
+* **Only regular objects are keys.** A symbolic link, FIFO, socket, device or folder where an
+  object should be, and anything but a real folder where a folder of the archive should be,
+  is refused with one :class:`~archive.errors.UnsafeObjectError` naming it: never followed,
+  never opened, never waited on (a reader of a FIFO would block for ever).
+* **A key never resolves outside the archive root**, whatever the storage holds: no link
+  below the root is followed, and a key with a ``..``, ``.`` or empty part is refused
+  (:func:`archive.keys.check_key`). The root itself may be a link (the user's choice), resolved once.
+* **Listings are the same everywhere:** hidden names (``.*``) and names that are not UTF-8
+  are skipped, the latter with a logged warning (:func:`archive.keys.usable_name`); the archive itself
+  writes only ASCII names.
+* **Each failure maps to one exception** of :mod:`archive.errors` at the backend boundary:
+  :class:`~archive.errors.KeyNotFoundError` (nothing there),
+  :class:`~archive.errors.KeyExistsError` (a create-only write lost),
+  :class:`~archive.errors.UnsafeObjectError` (something there that is not an object),
+  :class:`~archive.errors.InvalidInputError` (a key that is not one),
+  :class:`~archive.errors.BackendError` and its subclasses (the storage failed: no space,
+  no permission, unreachable).
 """
 
 from __future__ import annotations
 
 import logging
-import stat
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from . import layout
-from .errors import (IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
-                     NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError, UnsafeObjectError)
+from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
+                     NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError)
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
 from .transfer import reporting
@@ -50,48 +70,6 @@ def shown_key(key: "str | Callable[[], str]") -> str:
     return key if isinstance(key, str) else "a new blob"
 
 
-def check_key(key: str) -> str:
-    """Return ``key`` if it names something inside the archive root (a relative POSIX path with
-    no empty, ``.`` or ``..`` part), else raise :class:`InvalidInputError`. Keys come from
-    :mod:`archive.layout` and from listings, so this only ever stops a programming error."""
-    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
-        raise InvalidInputError(f"{key!r} is not a key inside the archive")
-    return key
-
-
-def kind_of(mode: int) -> str:
-    """What a file mode says the thing is, for messages: ``a symbolic link``, ``a FIFO``..."""
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
-             (stat.S_ISREG, "a file"))
-    return next((name for test, name in kinds if test(mode)), "not a file")
-
-
-def check_regular(key: str, mode: int) -> None:
-    """Raise :class:`UnsafeObjectError` unless ``mode`` (of an ``lstat``) is a regular file's."""
-    if not stat.S_ISREG(mode):
-        raise UnsafeObjectError(key, kind_of(mode))
-
-
-def check_folder(path: str, mode: int) -> None:
-    """Raise :class:`UnsafeObjectError` unless ``mode`` (of an ``lstat``) is a real folder's."""
-    if not stat.S_ISDIR(mode):
-        raise UnsafeObjectError(path, kind_of(mode), "a folder")
-
-
-def usable_name(name: str, folder: str) -> bool:
-    """Whether a listed name can be a key: not hidden, and valid UTF-8 (a name that is not is
-    skipped with a warning, the same on every backend; the archive itself writes only ASCII)."""
-    if name.startswith("."):
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        logger.warning("%s: skipping a name that is not UTF-8: %r", folder or ".", name)
-        return False
-    return True
-
-
 class ArchiveInterface(ABC):
     """An archive of immutable releases on some storage.
 
@@ -120,11 +98,19 @@ class ArchiveInterface(ABC):
     # ---------------------------------------------------------------- primitives
     @abstractmethod
     def stat_key(self, key: str) -> KeyInfo:
-        """Size and mtime of the object at ``key``; :class:`KeyNotFoundError` if none."""
+        """Size and mtime of the object at ``key``; :class:`KeyNotFoundError` if none.
+
+        :class:`UnsafeObjectError` if ``key`` (or a folder on its way) is not a regular object
+        (folder) but a link, FIFO, device or socket: the ``lstat`` of it, never the ``stat``.
+        """
 
     @abstractmethod
     def open_key(self, key: str) -> ContextManager[BinaryIO]:
-        """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none."""
+        """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none.
+
+        Anything but a regular object is refused (:class:`UnsafeObjectError`) *before* it is
+        opened, and opening never blocks: a FIFO put in place of a blob must not hang a reader.
+        """
 
     @abstractmethod
     def write_key(self, key: "str | Callable[[], str]", chunks: Iterable[bytes], *,
@@ -141,18 +127,25 @@ class ArchiveInterface(ABC):
         a blob named by the hash of the bytes just written, which is how a publish reads each
         new file once. Such a write is not resumed after an interruption (its name is unknown
         until the end).
+
+        The write goes into folders below the root only (made as needed, never through a link:
+        :class:`UnsafeObjectError`). An object at ``key`` that is a link is replaced, itself,
+        by a replacing write, and is taken by an exclusive one; nothing is ever written through it.
         """
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """Names of the objects and folders directly below ``prefix`` (none if it is missing).
 
-        Temporary names of writes in flight are never listed.
+        Temporary names of writes in flight are never listed, nor hidden names nor names that
+        are not UTF-8 (see :func:`archive.keys.usable_name`). A link or anything but a folder at ``prefix``
+        or on its way: :class:`UnsafeObjectError`.
         """
 
     @abstractmethod
     def delete_key(self, key: str) -> None:
-        """Remove the object at ``key``; :class:`KeyNotFoundError` if none."""
+        """Remove the object at ``key``; :class:`KeyNotFoundError` if none, and
+        :class:`UnsafeObjectError` if it is not a regular object (it is left as it is)."""
 
     @abstractmethod
     def move_key(self, source: str, target: str) -> None:
@@ -161,7 +154,7 @@ class ArchiveInterface(ABC):
         The object keeps its content and its modification time (gc relies on that: it moves an
         unreferenced blob aside, then reads its mtime to see whether a writer refreshed it
         meanwhile). Creates target's folders as needed. :class:`KeyNotFoundError` if ``source``
-        is missing.
+        is missing; :class:`UnsafeObjectError` if it is not a regular object.
         """
 
     def local_file(self, key: str) -> Path | None:
@@ -170,6 +163,7 @@ class ArchiveInterface(ABC):
         Storage that is itself a local disk says so here, and downloads copy its blobs straight
         into the destination (verified as they are copied) instead of caching a second copy on
         the same machine. Remote storage, and local paths that are network mounts, return None.
+        The key is checked as :meth:`stat_key` checks it, and the path leads to that same file.
         """
         return None
 

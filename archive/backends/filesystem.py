@@ -23,7 +23,8 @@ from urllib.parse import unquote, urlsplit
 from .. import layout
 from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
                       StorageFullError, UnsafeObjectError)
-from ..interface import ArchiveInterface, KeyInfo, check_key, check_regular, key_of, shown_key, usable_name
+from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
+from ..keys import check_key, check_regular, usable_name
 from .filesystem_folders import Folders
 
 logger = logging.getLogger(__name__)

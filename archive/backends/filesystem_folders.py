@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from ..interface import check_folder, check_key
+from ..keys import check_folder, check_key
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -39,7 +39,8 @@ import paramiko
 from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
-from ..interface import ArchiveInterface, KeyInfo, check_key, key_of, shown_key, usable_name
+from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
+from ..keys import check_key, usable_name
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_paths import CheckedFolders, list_names, lstat_below_root
 from .sftp_io import WindowedReader, close_later, remove_quietly, upload

@@ -24,7 +24,7 @@ from typing import Callable
 import paramiko
 from paramiko.sftp import CMD_ATTRS, CMD_CLOSE, CMD_HANDLE, CMD_LSTAT, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
 
-from ..interface import check_folder, check_regular
+from ..keys import check_folder, check_regular
 
 
 def list_names(sftp: paramiko.SFTPClient, path: str) -> list[str]:
