@@ -42,7 +42,7 @@ from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoun
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
-from .sftp_paths import CheckedFolders, list_names, lstat_below_root
+from .sftp_paths import CheckedFolders, list_names
 from .sftp_io import WindowedReader, close_later, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
@@ -82,7 +82,7 @@ class SFTPArchive(ArchiveInterface):
 
     def _lstat(self, sftp: paramiko.SFTPClient, key: str) -> paramiko.SFTPAttributes:
         """The ``lstat`` of ``key``, which must be a regular file in real folders below the root."""
-        return lstat_below_root(sftp, self.remote_path, key)
+        return self._folders.lstat(sftp, key)
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
@@ -129,7 +129,7 @@ class SFTPArchive(ArchiveInterface):
         try:
             with self._pool.session(prefix) as sftp:
                 if prefix:  # the root itself may be a link
-                    lstat_below_root(sftp, self.remote_path, prefix, folder=True)
+                    self._folders.lstat(sftp, prefix, folder=True)
                 names = list_names(sftp, self.remote_path(prefix))
         except KeyNotFoundError:
             return []

@@ -3,11 +3,11 @@
 SFTP (version 3, as OpenSSH speaks it) has no ``O_NOFOLLOW`` and no descriptor of a folder to
 walk from, so every folder below the archive root is checked with ``lstat`` before it is used:
 a symbolic link, or anything but a folder, where a folder of the archive should be is refused.
-A key that is read, deleted or moved is checked with every folder on its way each time, all
-requests sent at once (:func:`lstat_below_root`: one round trip, as a plain ``stat``). The
-folders a write makes or uses are checked once per process (:class:`CheckedFolders`, as
-``mkdir -p`` was cached before), so a process that wrote into a folder would still write
-there if the folder were swapped for a link while it runs; a process started after is safe.
+Each folder is checked once per process (:class:`CheckedFolders`, as ``mkdir -p`` was cached
+before); a key's own ``lstat`` is sent together with those of the folders on its way not
+checked yet, so a read costs one round trip, as the plain ``stat`` before. A process that
+used a folder would still use it if it were swapped for a link while the process runs (SFTP
+gives no way to pin it); a process started after is safe.
 The root itself is the user's choice and may be a link.
 
 A folder may hold a name that is not UTF-8, which paramiko's ``listdir`` cannot decode (it
@@ -50,35 +50,6 @@ def list_names(sftp: paramiko.SFTPClient, path: str) -> list[str]:
                 names.append(name)
     sftp._request(CMD_CLOSE, handle)
     return names
-
-
-def lstat_below_root(sftp: paramiko.SFTPClient, remote_path: Callable[[str], str], key: str,
-                     folder: bool = False) -> paramiko.SFTPAttributes:
-    """The ``lstat`` of ``key``, every folder on its way below the root checked to be a real one.
-
-    All the ``lstat`` requests are sent at once, so this costs one round trip, as one ``stat``
-    would. ``key`` must be a regular file (a real folder if ``folder``); raises
-    :class:`~archive.errors.UnsafeObjectError` naming the first thing that is not what it should
-    be, ``FileNotFoundError`` if something on the way is missing.
-    """
-    parts = key.split("/")
-    paths = ["/".join(parts[:i + 1]) for i in range(len(parts))]
-    replies = _Replies()
-    nums = [sftp._async_request(replies, CMD_LSTAT, remote_path(path)) for path in paths]
-    while len(replies.got) < len(nums):
-        sftp._read_response()
-    for i, (path, num) in enumerate(zip(paths, nums)):
-        t, msg = replies.got[num]
-        if t == CMD_STATUS:
-            sftp._convert_status(msg)  # raises FileNotFoundError for a missing one
-        if t != CMD_ATTRS:
-            raise paramiko.SFTPError(f"unexpected SFTP reply {t} to lstat")
-        attrs = paramiko.SFTPAttributes._from_msg(msg)
-        if i < len(paths) - 1 or folder:
-            check_folder(path, attrs.st_mode or 0)
-        else:
-            check_regular(path, attrs.st_mode or 0)
-    return attrs
 
 
 class _Replies:
@@ -128,6 +99,28 @@ class CheckedFolders:
         with self._lock:
             self._known.add(folder)
 
+    def lstat(self, sftp: paramiko.SFTPClient, key: str, folder: bool = False) -> paramiko.SFTPAttributes:
+        """The ``lstat`` of ``key``, with every folder on its way not checked before.
+
+        All the ``lstat`` requests are sent at once, so this costs one round trip, as one
+        ``stat`` would. ``key`` must be a regular file (a real folder if ``folder``); raises
+        :class:`~archive.errors.UnsafeObjectError` naming the first thing that is not what it
+        should be, ``FileNotFoundError`` if something on the way is missing.
+        """
+        parts = key.split("/")
+        paths = [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p not in self._known]
+        replies = _Replies()
+        nums = [sftp._async_request(replies, CMD_LSTAT, self._remote_path(path)) for path in [*paths, key]]
+        while len(replies.got) < len(nums):
+            sftp._read_response()
+        for path, num in zip(paths, nums):  # in order: the first thing amiss on the way is named
+            check_folder(path, _attributes(sftp, *replies.got[num]).st_mode or 0)
+        attrs = _attributes(sftp, *replies.got[nums[-1]])
+        (check_folder if folder else check_regular)(key, attrs.st_mode or 0)
+        with self._lock:
+            self._known.update(paths)
+        return attrs
+
     def forget(self) -> None:
         """Check every folder again (one was found removed since it was checked)."""
         with self._lock:
@@ -146,3 +139,12 @@ def _make_folders(sftp: paramiko.SFTPClient, path: str) -> None:
         sftp.mkdir(path)
     except OSError:
         sftp.stat(path)  # made meanwhile by another writer; else the error of the stat
+
+
+def _attributes(sftp: paramiko.SFTPClient, t: int, msg: paramiko.Message) -> paramiko.SFTPAttributes:
+    """The attributes an ``lstat`` reply holds; its error (``FileNotFoundError``...) otherwise."""
+    if t == CMD_STATUS:
+        sftp._convert_status(msg)
+    if t != CMD_ATTRS:
+        raise paramiko.SFTPError(f"unexpected SFTP reply {t} to lstat")
+    return paramiko.SFTPAttributes._from_msg(msg)
