@@ -92,10 +92,11 @@ def test_a_fifo_fails_in_one_line_instead_of_hanging(published: tuple[str, Path]
            "record": layout.blob_key(BlobId.parse(record))}[which]
     (store / key).unlink()
     os.mkfifo(store / key)
-    for command in (["show", "calib"], ["pull", "calib", "--to", str(tmp_path / "out")],
-                    ["pull", "calib", "--no-cache", "--to", str(tmp_path / "out2")]):
-        if (which == "blob") != (command[0] == "pull"):
-            continue  # show reads the marker, pointer and record; only a pull reads the blob
+    commands = {"marker": [["ls"], ["show", "calib"]], "pointer": [["show", "calib"]], "record": [["show", "calib"]],
+                "blob": [["pull", "calib", "--to", str(tmp_path / "out")],
+                         ["pull", "calib", "--link", "hard", "--to", str(tmp_path / "out1")],
+                         ["pull", "calib", "--no-cache", "--to", str(tmp_path / "out2")]]}[which]
+    for command in commands:
         one_line_error(cli("-a", location, *command), f"{key} is a FIFO inside the archive, not a file; refusing to use it")
 
 
@@ -119,11 +120,11 @@ def test_names_that_are_not_utf8_are_skipped(published: tuple[str, Path], tmp_pa
     assert os.path.exists(stale)  # not ours to remove: the archive never writes such a name
 
 
-def test_the_root_itself_may_be_a_link(tmp_path: Path) -> None:
+def test_the_root_itself_may_be_a_link(where: tuple[str, Path], tmp_path: Path) -> None:
+    location, store = where
     real = tmp_path / "mnt" / "share"
     real.mkdir(parents=True)
-    (tmp_path / "data").symlink_to(real)
-    location = str(tmp_path / "data")
+    store.symlink_to(real)
     assert cli("init", location).returncode == 0
     src = make_tree(tmp_path / "src", {"a.txt": b"alpha"})
     assert cli("-a", location, "push", str(src), "calib", "1.0.0").returncode == 0
@@ -153,3 +154,22 @@ def _replace_with_link(folder: Path, target: Path) -> None:
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.symlink_to(target)
+
+
+def test_a_link_in_tmp_is_never_resumed_into(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
+    """An SFTP upload resumes a partial blob it finds in ``tmp/``: one that is a link to a
+    user's file must not be claimed (it was read, cut and overwritten through the link)."""
+    import archive
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"v" * (2 << 20))
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    data = b"d" * (2 << 20)
+    blob = BlobId.of_bytes(data)
+    store = tmp_path / "store"
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        (store / layout.TMP_DIR / f"{blob.hexdigest}.{'0' * 32}.part").symlink_to(victim)
+        arc.write_key(layout.blob_key(blob), [data])
+        assert arc.read_key(layout.blob_key(blob), len(data)) == data
+    assert victim.read_bytes() == b"v" * (2 << 20)
+    assert not (store / layout.blob_key(blob)).is_symlink()
