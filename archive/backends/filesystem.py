@@ -5,12 +5,17 @@ then moved into place: ``os.replace`` for blobs and indexes (an atomic rename), 
 for create-only writes, because a hard link fails when the target exists where a rename would
 silently replace it. A temporary file is removed on any error. Objects are stored read-only
 so that nobody edits a blob in place by accident.
+
+The folder may be shared with people and tools the archive does not control: nothing inside
+it is ever reached through a symbolic link (every folder is opened from the root with
+``O_NOFOLLOW``, see :mod:`~archive.backends.filesystem_folders`), and only regular files are
+objects: a FIFO or device is refused before it is opened, and opened without blocking.
+This needs the POSIX ``*at`` calls (``dir_fd``): Linux, macOS, the BSDs.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -113,6 +118,10 @@ class FileSystemArchive(ArchiveInterface):
         fd = self._folders.kept(folder) if name not in ("", ".", "..") else None
         try:  # the common case, in a folder kept open, without the wrappers (pulls call this twice per file)
             info = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+        except FileNotFoundError:
+            if os.fstat(fd).st_nlink > 0:  # not a folder removed since it was kept: a publish asks for new blobs
+                raise KeyNotFoundError(key) from None
+            info = None
         except OSError:
             info = None
         if info is None:
@@ -132,7 +141,7 @@ class FileSystemArchive(ArchiveInterface):
         fd = self._at(key, lambda folder, name: os.open(name, READ_FLAGS, dir_fd=folder))
         try:
             check_regular(key, os.fstat(fd).st_mode)
-            _clear_nonblocking(fd)
+            os.set_blocking(fd, True)  # opened with O_NONBLOCK not to hang on a FIFO; reads block as usual
             stream = open(fd, "rb")
         except BaseException:
             os.close(fd)
@@ -293,11 +302,6 @@ def _write_file(fd: int, chunks: Iterable[bytes], durable: bool) -> None:
         os.fchmod(fd, FILE_MODE)
         if durable:
             os.fsync(fd)
-
-
-def _clear_nonblocking(fd: int) -> None:
-    """Reads of the file opened with ``O_NONBLOCK`` (not to hang on a FIFO) block as usual."""
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
 
 
 def _move_into_place(source_fd: int, source: str, target_fd: int, target: str, key: str, exclusive: bool) -> None:

@@ -7,7 +7,7 @@ the login (home) folder, so ``sftp://lab/~/archive`` is ``archive`` in the home 
 ``host`` may be a ``Host`` alias of ``~/.ssh/config``. A password in the URL is accepted but
 never shown: :attr:`location` has it replaced by ``***``.
 
-Only the five primitives live here; connections (the system ``ssh`` or paramiko, a pool of
+Only the six primitives live here; connections (the system ``ssh`` or paramiko, a pool of
 them, error mapping) are :mod:`~archive.backends.sftp_conn`'s, pipelined transfers
 :mod:`~archive.backends.sftp_io`'s and resumed uploads :mod:`~archive.backends.sftp_resume`'s.
 A write streams into a unique file under ``tmp/`` in the archive (for a blob, one named after
@@ -18,6 +18,11 @@ otherwise (an atomic replace). On any error with the connection still up (includ
 exception raised by the chunks themselves, which is how shared code aborts a blob whose hash
 does not match) the temporary file is removed; a full disk is reported as
 :class:`~archive.errors.StorageFullError`.
+
+Nothing inside the archive is reached through a link, and only regular files are objects: a
+key is ``lstat``-ed before it is used (OpenSSH's server would block for ever opening a FIFO),
+with the folders on its way (:mod:`~archive.backends.sftp_paths`); listed names need not be
+UTF-8.
 
 Primitives are called from several threads at once; each borrows a whole connection from the
 pool, so crypto and requests of different files run side by side.
