@@ -70,12 +70,12 @@ class Folders:
         """``action(fd)`` in the folder ``path``; once more, walked anew, if the folder kept for
         it was removed since (``action`` then failed with ``FileNotFoundError``)."""
         for attempt in (1, 2):
-            with self.folder(path, create) as fd:
-                try:
+            try:
+                with self.folder(path, create) as fd:
                     return action(fd)
-                except FileNotFoundError:
-                    if attempt == 2 or not self._forget_if_removed(path, fd):
-                        raise
+            except FileNotFoundError:
+                if attempt == 2 or not self._forget_removed(path):
+                    raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -96,9 +96,11 @@ class Folders:
             fd = self._open_root(create)
             kept = self._keep("", fd)
         for i in range(start, len(parts)):
-            child = _open_child(fd, parts[i], "/".join(parts[:i + 1]), create)
-            if not kept:
-                os.close(fd)
+            try:
+                child = _open_child(fd, parts[i], "/".join(parts[:i + 1]), create)
+            finally:
+                if not kept:
+                    os.close(fd)
             fd, kept = child, self._keep("/".join(parts[:i + 1]), child)
         return fd, kept
 
@@ -121,20 +123,21 @@ class Folders:
             self._kept[path] = fd
             return True
 
-    def _forget_if_removed(self, path: str, fd: int) -> bool:
-        """True (and the folder and those below it forgotten) if ``fd`` is of a removed folder."""
-        if os.fstat(fd).st_nlink > 0:
-            return False
+    def _forget_removed(self, path: str) -> bool:
+        """Forget the highest kept folder on the way to ``path`` (itself included) that was
+        removed since it was opened, and those below it; True if there was one."""
         parts = path.split("/") if path else []
-        while parts:  # the folders above it may be gone too (a whole tree removed)
-            above = self._kept.get("/".join(parts[:-1]))
-            if above is None or os.fstat(above).st_nlink > 0:
+        removed = None
+        for i in range(len(parts) + 1):
+            fd = self._kept.get("/".join(parts[:i]))
+            if fd is not None and os.fstat(fd).st_nlink == 0:
+                removed = "/".join(parts[:i])
                 break
-            parts.pop()
-        path = "/".join(parts)
-        logger.debug("%s/%s was removed since it was opened; opening it again", self.root, path)
+        if removed is None:
+            return False
+        logger.debug("%s/%s was removed since it was opened; opening it again", self.root, removed)
         with self._lock:
-            gone = [p for p in self._kept if p == path or p.startswith(path + "/") or not path]
+            gone = [p for p in self._kept if not removed or p == removed or p.startswith(removed + "/")]
             self._retired.extend(self._kept.pop(p) for p in gone)  # another thread may still use one
         return True
 

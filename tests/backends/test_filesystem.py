@@ -38,6 +38,9 @@ def test_folders_removed_between_writes_are_made_again(folder_archive: FileSyste
     folder_archive.write_key("blobs/sha256/ab/two", [b"2"])
     folder_archive.write_key("releases/x/1.0.0", [b"p"], exclusive=True)
     assert folder_archive.read_key("blobs/sha256/ab/two", 10) == b"2"
+    shutil.rmtree(folder_archive.local_path("blobs"))
+    folder_archive.write_key("blobs/sha256/cd/three", [b"3"])  # a folder new below removed ones
+    assert folder_archive.read_key("blobs/sha256/cd/three", 10) == b"3"
     assert folder_archive.list_keys(layout.TMP_DIR) == []
 
 
