@@ -104,3 +104,22 @@ def test_a_folder_swapped_for_a_link_while_in_use_is_never_followed(folder_archi
     with pytest.raises(UnsafeObjectError, match="releases/n is a symbolic link inside the archive"):
         folder_archive.write_key("releases/n/2.0.0", [b"q"])
     assert list(outside.iterdir()) == []
+
+
+def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
+    """Downloads open the path of ``local_file`` themselves: it must lead to the archive's own
+    file even when a folder this archive keeps open was renamed away and a link put in its place."""
+    from archive.errors import UnsafeObjectError
+
+    key = "blobs/sha256/ab/x"
+    folder_archive.write_key(key, [b"archive's"])
+    folder_archive.local = True
+    assert folder_archive.local_file(key) == folder_archive.local_path(key)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not the archive's")
+    fan = folder_archive.local_path("blobs/sha256/ab")
+    fan.rename(fan.with_name("ab.old"))
+    fan.symlink_to(outside)
+    with pytest.raises(UnsafeObjectError, match=f"{key} is a symbolic link inside the archive"):
+        folder_archive.local_file(key)
