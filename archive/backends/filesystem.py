@@ -37,7 +37,7 @@ T = TypeVar("T")
 FILE_MODE = 0o444
 WRITE_SIZE = 1024 * 1024
 #: Reading a key: never through a link, never waiting for a FIFO's writer (checked once open).
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class FileSystemArchive(ArchiveInterface):

@@ -30,7 +30,7 @@ from ..keys import check_folder, check_key
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_KEPT = 300  # descriptors kept per archive: the blob fan-out (256) and a few more
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Folders:
