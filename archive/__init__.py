@@ -23,7 +23,7 @@ from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUna
                      InvalidRangeError, InvalidVersionError, KeyExistsError, KeyNotFoundError,
                      NoMatchingVersionError, NotAnArchiveError, NotFoundError, ReadOnlyArchiveError,
                      ReleaseExistsError, ReleaseNotFoundError, StorageFullError,
-                     TransferInterruptedError)
+                     TransferInterruptedError, UnsafeObjectError)
 from .interface import ArchiveInterface
 from .locations import get_interface
 from .records import FileEntry, Release

@@ -102,6 +102,19 @@ class IntegrityError(ArchiveError):
     """Stored data does not match its content address, size or schema."""
 
 
+class UnsafeObjectError(IntegrityError):
+    """The storage holds a symbolic link, FIFO, device, socket or folder where an object (or a
+    folder) of the archive should be: it is refused, never followed, opened or waited on."""
+
+    def __init__(self, key: str, what: str, expected: str = "a file") -> None:
+        if what == "a symbolic link":
+            message = f"{key} is a symbolic link inside the archive; refusing to follow it"
+        else:
+            message = f"{key} is {what} inside the archive, not {expected}; refusing to use it"
+        super().__init__(message)
+        self.key, self.what = key, what
+
+
 class ReadOnlyArchiveError(ArchiveError):
     """A write was attempted on an archive that can only be read."""
 

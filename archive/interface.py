@@ -2,9 +2,30 @@
 
 A backend implements six small operations on keys (relative POSIX paths, built only by
 :mod:`archive.layout`): ``stat_key``, ``open_key``, ``write_key``, ``list_keys``,
-``delete_key`` and ``move_key``. It never knows what a blob or a release is. Publishing, resolving, downloading
-and verifying are written here, once, for every backend, so a guarantee proven for one backend
-holds for all of them.
+``delete_key`` and ``move_key``. It never knows what a blob or a release is. Publishing,
+resolving, downloading and verifying are written here, once, for every backend, so a
+guarantee proven for one backend holds for all of them.
+
+The storage may be shared with people and tools the archive does not control, so every
+backend keeps this contract (``tests/backends/conformance.py`` proves it on each):
+
+* **Only regular objects are keys.** A symbolic link, FIFO, socket, device or folder where an
+  object should be, and anything but a real folder where a folder of the archive should be,
+  is refused with one :class:`~archive.errors.UnsafeObjectError` naming it: never followed,
+  never opened, never waited on (a reader of a FIFO would block for ever).
+* **A key never resolves outside the archive root**, whatever the storage holds: no link
+  below the root is followed, and a key with a ``..``, ``.`` or empty part is refused
+  (:func:`archive.keys.check_key`). The root itself may be a link (the user's choice), resolved once.
+* **Listings are the same everywhere:** hidden names (``.*``) and names that are not UTF-8
+  are skipped, the latter with a logged warning (:func:`archive.keys.usable_name`); the archive itself
+  writes only ASCII names.
+* **Each failure maps to one exception** of :mod:`archive.errors` at the backend boundary:
+  :class:`~archive.errors.KeyNotFoundError` (nothing there),
+  :class:`~archive.errors.KeyExistsError` (a create-only write lost),
+  :class:`~archive.errors.UnsafeObjectError` (something there that is not an object),
+  :class:`~archive.errors.InvalidInputError` (a key that is not one),
+  :class:`~archive.errors.BackendError` and its subclasses (the storage failed: no space,
+  no permission, unreachable).
 """
 
 from __future__ import annotations
@@ -83,11 +104,19 @@ class ArchiveInterface(ABC):
     # ---------------------------------------------------------------- primitives
     @abstractmethod
     def stat_key(self, key: str) -> KeyInfo:
-        """Size and mtime of the object at ``key``; :class:`KeyNotFoundError` if none."""
+        """Size and mtime of the object at ``key``; :class:`KeyNotFoundError` if none.
+
+        :class:`UnsafeObjectError` if ``key`` (or a folder on its way) is not a regular object
+        (folder) but a link, FIFO, device or socket: the ``lstat`` of it, never the ``stat``.
+        """
 
     @abstractmethod
     def open_key(self, key: str) -> ContextManager[BinaryIO]:
-        """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none."""
+        """Open the object at ``key`` for reading; :class:`KeyNotFoundError` if none.
+
+        Anything but a regular object is refused (:class:`UnsafeObjectError`) *before* it is
+        opened, and opening never blocks: a FIFO put in place of a blob must not hang a reader.
+        """
 
     @abstractmethod
     def write_key(self, key: "str | Callable[[], str]", chunks: Iterable[bytes], *,
@@ -104,18 +133,25 @@ class ArchiveInterface(ABC):
         a blob named by the hash of the bytes just written, which is how a publish reads each
         new file once. Such a write is not resumed after an interruption (its name is unknown
         until the end).
+
+        The write goes into folders below the root only (made as needed, never through a link:
+        :class:`UnsafeObjectError`). An object at ``key`` that is a link is replaced, itself,
+        by a replacing write, and is taken by an exclusive one; nothing is ever written through it.
         """
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """Names of the objects and folders directly below ``prefix`` (none if it is missing).
 
-        Temporary names of writes in flight are never listed.
+        Temporary names of writes in flight are never listed, nor hidden names nor names that
+        are not UTF-8 (see :func:`archive.keys.usable_name`). A link or anything but a folder at ``prefix``
+        or on its way: :class:`UnsafeObjectError`.
         """
 
     @abstractmethod
     def delete_key(self, key: str) -> None:
-        """Remove the object at ``key``; :class:`KeyNotFoundError` if none."""
+        """Remove the object at ``key``; :class:`KeyNotFoundError` if none, and
+        :class:`UnsafeObjectError` if it is not a regular object (it is left as it is)."""
 
     @abstractmethod
     def move_key(self, source: str, target: str) -> None:
@@ -124,7 +160,7 @@ class ArchiveInterface(ABC):
         The object keeps its content and its modification time (gc relies on that: it moves an
         unreferenced blob aside, then reads its mtime to see whether a writer refreshed it
         meanwhile). Creates target's folders as needed. :class:`KeyNotFoundError` if ``source``
-        is missing.
+        is missing; :class:`UnsafeObjectError` if it is not a regular object.
         """
 
     def local_file(self, key: str) -> Path | None:
@@ -133,6 +169,7 @@ class ArchiveInterface(ABC):
         Storage that is itself a local disk says so here, and downloads copy its blobs straight
         into the destination (verified as they are copied) instead of caching a second copy on
         the same machine. Remote storage, and local paths that are network mounts, return None.
+        The key is checked as :meth:`stat_key` checks it, and the path leads to that same file.
         """
         return None
 

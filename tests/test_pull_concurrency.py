@@ -128,7 +128,7 @@ def test_verify_cache_removes_stale_partial_blobs_but_not_live_ones(big_release,
     killed.wait(timeout=30)
     assert parts_in(cache_tmp, ".part")
     alone = run("verify", "--cache")
-    assert alone.returncode == 0 and "removed 1 temporary file(s) left by interrupted downloads" in alone.stdout
+    assert alone.returncode == 0 and "removed 1 temporary file(s) left by interrupted downloads" in alone.stderr
     assert parts_in(cache_tmp, ".part") == []
 
 

@@ -5,6 +5,12 @@ then moved into place: ``os.replace`` for blobs and indexes (an atomic rename), 
 for create-only writes, because a hard link fails when the target exists where a rename would
 silently replace it. A temporary file is removed on any error. Objects are stored read-only
 so that nobody edits a blob in place by accident.
+
+The folder may be shared with people and tools the archive does not control: nothing inside
+it is ever reached through a symbolic link (every folder is opened from the root with
+``O_NOFOLLOW``, see :mod:`~archive.backends.filesystem_folders`), and only regular files are
+objects: a FIFO or device is refused before it is opened, and opened without blocking.
+This needs the POSIX ``*at`` calls (``dir_fd``): Linux, macOS, the BSDs.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ from urllib.parse import unquote, urlsplit
 
 from .. import layout
 from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
-                      StorageFullError)
+                      StorageFullError, UnsafeObjectError)
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
+from ..keys import check_key, check_regular, usable_name
+from .filesystem_folders import Folders
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FILE_MODE = 0o444
 WRITE_SIZE = 1024 * 1024
+#: Reading a key: never through a link, never waiting for a FIFO's writer (checked once open).
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class FileSystemArchive(ArchiveInterface):
@@ -40,8 +50,8 @@ class FileSystemArchive(ArchiveInterface):
         super().__init__(str(self.root))
         #: Flush data and renames to disk (off only for a disposable cache, see archive.cache).
         self.durable = durable
-        self._dirty_dirs: set[Path] = set()
-        self._folders: set[Path] = set()  # folders known to exist
+        self._dirty_dirs: set[str] = set()
+        self._folders = Folders(self.root)
         #: True: downloads copy blobs straight from here; False: through the user's cache (as for
         #: a network mount); None: found out on first use (:func:`on_local_disk`).
         self.local = local
@@ -58,14 +68,27 @@ class FileSystemArchive(ArchiveInterface):
         return cls(unquote(parts.path))
 
     def local_path(self, key: str) -> Path:
-        """The file that holds ``key``."""
+        """The file that holds ``key`` (a path for people and tests; the primitives never
+        follow it, see :mod:`~archive.backends.filesystem_folders`)."""
         return self.root.joinpath(*key.split("/"))
 
     def local_file(self, key: str) -> Path | None:
-        """The file of ``key`` when the archive is on a local disk (see :func:`on_local_disk`)."""
+        """The file of ``key`` when the archive is on a local disk (see :func:`on_local_disk`).
+
+        Checked like any key (a regular file, reached without a link), and the path is checked
+        to reach that same file, so opening it cannot lead outside the archive.
+        """
         if self.local is None:
             self.local = on_local_disk(self.root)
-        return self.local_path(key) if self.local else None
+        if not self.local:
+            return None
+        info = self._lstat(key)
+        path = self.local_path(key)
+        with self._errors(key):
+            by_path = os.stat(path)
+        if (by_path.st_dev, by_path.st_ino) != (info.st_dev, info.st_ino):
+            raise UnsafeObjectError(key, "a symbolic link")  # a folder on its path was swapped for one
+        return path
 
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:
@@ -73,21 +96,56 @@ class FileSystemArchive(ArchiveInterface):
         try:
             yield
         except ArchiveError:
-            raise  # from the chunks being written (e.g. a lost connection to their source): not ours
+            raise  # ours, or from the chunks being written (e.g. a lost connection to their source)
         except (FileNotFoundError, NotADirectoryError):
             raise KeyNotFoundError(key) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: the only links we meet
+                raise UnsafeObjectError(key, "a symbolic link") from None
             raise _backend_error(key, self.root, exc) from exc
 
-    def stat_key(self, key: str) -> KeyInfo:
+    def _at(self, key: str, action: Callable[[int, str], T], create: bool = False) -> T:
+        """``action(folder_fd, name)`` for ``key``, in its folder opened without following links."""
+        folder, _, name = key.rpartition("/")
+        if name in ("", ".", ".."):
+            check_key(key)
         with self._errors(key):
-            info = os.stat(self.local_path(key))
+            return self._folders.within(folder, create, lambda fd: action(fd, name))
+
+    def _lstat(self, key: str) -> os.stat_result:
+        """The ``lstat`` of ``key``, which must be a regular file."""
+        folder, _, name = key.rpartition("/")
+        fd = self._folders.kept(folder) if name not in ("", ".", "..") else None
+        try:  # the common case, in a folder kept open, without the wrappers (pulls call this twice per file)
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False) if fd is not None else None
+        except FileNotFoundError:
+            if os.fstat(fd).st_nlink > 0:  # not a folder removed since it was kept: a publish asks for new blobs
+                raise KeyNotFoundError(key) from None
+            info = None
+        except OSError:
+            info = None
+        if info is None:
+            info = self._at(key, lambda fd, name: os.stat(name, dir_fd=fd, follow_symlinks=False))
+        check_regular(key, info.st_mode)
+        return info
+
+    def stat_key(self, key: str) -> KeyInfo:
+        info = self._lstat(key)
         return KeyInfo(info.st_size, info.st_mtime)
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
-        with self._errors(key):
-            stream = open(self.local_path(key), "rb")
+        """See :meth:`ArchiveInterface.open_key`: a FIFO or device is refused before it is
+        opened, and opened without blocking and checked again, should it be swapped in between."""
+        self._lstat(key)
+        fd = self._at(key, lambda folder, name: os.open(name, READ_FLAGS, dir_fd=folder))
+        try:
+            check_regular(key, os.fstat(fd).st_mode)
+            os.set_blocking(fd, True)  # opened with O_NONBLOCK not to hang on a FIFO; reads block as usual
+            stream = open(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
         with stream:
             yield stream
 
@@ -100,39 +158,42 @@ class FileSystemArchive(ArchiveInterface):
         (a release pointer, the commit point of a publish), so a pointer is never durable before
         the blobs its record names, at one folder sync per fan-out folder instead of per blob.
         """
+        name = f"{uuid.uuid4().hex}.part"
         with self._errors(shown_key(key)):
-            tmp = self.local_path(layout.TMP_DIR) / f"{uuid.uuid4().hex}.part"
+            fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
             try:
-                _write_file(self._in_folder(tmp, _create), chunks, self.durable)
+                _write_file(fd, chunks, self.durable)
                 final = key_of(key)
-                target = self.local_path(final)
                 if exclusive:
                     self._sync_pending_dirs()
-                self._in_folder(target, lambda path: _move_into_place(tmp, path, final, exclusive))
+                self._move(f"{layout.TMP_DIR}/{name}", final, exclusive)
             finally:
-                tmp.unlink(missing_ok=True)
-            self._mark_dirty(target.parent, now=exclusive)
+                self._remove_temporary(name)
+        self._mark_dirty(final.rpartition("/")[0], now=exclusive)
 
-    def _in_folder(self, path: Path, action: Callable[[Path], T]) -> T:
-        """``action(path)`` once ``path``'s folder exists: created once per folder and process
-        (10,000 small blobs made 20,000 failing ``mkdir`` calls), and again if it was removed
-        since (then ``action`` fails with ``FileNotFoundError`` before it has done anything)."""
-        folder = path.parent
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            with self._dirty_lock:
-                self._folders.add(folder)
+    def _remove_temporary(self, name: str) -> None:
+        """Remove ``tmp/name`` if it is still there; a failure is logged (gc removes it later)."""
         try:
-            return action(path)
+            with self._folders.folder(layout.TMP_DIR, create=False) as folder:
+                os.unlink(name, dir_fd=folder)
         except FileNotFoundError:
-            folder.mkdir(parents=True, exist_ok=True)
-            return action(path)
+            pass
+        except OSError as exc:
+            logger.warning("cannot remove the temporary file %s/%s: %s", layout.TMP_DIR, name, exc)
 
-    def _mark_dirty(self, folder: Path, now: bool) -> None:
+    def _move(self, source: str, target: str, exclusive: bool = False) -> None:
+        """Rename ``source`` to ``target`` (made a hard link, never replacing, if ``exclusive``)."""
+        def move(target_fd: int, name: str) -> None:
+            with self._folders.folder(source.rpartition("/")[0], create=False) as source_fd:
+                _move_into_place(source_fd, source.rpartition("/")[2], target_fd, name, target, exclusive)
+
+        self._at(target, move, create=True)
+
+    def _mark_dirty(self, folder: str, now: bool) -> None:
         if not self.durable:
             return
         if now:
-            _sync_directory(folder)
+            self._sync_directory(folder)
         else:
             with self._dirty_lock:
                 self._dirty_dirs.add(folder)
@@ -143,33 +204,48 @@ class FileSystemArchive(ArchiveInterface):
         with self._dirty_lock:
             pending, self._dirty_dirs = self._dirty_dirs, set()
         for folder in pending:
-            _sync_directory(folder)
+            self._sync_directory(folder)
+
+    def _sync_directory(self, folder: str) -> None:
+        """Make the renames in ``folder`` durable (POSIX); a no-op where that is not possible."""
+        try:
+            with self._folders.folder(folder, create=False) as fd:
+                os.fsync(fd)
+        except (OSError, UnsafeObjectError) as exc:  # gone, or no longer ours: nothing to make durable
+            logger.debug("not syncing %s: %s", folder, exc)
 
     def close(self) -> None:
-        """Make deferred renames durable."""
+        """Make deferred renames durable and close the folders kept open."""
         self._sync_pending_dirs()
+        self._folders.close()
 
     def list_keys(self, prefix: str) -> list[str]:
+        def names(folder: int) -> list[str]:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder)  # an offset of its own
+            try:
+                if os.fstat(fd).st_nlink == 0:  # removed since it was kept: walk again
+                    raise FileNotFoundError(errno.ENOENT, "removed", prefix)
+                return os.listdir(fd)
+            finally:
+                os.close(fd)
+
         try:
-            with os.scandir(self.local_path(prefix)) as entries:
-                return [e.name for e in entries if not e.name.startswith(".")]
-        except (FileNotFoundError, NotADirectoryError):
+            with self._errors(prefix):
+                listed = self._folders.within(prefix, False, names)
+        except KeyNotFoundError:
             return []
-        except OSError as exc:
-            raise _backend_error(prefix, self.root, exc) from exc
+        return [name for name in listed if usable_name(name, prefix)]
 
     def delete_key(self, key: str) -> None:
-        with self._errors(key):
-            os.unlink(self.local_path(key))
+        self._lstat(key)
+        self._at(key, lambda fd, name: os.unlink(name, dir_fd=fd))
 
     def move_key(self, source: str, target: str) -> None:
-        """See :meth:`ArchiveInterface.move_key`: one ``os.replace`` (a rename keeps the mtime)."""
-        path = self.local_path(source)
-        with self._errors(source):
-            os.lstat(path)  # a missing source is KeyNotFoundError, not a missing target folder
+        """See :meth:`ArchiveInterface.move_key`: one rename (which keeps the mtime)."""
+        self._lstat(source)  # a missing source is KeyNotFoundError(source), not a missing target folder
         with self._errors(target):
-            self._in_folder(self.local_path(target), lambda final: os.replace(path, final))
-        self._mark_dirty(self.local_path(target).parent, now=False)
+            self._move(source, target)
+        self._mark_dirty(target.rpartition("/")[0], now=False)
 
 
 #: Filesystem types (Linux ``/proc/self/mountinfo``) of local disks and memory.
@@ -202,18 +278,18 @@ def on_local_disk(path: Path) -> bool:
     return fstype in LOCAL_FILESYSTEMS
 
 
-def _create(path: Path) -> tuple[Path, int]:
-    """Create a new file for writing; return its path and descriptor."""
-    return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE | 0o200)
+def _create(folder: int, name: str) -> int:
+    """Create a new file for writing in ``folder``; return its descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    return os.open(name, flags, FILE_MODE | 0o200, dir_fd=folder)
 
 
-def _write_file(created: tuple[Path, int], chunks: Iterable[bytes], durable: bool) -> None:
+def _write_file(fd: int, chunks: Iterable[bytes], durable: bool) -> None:
     """Write ``chunks`` to a file just created, in pieces of at most :data:`WRITE_SIZE` bytes.
 
     A chunk may be a whole small file read into memory; on Linux one ``write`` of 4 MiB was
     much slower than four of 1 MiB (pushing 256 such files: 2.7 s of system time against 0.9 s).
     """
-    path, fd = created
     with open(fd, "wb") as stream:
         for chunk in chunks:
             if len(chunk) <= WRITE_SIZE:
@@ -223,33 +299,19 @@ def _write_file(created: tuple[Path, int], chunks: Iterable[bytes], durable: boo
             for start in range(0, len(view), WRITE_SIZE):
                 stream.write(view[start:start + WRITE_SIZE])
         stream.flush()
+        os.fchmod(fd, FILE_MODE)
         if durable:
-            os.fsync(stream.fileno())
-    os.chmod(path, FILE_MODE)
+            os.fsync(fd)
 
 
-def _move_into_place(tmp: Path, target: Path, key: str, exclusive: bool) -> None:
+def _move_into_place(source_fd: int, source: str, target_fd: int, target: str, key: str, exclusive: bool) -> None:
     if not exclusive:
-        os.replace(tmp, target)
+        os.replace(source, target, src_dir_fd=source_fd, dst_dir_fd=target_fd)
         return
     try:
-        os.link(tmp, target)
+        os.link(source, target, src_dir_fd=source_fd, dst_dir_fd=target_fd, follow_symlinks=False)
     except FileExistsError:
         raise KeyExistsError(key) from None
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _backend_error(key: str, root: Path, exc: OSError) -> BackendError:

@@ -7,7 +7,7 @@ the login (home) folder, so ``sftp://lab/~/archive`` is ``archive`` in the home 
 ``host`` may be a ``Host`` alias of ``~/.ssh/config``. A password in the URL is accepted but
 never shown: :attr:`location` has it replaced by ``***``.
 
-Only the five primitives live here; connections (the system ``ssh`` or paramiko, a pool of
+Only the six primitives live here; connections (the system ``ssh`` or paramiko, a pool of
 them, error mapping) are :mod:`~archive.backends.sftp_conn`'s, pipelined transfers
 :mod:`~archive.backends.sftp_io`'s and resumed uploads :mod:`~archive.backends.sftp_resume`'s.
 A write streams into a unique file under ``tmp/`` in the archive (for a blob, one named after
@@ -19,6 +19,11 @@ exception raised by the chunks themselves, which is how shared code aborts a blo
 does not match) the temporary file is removed; a full disk is reported as
 :class:`~archive.errors.StorageFullError`.
 
+Nothing inside the archive is reached through a link, and only regular files are objects: a
+key is ``lstat``-ed before it is used (OpenSSH's server would block for ever opening a FIFO),
+with the folders on its way (:mod:`~archive.backends.sftp_paths`); listed names need not be
+UTF-8.
+
 Primitives are called from several threads at once; each borrows a whole connection from the
 pool, so crypto and requests of different files run side by side.
 """
@@ -29,8 +34,6 @@ import hashlib
 import io
 import itertools
 import logging
-import stat
-import threading
 import uuid
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -42,7 +45,9 @@ from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
+from ..keys import check_key, usable_name
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
+from .sftp_paths import CheckedFolders, list_names
 from .sftp_io import WindowedReader, close_later, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
@@ -64,8 +69,7 @@ class SFTPArchive(ArchiveInterface):
         target = resolve_target(parts["host"], parts["user"], parts["port"])
         self._pool = ConnectionPool(Connector(endpoint, target, KEYRING_SERVICE), self.location)
         self._partials = PartialUploads(self.remote_path(layout.TMP_DIR))
-        self._dirs: set[str] = set()
-        self._dirs_lock = threading.Lock()
+        self._folders = CheckedFolders(self.remote_path)
 
     @property
     def transport(self) -> str:
@@ -74,17 +78,24 @@ class SFTPArchive(ArchiveInterface):
 
     def remote_path(self, key: str) -> str:
         """The server path that holds ``key``."""
-        return f"{self.root}/{key}" if key else self.root
+        return f"{self.root}/{check_key(key)}" if key else self.root
 
     def stat_key(self, key: str) -> KeyInfo:
         with self._pool.session(key) as sftp:
-            attrs = sftp.stat(self.remote_path(key))
+            attrs = self._lstat(sftp, key)
         return KeyInfo(attrs.st_size or 0, float(attrs.st_mtime or 0))
+
+    def _lstat(self, sftp: paramiko.SFTPClient, key: str) -> paramiko.SFTPAttributes:
+        """The ``lstat`` of ``key``, which must be a regular file in real folders below the root."""
+        return self._folders.lstat(sftp, key)
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
+        """See :meth:`ArchiveInterface.open_key`: ``lstat`` first, a round trip more, because
+        OpenSSH's server would block (and hang the session) opening a FIFO."""
         with self._pool.borrow() as conn:
             with conn.errors(key):
+                self._lstat(conn.sftp, key)
                 raw = WindowedReader.open(conn.sftp, self.remote_path(key), conn.read_size, lambda: conn.errors(key))
             try:  # only the reads are translated: the caller's own errors pass as they are
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
@@ -102,7 +113,7 @@ class SFTPArchive(ArchiveInterface):
         shown = shown_key(key)
         with self._pool.borrow() as conn, conn.errors(shown):
             sftp = conn.sftp
-            self._ensure_dir(sftp, self.remote_path(layout.TMP_DIR))
+            self._folders.check(sftp, layout.TMP_DIR, create=True)
             self._partials.sweep(sftp)
             partial = self._partials.claim(sftp, blob, tmp) if blob else None
             try:
@@ -113,9 +124,8 @@ class SFTPArchive(ArchiveInterface):
                 if stored != size:  # everything sent must be on the server before it becomes visible
                     raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
                 final = key_of(key)
-                target = self.remote_path(final)
-                self._ensure_dir(sftp, _parent(target))
-                self._move_into_place(sftp, tmp, target, final, exclusive, size)
+                self._folders.check(sftp, final.rpartition("/")[0], create=True)
+                self._move_into_place(sftp, tmp, self.remote_path(final), final, exclusive, size)
             except BaseException as exc:
                 self._abandon(conn, exc, tmp, shown, blob)
                 raise
@@ -123,13 +133,16 @@ class SFTPArchive(ArchiveInterface):
     def list_keys(self, prefix: str) -> list[str]:
         try:
             with self._pool.session(prefix) as sftp:
-                names = sftp.listdir(self.remote_path(prefix))
+                if prefix:  # the root itself may be a link
+                    self._folders.lstat(sftp, prefix, folder=True)
+                names = list_names(sftp, self.remote_path(prefix))
         except KeyNotFoundError:
             return []
-        return [name for name in names if not name.startswith(".")]
+        return [name for name in names if usable_name(name, prefix)]
 
     def delete_key(self, key: str) -> None:
         with self._pool.session(key) as sftp:
+            self._lstat(sftp, key)
             sftp.remove(self.remote_path(key))
 
     def move_key(self, source: str, target: str) -> None:
@@ -137,15 +150,17 @@ class SFTPArchive(ArchiveInterface):
         the mtime); a missing target folder is made and the rename tried once more."""
         src, dst = self.remote_path(source), self.remote_path(target)
         with self._pool.borrow() as conn, conn.errors(source):
-            try:
-                conn.sftp.posix_rename(src, dst)
-                return
-            except FileNotFoundError:
-                conn.sftp.lstat(src)  # a missing source: KeyNotFoundError(source)
+            self._lstat(conn.sftp, source)
             with conn.errors(target):
-                self._forget_dirs()  # a folder remembered may have been removed since
-                self._ensure_dir(conn.sftp, _parent(dst))
-                conn.sftp.posix_rename(src, dst)
+                for attempt in (1, 2):
+                    self._folders.check(conn.sftp, target.rpartition("/")[0], create=True)
+                    try:
+                        conn.sftp.posix_rename(src, dst)
+                        return
+                    except FileNotFoundError:
+                        if attempt == 2 or not _exists(conn.sftp, src):
+                            raise
+                        self._folders.forget()  # the target folder was removed since it was checked
 
     def close(self) -> None:
         self._pool.close()
@@ -180,37 +195,12 @@ class SFTPArchive(ArchiveInterface):
                     return
                 if attempt == 2:
                     raise
-                self._forget_dirs()
-                self._ensure_dir(sftp, _parent(target))
+                self._folders.forget()
+                self._folders.check(sftp, key.rpartition("/")[0], create=True)
             except OSError:
                 if exclusive and _exists(sftp, target):
                     raise KeyExistsError(key) from None
                 raise
-
-    def _ensure_dir(self, sftp: paramiko.SFTPClient, path: str) -> None:
-        """``mkdir -p`` over SFTP; folders known to exist are remembered to save round trips."""
-        if path in self._dirs or path in ("", "/", "."):
-            return
-        try:
-            if stat.S_ISDIR(sftp.stat(path).st_mode or 0):
-                self._remember_dir(path)
-                return
-        except FileNotFoundError:
-            self._ensure_dir(sftp, _parent(path))
-        try:
-            sftp.mkdir(path)
-        except OSError:
-            if not _exists(sftp, path):  # not a lost race with another writer
-                raise
-        self._remember_dir(path)
-
-    def _remember_dir(self, path: str) -> None:
-        with self._dirs_lock:
-            self._dirs.add(path)
-
-    def _forget_dirs(self) -> None:
-        with self._dirs_lock:
-            self._dirs.clear()
 
 
 def _resume_name(key: str | Callable[[], str], chunks: Iterable[bytes]) -> tuple[Iterable[bytes], str | None]:
@@ -244,7 +234,7 @@ def _check_taken_over(sftp: paramiko.SFTPClient, target: str, key: str, exclusiv
     finished it; anything else is an error (and the write may be retried).
     """
     try:
-        stored = sftp.stat(target).st_size
+        stored = sftp.lstat(target).st_size
     except FileNotFoundError:
         stored = None
     if exclusive or stored != size:
@@ -269,14 +259,10 @@ def _finish_reading(conn: Connection, raw: WindowedReader, key: str) -> None:
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
     try:
-        sftp.stat(path)
+        sftp.lstat(path)
     except FileNotFoundError:
         return False
     return True
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] if "/" in path else "."
 
 
 def _parse_url(url: str) -> dict:

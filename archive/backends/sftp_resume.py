@@ -20,6 +20,7 @@ import io
 import itertools
 import logging
 import re
+import stat
 import threading
 import time
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ from typing import Iterable, Iterator
 import paramiko
 
 from .sftp_io import EXISTING_FILE, PipelinedWriter, WindowedReader, open_handle, remove_quietly, truncate_handle
+from .sftp_paths import list_names
 
 logger = logging.getLogger(__name__)
 PARTIAL_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.[0-9a-f]{32}\.part")
@@ -74,9 +76,11 @@ class PartialUploads:
         """Take over a partial upload of ``hexdigest`` by renaming it to ``new_path``; None if none."""
         for path, own in self._candidates(sftp, hexdigest):
             try:
-                attrs = sftp.stat(path)
+                attrs = sftp.lstat(path)
             except FileNotFoundError:
                 continue
+            if not stat.S_ISREG(attrs.st_mode or 0):
+                continue  # a link or FIFO put there: never written through, never opened
             size = attrs.st_size or 0
             if not own and time.time() - (attrs.st_mtime or 0) < FOREIGN_IDLE_SECONDS:
                 continue  # perhaps another process is still writing it
@@ -106,7 +110,7 @@ class PartialUploads:
 
 def _list_partials(sftp: paramiko.SFTPClient, tmp_dir: str) -> dict[str, list[str]]:
     try:
-        names = sftp.listdir(tmp_dir)
+        names = list_names(sftp, tmp_dir)
     except FileNotFoundError:
         return {}
     found: dict[str, list[str]] = {}

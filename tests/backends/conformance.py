@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import archive
 from archive import layout
 from archive.errors import (IntegrityError, KeyExistsError, KeyNotFoundError, ReleaseExistsError,
-                            ReleaseNotFoundError)
+                            ReleaseNotFoundError, UnsafeObjectError)
 from archive.hashing import BlobId, HashingChunks
 from archive.interface import ArchiveInterface, KeyInfo
 from tests.conftest import make_tree
@@ -176,6 +177,100 @@ class BackendContract:
             t.join()
         assert outcomes.count("won") == 1 and outcomes.count("lost") == 7
 
+    # ------------------------------------------------------------- storage someone else controls
+    def test_a_link_in_place_of_an_object_is_never_followed(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        outside = tmp_path / "outside.txt"
+        outside.write_bytes(b"not the archive's")
+        key = "releases/n/1.0.0"
+        arc.write_key(key, [b"pointer"])
+        on_disk = self.on_disk(arc, key)
+        on_disk.unlink()
+        on_disk.symlink_to(outside)
+        refused = f"{key} is a symbolic link inside the archive; refusing to follow it"
+        for action in (lambda: arc.stat_key(key), lambda: arc.read_key(key, 100), lambda: arc.delete_key(key),
+                       lambda: arc.move_key(key, "releases/n/moved")):
+            with pytest.raises(UnsafeObjectError, match=refused):
+                action()
+        assert on_disk.is_symlink() and not arc.has_key("releases/n/moved")
+        with pytest.raises(KeyExistsError):
+            arc.write_key(key, [b"create-only"], exclusive=True)
+        arc.write_key(key, [b"replaced"])  # replaces the link itself, never writes through it
+        assert not on_disk.is_symlink() and arc.read_key(key, 100) == b"replaced"
+        assert outside.read_bytes() == b"not the archive's"
+
+    @pytest.mark.parametrize("folder", ["releases/n", layout.TMP_DIR, "blobs"])
+    def test_a_link_in_place_of_a_folder_is_never_followed(self, arc: ArchiveInterface, tmp_path: Path,
+                                                           folder: str) -> None:
+        import shutil
+
+        outside = make_tree(tmp_path / "outside", {"1.0.0": b"old", "x.part": b"x"})
+        with archive.get_interface(arc.location) as earlier:  # the archive as another process left it
+            earlier.write_key("releases/n/1.0.0", [b"pointer"])
+            earlier.write_key("blobs/sha256/ab/x", [b"x"])
+            earlier.write_key("releases/m/1.0.0", [b"m"])
+        on_disk = self.on_disk(arc, folder)
+        shutil.rmtree(on_disk, ignore_errors=True)
+        on_disk.symlink_to(outside)
+        refused = f"{folder} is a symbolic link inside the archive; refusing to follow it"
+        key = f"{folder}/1.0.0" if folder != "blobs" else "blobs/sha256/ab/x"
+        with archive.get_interface(arc.location) as later:  # a process started after the link was made
+            actions = [lambda: later.stat_key(key), lambda: later.read_key(key, 100),
+                       lambda: later.delete_key(key), lambda: later.list_keys(folder),
+                       lambda: later.write_key(f"{folder}/2.0.0", [b"new"]),
+                       lambda: later.write_key(f"{folder}/3.0.0", [b"new"], exclusive=True),
+                       lambda: later.move_key("releases/m/1.0.0", f"{folder}/4.0.0")]
+            for action in actions:
+                with pytest.raises(UnsafeObjectError, match=refused):
+                    action()
+        assert sorted(p.name for p in outside.iterdir()) == ["1.0.0", "x.part"]
+        assert (outside / "1.0.0").read_bytes() == b"old"
+
+    def test_a_fifo_in_place_of_an_object_is_refused_without_blocking(self, arc: ArchiveInterface) -> None:
+        key = "blobs/sha256/ab/fifo"
+        arc.write_key("blobs/sha256/ab/other", [b"x"])
+        os.mkfifo(self.on_disk(arc, key))
+        refused = f"{key} is a FIFO inside the archive, not a file; refusing to use it"
+        for action in (lambda: arc.stat_key(key), lambda: arc.read_key(key, 100), lambda: arc.delete_key(key),
+                       lambda: arc.move_key(key, "blobs/sha256/ab/moved")):
+            with pytest.raises(UnsafeObjectError, match=refused):
+                _within_seconds(action, self.on_disk(arc, key))
+
+    def test_a_folder_in_place_of_an_object_is_refused(self, arc: ArchiveInterface) -> None:
+        key = "releases/n/1.0.0"
+        self.on_disk(arc, key).mkdir(parents=True)
+        for action in (lambda: arc.stat_key(key), lambda: arc.read_key(key, 100), lambda: arc.delete_key(key)):
+            with pytest.raises(UnsafeObjectError, match=f"{key} is a folder inside the archive, not a file"):
+                action()
+        assert arc.list_keys("releases/n") == ["1.0.0"]  # listed: folders are listed, and refused when used
+
+    def test_a_file_in_place_of_a_folder_is_refused(self, arc: ArchiveInterface) -> None:
+        arc.write_key("releases/n", [b"a file"])
+        with pytest.raises(UnsafeObjectError, match="releases/n is a file inside the archive, not a folder"):
+            arc.read_key("releases/n/1.0.0", 100)
+        with pytest.raises(UnsafeObjectError, match="releases/n is a file inside the archive, not a folder"):
+            arc.write_key("releases/n/1.0.0", [b"p"])
+
+    def test_a_key_never_leads_outside_the_root(self, arc: ArchiveInterface) -> None:
+        from archive.errors import InvalidInputError
+
+        for key in ("../outside", "releases/../../outside", "/etc/passwd", "releases//x", "./archive.json"):
+            for action in (lambda: arc.stat_key(key), lambda: arc.read_key(key, 10),
+                           lambda: arc.write_key(key, [b"x"]), lambda: arc.delete_key(key)):
+                with pytest.raises(InvalidInputError, match="is not a key inside the archive"):
+                    action()
+        assert not (self.on_disk(arc, "").parent / "outside").exists()
+
+    def test_names_that_are_not_utf8_are_skipped_in_listings(self, arc: ArchiveInterface,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+        arc.write_key("releases/good/1.0.0", [b"p"])
+        folder = os.fsencode(self.on_disk(arc, "releases"))
+        os.mkdir(folder + b"/caf\xe9")
+        with open(folder + b"/good/\xff\xfe", "wb"):
+            pass
+        assert arc.list_keys("releases") == ["good"]
+        assert arc.list_keys("releases/good") == ["1.0.0"]
+        assert "skipping a name that is not UTF-8" in caplog.text
+
     # ------------------------------------------------------------- the archive above them
     def test_publish_and_download_round_trip(self, arc: ArchiveInterface, tmp_path: Path) -> None:
         files = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256)) * 1000, "sub/deeper/c": b""}
@@ -221,3 +316,38 @@ class BackendContract:
     def test_missing_release(self, arc: ArchiveInterface) -> None:
         with pytest.raises(ReleaseNotFoundError):
             arc.resolve("nothing", "*")
+
+
+def _within_seconds(action, fifo: Path, seconds: float = 10.0) -> None:
+    """Run ``action``; fail if it blocks (a reader waiting on ``fifo`` is then let go, so the
+    suite fails instead of hanging). Whatever ``action`` raises is raised here."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        _release_readers(fifo, thread)
+        pytest.fail(f"blocked on the FIFO {fifo} for {seconds} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _release_readers(fifo: Path, thread: threading.Thread) -> None:
+    """Open ``fifo`` for writing (and close it) until the blocked thread is done."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader has it open yet
+            time.sleep(0.05)
+        thread.join(0.1)

@@ -38,6 +38,9 @@ def test_folders_removed_between_writes_are_made_again(folder_archive: FileSyste
     folder_archive.write_key("blobs/sha256/ab/two", [b"2"])
     folder_archive.write_key("releases/x/1.0.0", [b"p"], exclusive=True)
     assert folder_archive.read_key("blobs/sha256/ab/two", 10) == b"2"
+    shutil.rmtree(folder_archive.local_path("blobs"))
+    folder_archive.write_key("blobs/sha256/cd/three", [b"3"])  # a folder new below removed ones
+    assert folder_archive.read_key("blobs/sha256/cd/three", 10) == b"3"
     assert folder_archive.list_keys(layout.TMP_DIR) == []
 
 
@@ -83,3 +86,40 @@ def test_local_disk_is_told_apart_from_other_mounts(small_tmpfs: Path) -> None:
 
     assert on_local_disk(small_tmpfs / "deeper" / "store")  # a tmpfs: local memory
     assert not on_local_disk(Path("/proc/self"))  # proc: not a disk
+
+
+def test_a_folder_swapped_for_a_link_while_in_use_is_never_followed(folder_archive: FileSystemArchive,
+                                                                    tmp_path: Path) -> None:
+    """Folders are kept open, not looked up by path again: a link swapped in for one that this
+    archive already used leads nowhere (the SFTP backend checks its write folders once per process)."""
+    import shutil
+
+    from archive.errors import UnsafeObjectError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder_archive.write_key("releases/n/1.0.0", [b"p"])
+    shutil.rmtree(folder_archive.local_path("releases/n"))
+    folder_archive.local_path("releases/n").symlink_to(outside)
+    with pytest.raises(UnsafeObjectError, match="releases/n is a symbolic link inside the archive"):
+        folder_archive.write_key("releases/n/2.0.0", [b"q"])
+    assert list(outside.iterdir()) == []
+
+
+def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
+    """Downloads open the path of ``local_file`` themselves: it must lead to the archive's own
+    file even when a folder this archive keeps open was renamed away and a link put in its place."""
+    from archive.errors import UnsafeObjectError
+
+    key = "blobs/sha256/ab/x"
+    folder_archive.write_key(key, [b"archive's"])
+    folder_archive.local = True
+    assert folder_archive.local_file(key) == folder_archive.local_path(key)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not the archive's")
+    fan = folder_archive.local_path("blobs/sha256/ab")
+    fan.rename(fan.with_name("ab.old"))
+    fan.symlink_to(outside)
+    with pytest.raises(UnsafeObjectError, match=f"{key} is a symbolic link inside the archive"):
+        folder_archive.local_file(key)

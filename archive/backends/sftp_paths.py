@@ -1,0 +1,150 @@
+"""Paths of an SFTP archive on storage someone else controls: folders checked, names read as bytes.
+
+SFTP (version 3, as OpenSSH speaks it) has no ``O_NOFOLLOW`` and no descriptor of a folder to
+walk from, so every folder below the archive root is checked with ``lstat`` before it is used:
+a symbolic link, or anything but a folder, where a folder of the archive should be is refused.
+Each folder is checked once per process (:class:`CheckedFolders`, as ``mkdir -p`` was cached
+before); a key's own ``lstat`` is sent together with those of the folders on its way not
+checked yet, so a read costs one round trip, as the plain ``stat`` before. A process that
+used a folder would still use it if it were swapped for a link while the process runs (SFTP
+gives no way to pin it); a process started after is safe.
+The root itself is the user's choice and may be a link.
+
+A folder may hold a name that is not UTF-8, which paramiko's ``listdir`` cannot decode (it
+raised ``UnicodeDecodeError`` from ``ls``, ``pull``, ``push`` and ``gc``): :func:`list_names`
+reads names as bytes and decodes them as ``os.listdir`` does on a folder (surrogate escapes),
+and :func:`~archive.interface.usable_name` skips such names on every backend alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import paramiko
+from paramiko.sftp import CMD_ATTRS, CMD_CLOSE, CMD_HANDLE, CMD_LSTAT, CMD_NAME, CMD_OPENDIR, CMD_READDIR, CMD_STATUS
+
+from ..keys import check_folder, check_regular
+
+
+def list_names(sftp: paramiko.SFTPClient, path: str) -> list[str]:
+    """The names in the server folder ``path`` (without ``.`` and ``..``), never failing to
+    decode one: bytes that are not UTF-8 become surrogate escapes, as ``os.listdir`` gives them."""
+    t, msg = sftp._request(CMD_OPENDIR, path)
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError("expected a handle to list a folder")
+    handle = msg.get_binary()
+    names: list[str] = []
+    while True:
+        try:
+            t, msg = sftp._request(CMD_READDIR, handle)
+        except EOFError:  # the end of the listing (an SFTP status of EOF)
+            break
+        if t != CMD_NAME:
+            raise paramiko.SFTPError("expected names in a folder listing")
+        for _ in range(msg.get_int()):
+            name = msg.get_binary().decode("utf-8", "surrogateescape")
+            msg.get_binary()  # the long name, as ls -l would show it
+            paramiko.SFTPAttributes._from_msg(msg)
+            if name not in (".", ".."):
+                names.append(name)
+    sftp._request(CMD_CLOSE, handle)
+    return names
+
+
+class _Replies:
+    """Collects the replies to requests sent at once (paramiko hands them over as they come)."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        self.got[num] = (t, msg)
+
+
+class CheckedFolders:
+    """Folders below an archive root known to be real folders (each component ``lstat``-ed)."""
+
+    def __init__(self, remote_path: Callable[[str], str]) -> None:
+        self._remote_path = remote_path
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def check(self, sftp: paramiko.SFTPClient, folder: str, create: bool) -> None:
+        """Make sure ``folder`` (a key prefix such as ``blobs/sha256/ab``) is a real folder.
+
+        Raises :class:`~archive.errors.UnsafeObjectError` naming the first component that is a
+        link or anything else but a folder, and ``FileNotFoundError`` for a missing one unless
+        ``create``, which makes it (``mkdir -p``, a lost race with another writer is fine).
+        """
+        if folder in self._known:
+            return
+        if not folder:
+            if create:
+                _make_folders(sftp, self._remote_path(""))
+                with self._lock:
+                    self._known.add(folder)
+            return
+        self.check(sftp, folder.rpartition("/")[0], create)
+        path = self._remote_path(folder)
+        try:
+            check_folder(folder, sftp.lstat(path).st_mode or 0)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                sftp.mkdir(path)
+            except OSError:  # made meanwhile by another writer, or something else is there
+                check_folder(folder, sftp.lstat(path).st_mode or 0)
+        with self._lock:
+            self._known.add(folder)
+
+    def lstat(self, sftp: paramiko.SFTPClient, key: str, folder: bool = False) -> paramiko.SFTPAttributes:
+        """The ``lstat`` of ``key``, with every folder on its way not checked before.
+
+        All the ``lstat`` requests are sent at once, so this costs one round trip, as one
+        ``stat`` would. ``key`` must be a regular file (a real folder if ``folder``); raises
+        :class:`~archive.errors.UnsafeObjectError` naming the first thing that is not what it
+        should be, ``FileNotFoundError`` if something on the way is missing.
+        """
+        parts = key.split("/")
+        paths = [p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p not in self._known]
+        replies = _Replies()
+        nums = [sftp._async_request(replies, CMD_LSTAT, self._remote_path(path)) for path in [*paths, key]]
+        while len(replies.got) < len(nums):
+            sftp._read_response()
+        for path, num in zip(paths, nums):  # in order: the first thing amiss on the way is named
+            check_folder(path, _attributes(sftp, *replies.got[num]).st_mode or 0)
+        attrs = _attributes(sftp, *replies.got[nums[-1]])
+        (check_folder if folder else check_regular)(key, attrs.st_mode or 0)
+        with self._lock:
+            self._known.update(paths)
+        return attrs
+
+    def forget(self) -> None:
+        """Check every folder again (one was found removed since it was checked)."""
+        with self._lock:
+            self._known.clear()
+
+
+def _make_folders(sftp: paramiko.SFTPClient, path: str) -> None:
+    """``mkdir -p`` of the archive root, which (like the folders above it) may be a link."""
+    try:
+        sftp.stat(path)
+        return
+    except FileNotFoundError:
+        if "/" in path.strip("/"):
+            _make_folders(sftp, path.rsplit("/", 1)[0])
+    try:
+        sftp.mkdir(path)
+    except OSError:
+        sftp.stat(path)  # made meanwhile by another writer; else the error of the stat
+
+
+def _attributes(sftp: paramiko.SFTPClient, t: int, msg: paramiko.Message) -> paramiko.SFTPAttributes:
+    """The attributes an ``lstat`` reply holds; its error (``FileNotFoundError``...) otherwise."""
+    if t == CMD_STATUS:
+        sftp._convert_status(msg)
+    if t != CMD_ATTRS:
+        raise paramiko.SFTPError(f"unexpected SFTP reply {t} to lstat")
+    return paramiko.SFTPAttributes._from_msg(msg)
