@@ -98,10 +98,11 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
     queued = iter(enumerate(jobs))
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="archive") as pool:
         running: dict[Future[T], int] = {}
+        stop = threading.Event()  # set on Ctrl-C: running jobs end at their next chunk
 
         def submit_more() -> None:
             for index, job in queued:
-                running[pool.submit(job)] = index
+                running[pool.submit(_run_job, job, stop)] = index
                 if len(running) >= 2 * workers:
                     return
 
@@ -115,11 +116,32 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
                         raise future.exception()  # type: ignore[misc]
                     results[index] = future.result()
                 submit_more()
-        except BaseException:
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted: the running jobs stop too
+                stop.set()
             for future in running:  # those not started yet never will; the pool waits for the rest
                 future.cancel()
             raise
     return results
+
+
+_job = threading.local()  # the stop event of the run_jobs that runs this thread's job
+
+
+def _run_job(job: Callable[[], T], stop: threading.Event) -> T:
+    _job.stop = stop
+    try:
+        return job()
+    finally:
+        _job.stop = None
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt in a job thread once the command was interrupted (Ctrl-C reaches
+    only the main thread, and it waits for running jobs: without this, for whole files)."""
+    stop = getattr(_job, "stop", None)
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
@@ -139,6 +161,7 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEM
 def reporting(chunks: Iterable[bytes], advance: Callable[[int], None] | None) -> Iterator[bytes]:
     """Pass chunks through, telling ``advance`` (a progress callback) how many bytes went by."""
     for chunk in chunks:
+        check_interrupted()
         if advance is not None:
             advance(len(chunk))
         yield chunk

@@ -43,7 +43,7 @@ from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
-from .sftp_io import WindowedReader, close_later, remove_quietly, upload
+from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,13 @@ class SFTPArchive(ArchiveInterface):
     # ------------------------------------------------------------------ helpers
     def _abandon(self, conn: Connection, exc: BaseException, tmp: str, key: str, blob: str | None) -> None:
         """After a failed write: keep the temporary file if the connection broke or was interrupted
-        (a retry resumes a blob's), else remove it (a full disk is checked first, while full)."""
-        if conn.broken(exc) or not isinstance(exc, Exception):
-            if not isinstance(exc, Exception):  # Ctrl-C may have stopped paramiko mid-packet
-                conn.close()
+        (a retry resumes a blob's), else remove it (a full disk is checked first, while full).
+
+        Nothing here may wait on a connection that was interrupted: it is closed at once (Ctrl-C
+        may have stopped paramiko mid-packet, and no reply would ever come)."""
+        if interrupted(exc):
+            conn.close()
+        if interrupted(exc) or conn.broken(exc):
             self._partials.remember(tmp, blob)  # a retry resumes a blob; gc removes the rest
             return
         full = conn.storage_full(exc, self.remote_path(layout.TMP_DIR))

@@ -28,7 +28,7 @@ import paramiko
 
 from ..credentials import SSHConnector, SSHTarget
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
-from .sftp_io import free_space, server_limits
+from .sftp_io import free_space, interrupted, server_limits
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
 
 logger = logging.getLogger(__name__)
@@ -194,10 +194,19 @@ class ConnectionPool:
 
     @contextmanager
     def borrow(self) -> Iterator[Connection]:
-        """Lend a connection for the duration of the block."""
+        """Lend a connection for the duration of the block.
+
+        An interrupt (Ctrl-C) inside the block closes the connection without waiting for
+        anything: it may have stopped paramiko halfway through a packet, so the session is out
+        of step and a reply awaited on it might never come.
+        """
         conn = self._take()
         try:
             yield conn
+        except BaseException as exc:
+            if interrupted(exc):
+                conn.close()
+            raise
         finally:
             self._give_back(conn)
 

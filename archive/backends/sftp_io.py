@@ -31,6 +31,15 @@ NEW_FILE = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
 EXISTING_FILE = SFTP_FLAG_READ | SFTP_FLAG_WRITE
 
 
+def interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C (KeyboardInterrupt) and other exits that are no error (SystemExit...).
+
+    Such an exception may have stopped paramiko in the middle of sending or reading a packet:
+    the session is out of step, and waiting for any reply on it could wait forever.
+    """
+    return not isinstance(exc, Exception)
+
+
 def server_limits(sftp: paramiko.SFTPClient) -> tuple[int, int]:
     """The read and write request sizes to use on this session.
 
@@ -146,8 +155,8 @@ class PipelinedWriter:
             for chunk in chunks:
                 self.write(chunk)
             return self.close()
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self.abort(exc)
             raise
 
     def close(self) -> int:
@@ -186,9 +195,14 @@ class PipelinedWriter:
                                len(piece)), piece)
         return num
 
-    def abort(self) -> None:
-        """Close the handle after an error (unless :meth:`close` sent that already)."""
-        if not self._closing:
+    def abort(self, exc: BaseException) -> None:
+        """Close the handle after ``exc`` (unless :meth:`close` sent that already).
+
+        After an interrupt nothing is sent or awaited: paramiko may have been stopped halfway
+        through a packet, so no reply would ever come; the connection is closed instead (see
+        :meth:`archive.backends.sftp_conn.ConnectionPool.borrow`).
+        """
+        if not self._closing and not interrupted(exc):
             close_quietly(self._sftp, self._handle)
 
     def _settle_oldest(self) -> None:
