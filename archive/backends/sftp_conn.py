@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import paramiko
@@ -52,7 +52,7 @@ class Endpoint:
     host: str
     user: str | None
     port: int | None
-    password: str | None
+    password: str | None = field(default=None, repr=False)  # never in a repr, log or traceback
 
 
 class Connection:
