@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
 import socket
 import sys
 import threading
@@ -25,13 +26,15 @@ from typing import Iterator
 
 import paramiko
 
-from .errors import AuthenticationError, BackendUnavailableError, HostKeyError
+from .errors import AuthenticationError, BackendUnavailableError, HostKeyError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 SSH_PORT = 22
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
 CONNECT_TIMEOUT = 20.0
+_HOST_FORBIDDEN = "'`\"$\\;&<>|(){}"  # as OpenSSH's valid_hostname()
+_USER_FORBIDDEN = "'`\";&<>|(){}"  # as OpenSSH's valid_ruser()
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,31 @@ def ssh_dir() -> Path:
     return Path.home() / ".ssh"
 
 
+def check_names(host: str, username: str | None = None) -> None:
+    """Refuse a host or user name that OpenSSH refuses on its command line.
+
+    Both are put into ``ProxyCommand`` (``%h``, ``%r``) and ``Match exec`` lines of
+    ``~/.ssh/config``, which run through a shell: ``sftp://$(cmd)x/...`` would run ``cmd``. The
+    rules are OpenSSH's (``valid_hostname`` and ``valid_ruser`` in ssh.c): no leading ``-``, no
+    shell metacharacters, and for a host no blank or control characters.
+
+    Raises
+    ------
+    InvalidInputError
+        One line naming the offending name.
+    """
+    if not host or host.startswith("-") or any(c in _HOST_FORBIDDEN or c.isspace() or not c.isprintable()
+                                                for c in host):
+        raise InvalidInputError(f"invalid host name {host!r}: no leading '-', blanks, control characters or any"
+                                f" of {_HOST_FORBIDDEN}")
+    if username is None:
+        return
+    if (not username or username.startswith("-") or username.endswith("\\") or re.search(r"\s-", username)
+            or any(c in _USER_FORBIDDEN or not c.isprintable() for c in username)):
+        raise InvalidInputError(f"invalid user name {username!r}: no leading '-', control characters or any"
+                                f" of {_USER_FORBIDDEN}")
+
+
 def resolve_target(host: str, username: str | None = None, port: int | None = None) -> SSHTarget:
     """Apply ``~/.ssh/config`` to ``host``; explicit ``username`` and ``port`` win over it.
 
@@ -72,7 +100,13 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         The host as the user wrote it: a name, an address, or a ``Host`` alias of the config.
     username, port
         From the URL, if it named them.
+
+    Raises
+    ------
+    InvalidInputError
+        A host or user name that could run commands through the config (:func:`check_names`).
     """
+    check_names(host, username)
     config = paramiko.SSHConfig()
     path = ssh_dir() / "config"
     if path.is_file():

@@ -282,8 +282,6 @@ def _parse_url(url: str) -> dict:
         raise InvalidInputError(f"bad port in archive location {shown!r}{_encoding_hint(url)}") from None
     if parts.scheme.lower() != "sftp" or not host:
         raise InvalidInputError(f"not an sftp://[user@]host[:port]/path location: {shown!r}{_encoding_hint(url)}")
-    if host.startswith("-") or (parts.username or "").startswith("-"):  # never an option to ssh
-        raise InvalidInputError(f"a host or user name cannot start with '-': {shown!r}")
     path = unquote(parts.path)
     if path in ("", "/"):
         raise InvalidInputError(f"{shown!r} names no folder: add /absolute/path or /~/path-in-home")
