@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
+import os
 import re
 import socket
 import sys
@@ -29,10 +31,17 @@ import paramiko
 from .errors import AuthenticationError, BackendUnavailableError, HostKeyError, InvalidInputError
 
 logger = logging.getLogger(__name__)
+# paramiko logs a failed handshake with a traceback from its own thread; we raise a one-line error
+# for it. With no handler, logging's last resort printed that traceback on stderr. Anything set up
+# by the application (root handlers) still gets paramiko's records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SSH_PORT = 22
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-CONNECT_TIMEOUT = 20.0
+CONNECT_TIMEOUT_ENV = "ARCHIVE_CONNECT_TIMEOUT"
+IO_TIMEOUT_ENV = "ARCHIVE_IO_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 15.0  # seconds each step of connecting may take (TCP, banner, login, SFTP start)
+DEFAULT_IO_TIMEOUT = 120.0  # seconds an established session may leave a request unanswered
 _HOST_FORBIDDEN = "'`\"$\\;&<>|(){}"  # as OpenSSH's valid_hostname()
 _USER_FORBIDDEN = "'`\";&<>|(){}"  # as OpenSSH's valid_ruser()
 
@@ -49,6 +58,7 @@ class SSHTarget:
     proxy_command: str | None = None
     known_hosts_files: tuple[str, ...] = ()
     proxy_jump: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
     @property
     def host_key_name(self) -> str:
@@ -125,7 +135,45 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         proxy_command=None if not proxy or proxy.lower() == "none" else proxy,
         known_hosts_files=tuple(str(Path(f).expanduser()) for f in known_files),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
+        connect_timeout=connect_timeout(entry.get("connecttimeout")),
     )
+
+
+def connect_timeout(configured: str | None = None) -> float:
+    """Seconds each step of connecting may take: ``$ARCHIVE_CONNECT_TIMEOUT``, else the host's
+    ``ConnectTimeout`` of ``~/.ssh/config`` (``configured``), else :data:`DEFAULT_CONNECT_TIMEOUT`."""
+    if os.environ.get(CONNECT_TIMEOUT_ENV, "").strip():
+        return seconds_setting(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT)
+    if configured and configured.strip().lower() != "none":
+        return _positive_seconds(configured, "ConnectTimeout in ~/.ssh/config")
+    return DEFAULT_CONNECT_TIMEOUT
+
+
+def io_timeout() -> float:
+    """Seconds a request on an established session may go unanswered (``$ARCHIVE_IO_TIMEOUT``)."""
+    return seconds_setting(IO_TIMEOUT_ENV, DEFAULT_IO_TIMEOUT)
+
+
+def seconds_setting(name: str, default: float) -> float:
+    """A number of seconds from environment variable ``name``; ``default`` when unset.
+
+    Raises
+    ------
+    InvalidInputError
+        Not a positive, finite number.
+    """
+    text = os.environ.get(name, "").strip()
+    return _positive_seconds(text, f"${name}") if text else default
+
+
+def _positive_seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(f"{what} must be a positive number of seconds, not {text!r}")
+    return value
 
 
 def load_known_hosts(target: SSHTarget) -> paramiko.HostKeys:
@@ -312,9 +360,11 @@ def open_transport(target: SSHTarget, window_size: int | None = None) -> paramik
     sock = _open_socket(target)
     kwargs = {"default_window_size": window_size} if window_size else {}
     transport = paramiko.Transport(sock, **kwargs)
+    timeout = target.connect_timeout
+    transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
     try:
         _prefer_known_key_types(transport, known.lookup(target.host_key_name))
-        transport.start_client(timeout=CONNECT_TIMEOUT)
+        transport.start_client(timeout=timeout)
         check_host_key(target, known, transport.get_remote_server_key())
     except (paramiko.SSHException, EOFError, OSError) as exc:
         transport.close()
@@ -340,7 +390,7 @@ def _open_socket(target: SSHTarget) -> socket.socket | paramiko.ProxyCommand:
         logger.debug("connecting to %s through ProxyCommand", target.alias)
         return paramiko.ProxyCommand(target.proxy_command)
     try:
-        sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
     except OSError as exc:
         raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: {_reason(exc)}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
