@@ -4,7 +4,9 @@ Shared by the backends that log in somewhere. SSH connections follow what the us
 up for ``ssh``: ``~/.ssh/config`` (HostName, User, Port, IdentityFile, ProxyCommand,
 UserKnownHostsFile), the ssh-agent, the default key files, and host keys from the system and
 user known_hosts files. An unknown or changed host key is refused, never added silently, with a
-one-line error that shows the fingerprint and how to trust the host.
+one-line error that shows the fingerprint and how to trust the host. Host and user names that
+OpenSSH would refuse (they reach ``ProxyCommand`` lines run by a shell) are refused before any
+connection; how long connecting may take is :mod:`archive.timeouts`'.
 
 Passwords come from, in order: the caller (a URL), the system keyring (service and account
 given by the backend, e.g. ``archive-sftp`` / ``user@host``), and a prompt, but only when stdin
@@ -16,8 +18,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import math
-import os
 import re
 import socket
 import sys
@@ -29,6 +29,7 @@ from typing import Iterator
 import paramiko
 
 from .errors import AuthenticationError, BackendUnavailableError, HostKeyError, InvalidInputError
+from .timeouts import DEFAULT_CONNECT_TIMEOUT, connect_timeout
 
 logger = logging.getLogger(__name__)
 # paramiko logs a failed handshake with a traceback from its own thread; we raise a one-line error
@@ -38,10 +39,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SSH_PORT = 22
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-CONNECT_TIMEOUT_ENV = "ARCHIVE_CONNECT_TIMEOUT"
-IO_TIMEOUT_ENV = "ARCHIVE_IO_TIMEOUT"
-DEFAULT_CONNECT_TIMEOUT = 15.0  # seconds each step of connecting may take (TCP, banner, login, SFTP start)
-DEFAULT_IO_TIMEOUT = 120.0  # seconds an established session may leave a request unanswered
 _HOST_FORBIDDEN = "'`\"$\\;&<>|(){}"  # as OpenSSH's valid_hostname()
 _USER_FORBIDDEN = "'`\";&<>|(){}"  # as OpenSSH's valid_ruser()
 
@@ -137,43 +134,6 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
         connect_timeout=connect_timeout(entry.get("connecttimeout")),
     )
-
-
-def connect_timeout(configured: str | None = None) -> float:
-    """Seconds each step of connecting may take: ``$ARCHIVE_CONNECT_TIMEOUT``, else the host's
-    ``ConnectTimeout`` of ``~/.ssh/config`` (``configured``), else :data:`DEFAULT_CONNECT_TIMEOUT`."""
-    if os.environ.get(CONNECT_TIMEOUT_ENV, "").strip():
-        return seconds_setting(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT)
-    if configured and configured.strip().lower() != "none":
-        return _positive_seconds(configured, "ConnectTimeout in ~/.ssh/config")
-    return DEFAULT_CONNECT_TIMEOUT
-
-
-def io_timeout() -> float:
-    """Seconds a request on an established session may go unanswered (``$ARCHIVE_IO_TIMEOUT``)."""
-    return seconds_setting(IO_TIMEOUT_ENV, DEFAULT_IO_TIMEOUT)
-
-
-def seconds_setting(name: str, default: float) -> float:
-    """A number of seconds from environment variable ``name``; ``default`` when unset.
-
-    Raises
-    ------
-    InvalidInputError
-        Not a positive, finite number.
-    """
-    text = os.environ.get(name, "").strip()
-    return _positive_seconds(text, f"${name}") if text else default
-
-
-def _positive_seconds(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidInputError(f"{what} must be a positive number of seconds, not {text!r}")
-    return value
 
 
 def load_known_hosts(target: SSHTarget) -> paramiko.HostKeys:

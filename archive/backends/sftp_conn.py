@@ -26,7 +26,8 @@ from typing import Callable, Iterator, Protocol
 
 import paramiko
 
-from ..credentials import SSHConnector, SSHTarget, io_timeout
+from ..credentials import SSHConnector, SSHTarget
+from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command

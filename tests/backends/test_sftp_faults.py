@@ -43,7 +43,8 @@ class CuttingProxy:
     :meth:`arm` sets a budget of bytes (both directions, counted from then on); the connection
     that relays the byte that exhausts it is cut (both sockets closed), ``times`` times, the
     budget starting afresh after each cut. With ``new_only`` only connections opened after
-    arming count, so K bytes lands inside an SSH handshake.
+    arming count, so K bytes lands inside an SSH handshake. With ``freeze`` the connection is
+    not cut but stalls: open, and nothing relayed either way any more (a server that hangs).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -52,7 +53,7 @@ class CuttingProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._limit = self._left = self._times = self._generation = 0
-        self._new_only = False
+        self._new_only = self._freeze = False
         self.upstream_bytes = 0  # client -> server, all connections, since arming
         self.cuts = 0
         self._sockets: list[socket.socket] = []
@@ -61,10 +62,10 @@ class CuttingProxy:
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
-    def arm(self, after: int, times: int = 1, new_only: bool = False) -> None:
+    def arm(self, after: int, times: int = 1, new_only: bool = False, freeze: bool = False) -> None:
         with self._lock:
             self._limit = self._left = after
-            self._times, self._new_only = times, new_only
+            self._times, self._new_only, self._freeze = times, new_only, freeze
             self._generation += 1
             self.upstream_bytes = self.cuts = 0
 
@@ -119,6 +120,8 @@ class CuttingProxy:
                 return False
             allowed, cut = self._allow(len(data), generation, upstream=key.fileobj is client)
             key.data.sendall(data[:allowed])
+            if cut and self._freeze:
+                self._stopping.wait()  # both directions of this connection stall until close()
             if cut:
                 return False
         return True
@@ -369,7 +372,7 @@ class FakeServer:
 def run_cli(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "archive", *args], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120)
+                            env={**os.environ, **env}, timeout=60)
     return result, time.monotonic() - started
 
 
@@ -422,3 +425,57 @@ def test_a_bad_timeout_setting_is_one_line(sshd: SSHServer, store: Path, value: 
     result, _ = run_cli("-a", sshd.url(store), "ls", env={"ARCHIVE_CONNECT_TIMEOUT": value})
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "ARCHIVE_CONNECT_TIMEOUT must be a positive number of seconds" in result.stderr
+
+
+@pytest.fixture
+def silent_sftp_home(sshd: SSHServer, ssh_home: Path, tmp_path: Path) -> Path:
+    """A key the test sshd accepts with a forced command that reads and never answers: the SSH
+    login works, the SFTP session never starts."""
+    from tests.sshd import keygen
+
+    key = keygen(tmp_path / "silent_key")
+    line = f'command="cat >/dev/null",restrict {(tmp_path / "silent_key.pub").read_text().strip()}\n'
+    with open(sshd.folder / "authorized_keys", "a") as authorized:
+        authorized.write(line)
+    target = ssh_home / ".ssh" / "id_ed25519"
+    target.write_bytes(key.read_bytes())
+    target.chmod(0o600)
+    return ssh_home
+
+
+def test_a_server_silent_at_sftp_start_is_given_up(sshd: SSHServer, silent_sftp_home: Path, tmp_path: Path,
+                                                   transport: str) -> None:
+    result, elapsed = run_cli("-a", sshd.url(tmp_path / "store"), "ls",
+                              env={TRANSPORT_ENV: transport, "ARCHIVE_CONNECT_TIMEOUT": "1"})
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("archive: error: cannot reach 127.0.0.1") and "no SFTP session" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert elapsed < 8, f"took {elapsed:.1f} s with a 1 s connect timeout"
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_a_transfer_that_stalls_is_given_up_and_retried(sshd: SSHServer, proxy: CuttingProxy, store: Path,
+                                                        tmp_path: Path, transport: str, command: str) -> None:
+    """A connection that stops moving mid-transfer (open, silent) is dropped after
+    $ARCHIVE_IO_TIMEOUT and the transfer retried on a new one; it used to wait forever."""
+    data = os.urandom(12 * MIB)
+    src = make_tree(tmp_path / "src", {"big.bin": data})
+    location = through(proxy, sshd, store)
+    if command == "pull":
+        with archive.get_interface(sshd.url(store)) as direct:
+            direct.publish(src, "big", "1.0.0", progress=False)
+        args = ("-j", "1", "pull", "big", "--to", str(tmp_path / "out"), "--no-cache")
+    else:
+        args = ("-j", "1", "push", str(src), "big", "1.0.0")
+    proxy.arm(after=6 * MIB, freeze=True)
+    try:
+        result, elapsed = run_cli("-a", location, *args, env={"ARCHIVE_IO_TIMEOUT": "2"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the stalled transfer was never given up")
+    assert result.returncode == 0, result.stderr
+    assert proxy.cuts == 1
+    assert elapsed < 30
+    if command == "pull":
+        assert (tmp_path / "out" / "big.bin").read_bytes() == data
+    else:
+        assert_nothing_half_written(store, sshd, "big", published=True)
