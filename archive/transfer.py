@@ -147,6 +147,7 @@ def check_interrupted() -> None:
 def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
     """Run ``action``, retrying :class:`BackendUnavailableError` with exponential backoff."""
     for attempt in range(1, attempts + 1):
+        check_interrupted()  # a job interrupted while it waited to retry ends here
         try:
             return action()
         except BackendUnavailableError as exc:
