@@ -189,3 +189,26 @@ def test_check_names_accepts_ordinary_names(host: str, user: str | None) -> None
     from archive.credentials import check_names
 
     check_names(host, user)
+
+
+def test_no_password_in_verbose_output_or_tracebacks(sshd: SSHServer, ssh_home: Path, password_user: LocalUser,
+                                                     tmp_path: Path) -> None:
+    """At -vv (debug logs, tracebacks), logging in with a password from the URL, a wrong one and a
+    refused location never print it; '/', '?' and '#' in it work percent-encoded."""
+    from urllib.parse import quote
+
+    secret = password_user.password
+    good = sshd.url("/~/store", user=password_user.name, password=quote(secret, safe=""))
+    wrong = "wr/ong" + secret[::-1]
+    locations = [good, good, sshd.url("/~/store", user=password_user.name, password=quote(wrong, safe="")),
+                 sshd.url("/~/store", user=password_user.name, password=wrong),  # '/' unencoded: refused
+                 good.replace(f":{sshd.port}", ":99x")]
+    env = {"ARCHIVE_SFTP_TRANSPORT": "paramiko"}
+    runs = [_run_cli("-vv", "init", locations[0], cwd=tmp_path, env=env)]
+    runs += [_run_cli("-vv", "-a", location, "ls", cwd=tmp_path, env=env) for location in locations[1:]]
+    assert [r.returncode for r in runs] == [0, 0, 1, 1, 1], runs
+    assert "authentication failed" in runs[2].stderr and "percent-encode" in runs[3].stderr
+    for result in runs:
+        output = result.stdout + result.stderr
+        assert secret not in output and secret[::-1] not in output and quote(secret, safe="") not in output
+    assert "Traceback" in runs[2].stderr  # -v shows it: the chain was printed, without the password
