@@ -12,6 +12,10 @@ over one of two transports, picked once per archive:
 ``$ARCHIVE_SFTP_TRANSPORT`` (``ssh`` or ``paramiko``) forces one of them; ``auto`` (the
 default) tries ssh first and falls back to paramiko only when ssh's keys were refused.
 Errors of both are mapped here to :mod:`archive.errors`, at the backend boundary.
+
+Nothing here waits on a server without a bound (:mod:`archive.timeouts`): each step of
+connecting, and every reply afterwards; a request left unanswered breaks the connection. An
+interrupt (Ctrl-C) closes the connection it hit at once, without waiting for any reply.
 """
 
 from __future__ import annotations
