@@ -4,7 +4,9 @@ Shared by the backends that log in somewhere. SSH connections follow what the us
 up for ``ssh``: ``~/.ssh/config`` (HostName, User, Port, IdentityFile, ProxyCommand,
 UserKnownHostsFile), the ssh-agent, the default key files, and host keys from the system and
 user known_hosts files. An unknown or changed host key is refused, never added silently, with a
-one-line error that shows the fingerprint and how to trust the host.
+one-line error that shows the fingerprint and how to trust the host. Host and user names that
+OpenSSH would refuse (they reach ``ProxyCommand`` lines run by a shell) are refused before any
+connection; how long connecting may take is :mod:`archive.timeouts`'.
 
 Passwords come from, in order: the caller (a URL), the system keyring (service and account
 given by the backend, e.g. ``archive-sftp`` / ``user@host``), and a prompt, but only when stdin
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
 import socket
 import sys
 import threading
@@ -25,13 +28,19 @@ from typing import Iterator
 
 import paramiko
 
-from .errors import AuthenticationError, BackendUnavailableError, HostKeyError
+from .errors import AuthenticationError, BackendUnavailableError, HostKeyError, InvalidInputError
+from .timeouts import DEFAULT_CONNECT_TIMEOUT, connect_timeout
 
 logger = logging.getLogger(__name__)
+# paramiko logs a failed handshake with a traceback from its own thread; we raise a one-line error
+# for it. With no handler, logging's last resort printed that traceback on stderr. Anything set up
+# by the application (root handlers) still gets paramiko's records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 SSH_PORT = 22
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa")
 SYSTEM_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
-CONNECT_TIMEOUT = 20.0
+_HOST_FORBIDDEN = "'`\"$\\;&<>|(){}"  # as OpenSSH's valid_hostname()
+_USER_FORBIDDEN = "'`\";&<>|(){}"  # as OpenSSH's valid_ruser()
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class SSHTarget:
     proxy_command: str | None = None
     known_hosts_files: tuple[str, ...] = ()
     proxy_jump: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
     @property
     def host_key_name(self) -> str:
@@ -63,6 +73,31 @@ def ssh_dir() -> Path:
     return Path.home() / ".ssh"
 
 
+def check_names(host: str, username: str | None = None) -> None:
+    """Refuse a host or user name that OpenSSH refuses on its command line.
+
+    Both are put into ``ProxyCommand`` (``%h``, ``%r``) and ``Match exec`` lines of
+    ``~/.ssh/config``, which run through a shell: ``sftp://$(cmd)x/...`` would run ``cmd``. The
+    rules are OpenSSH's (``valid_hostname`` and ``valid_ruser`` in ssh.c): no leading ``-``, no
+    shell metacharacters, and for a host no blank or control characters.
+
+    Raises
+    ------
+    InvalidInputError
+        One line naming the offending name.
+    """
+    if not host or host.startswith("-") or any(c in _HOST_FORBIDDEN or c.isspace() or not c.isprintable()
+                                                for c in host):
+        raise InvalidInputError(f"invalid host name {host!r}: no leading '-', blanks, control characters or any"
+                                f" of {_HOST_FORBIDDEN}")
+    if username is None:
+        return
+    if (not username or username.startswith("-") or username.endswith("\\") or re.search(r"\s-", username)
+            or any(c in _USER_FORBIDDEN or not c.isprintable() for c in username)):
+        raise InvalidInputError(f"invalid user name {username!r}: no leading '-', control characters or any"
+                                f" of {_USER_FORBIDDEN}")
+
+
 def resolve_target(host: str, username: str | None = None, port: int | None = None) -> SSHTarget:
     """Apply ``~/.ssh/config`` to ``host``; explicit ``username`` and ``port`` win over it.
 
@@ -72,7 +107,13 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         The host as the user wrote it: a name, an address, or a ``Host`` alias of the config.
     username, port
         From the URL, if it named them.
+
+    Raises
+    ------
+    InvalidInputError
+        A host or user name that could run commands through the config (:func:`check_names`).
     """
+    check_names(host, username)
     config = paramiko.SSHConfig()
     path = ssh_dir() / "config"
     if path.is_file():
@@ -91,6 +132,7 @@ def resolve_target(host: str, username: str | None = None, port: int | None = No
         proxy_command=None if not proxy or proxy.lower() == "none" else proxy,
         known_hosts_files=tuple(str(Path(f).expanduser()) for f in known_files),
         proxy_jump=None if not jump or jump.lower() == "none" else jump,
+        connect_timeout=connect_timeout(entry.get("connecttimeout")),
     )
 
 
@@ -278,9 +320,11 @@ def open_transport(target: SSHTarget, window_size: int | None = None) -> paramik
     sock = _open_socket(target)
     kwargs = {"default_window_size": window_size} if window_size else {}
     transport = paramiko.Transport(sock, **kwargs)
+    timeout = target.connect_timeout
+    transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
     try:
         _prefer_known_key_types(transport, known.lookup(target.host_key_name))
-        transport.start_client(timeout=CONNECT_TIMEOUT)
+        transport.start_client(timeout=timeout)
         check_host_key(target, known, transport.get_remote_server_key())
     except (paramiko.SSHException, EOFError, OSError) as exc:
         transport.close()
@@ -306,7 +350,7 @@ def _open_socket(target: SSHTarget) -> socket.socket | paramiko.ProxyCommand:
         logger.debug("connecting to %s through ProxyCommand", target.alias)
         return paramiko.ProxyCommand(target.proxy_command)
     try:
-        sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
     except OSError as exc:
         raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: {_reason(exc)}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

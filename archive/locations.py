@@ -14,15 +14,16 @@ import logging
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
-from .errors import InvalidInputError
+from .errors import ArchiveError, InvalidInputError
 from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
 # scheme -> "module:class" in archive.backends, imported only when used (fast start-up)
 _BACKENDS = {"": "filesystem:FileSystemArchive", "file": "filesystem:FileSystemArchive",
              "sftp": "sftp:SFTPArchive"}
-_PASSWORD = re.compile(r"//([^/@:]*):[^/@]*@")
+_HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 
 def default_location() -> str:
@@ -79,9 +80,70 @@ def make_backend(location: str) -> ArchiveInterface:
                                 f" use a folder path or a {', '.join(s + '://' for s in _BACKENDS if s)} URL")
     module, _, name = spec.partition(":")
     backend = getattr(importlib.import_module(f".backends.{module}", __package__), name)
-    return backend.from_location(location)
+    try:
+        return backend.from_location(location)
+    except ArchiveError as exc:
+        raise _without_password(exc, location) from None
+
+
+def _without_password(exc: ArchiveError, location: str) -> ArchiveError:
+    """``exc`` itself, or the same error with the location's password replaced by ``***``.
+
+    The boundary for every backend: one that quotes the location it was given (say, to refuse
+    it) cannot show its password. The original error is not chained, so no traceback shows it.
+    """
+    secret = password_of(location)
+    if not secret:
+        return exc
+    message = str(exc)
+    for form in {secret, unquote(secret)}:
+        message = message.replace(form, "***")
+    if message == str(exc):
+        return exc
+    try:
+        return type(exc)(message)
+    except TypeError:  # an error class that wants more arguments
+        return InvalidInputError(message)
+
+
+def split_userinfo(location: str) -> tuple[str, str | None, str]:
+    """``scheme://``, the ``user[:password]`` part (None if there is none) and the rest.
+
+    A password is often typed as it is, not percent-encoded, and may then hold ``@``, ``/``,
+    ``?`` or ``#``: ``sftp://u:p@ss@host/x``, ``sftp://u:pa/ss@host/x`` or
+    ``sftp://u:p#w@host:99x/x``, where a URL parser sees a host ``u`` and a port ``pa``. So
+    the user part is found here, before any parsing that could fail and quote the location:
+    there is a password when a ``:`` comes before the first ``@``, and it runs to the last
+    ``@`` that is followed by a host (and ``:port``, then ``/``, ``?``, ``#`` or the end), or
+    else to the last ``@``. When in doubt more is hidden, never less: a path with an ``@``
+    (``sftp://u:p@h/a@b``, ``sftp://h:22/a@b``) is shown from that ``@`` on (``sftp://u:***@b``).
+    """
+    scheme, sep, rest = location.partition("://")
+    if not sep or not scheme or "/" in scheme or "@" not in rest:
+        return location, None, ""
+    first_at = rest.index("@")
+    if ":" not in rest[:first_at]:  # no password: the user name ends at the first "@", if any
+        if any(c in rest[:first_at] for c in "/?#"):
+            return scheme + sep, None, rest
+        return scheme + sep, rest[:first_at], rest[first_at + 1:]
+    ats = [m.start() for m in _HOST_AFTER_AT.finditer(rest)] or [rest.rindex("@")]
+    return scheme + sep, rest[:ats[-1]], rest[ats[-1] + 1:]
 
 
 def redact(location: str) -> str:
-    """``location`` with any password in it replaced by ``***``, safe to show and log."""
-    return _PASSWORD.sub(r"//\1:***@", location)
+    """``location`` with any password in it replaced by ``***``, safe to show and log.
+
+    Any scheme; see :func:`split_userinfo` for how a password typed unencoded is found.
+    """
+    prefix, userinfo, rest = split_userinfo(location)
+    if userinfo is None or ":" not in userinfo:
+        return location
+    return f"{prefix}{userinfo.split(':', 1)[0]}:***@{rest}"
+
+
+def password_of(location: str) -> str | None:
+    """The password ``location`` holds as written (not decoded), or None."""
+    _, userinfo, _ = split_userinfo(location)
+    if userinfo is None or ":" not in userinfo:
+        return None
+    return userinfo.split(":", 1)[1] or None

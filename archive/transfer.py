@@ -198,6 +198,7 @@ def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
 def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
     """Run ``action``, retrying :class:`BackendUnavailableError` with exponential backoff."""
     for attempt in range(1, attempts + 1):
+        check_interrupted()  # a job interrupted while it waited to retry ends here
         try:
             return action()
         except BackendUnavailableError as exc:
@@ -212,6 +213,7 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEM
 def reporting(chunks: Iterable[bytes], advance: Callable[[int], None] | None) -> Iterator[bytes]:
     """Pass chunks through, telling ``advance`` (a progress callback) how many bytes went by."""
     for chunk in chunks:
+        check_interrupted()
         if advance is not None:
             advance(len(chunk))
         yield chunk

@@ -150,3 +150,65 @@ threading.Thread(target=pump, daemon=True).start()
 while data := sys.stdin.buffer.read1(65536):
     sock.sendall(data)
 '''
+
+
+# ------------------------------------------------------------------ names that would run commands
+def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=60)
+
+
+@pytest.mark.parametrize("transport", ["ssh", "paramiko"])
+@pytest.mark.parametrize("url", ["sftp://$(touch marker)x/srv", "sftp://a`touch marker`b/srv",
+                                 "sftp://h;touch marker/srv", "sftp://%24(touch%20marker)@localhost/srv",
+                                 "sftp://-oProxyCommand=touch marker/srv"])
+def test_names_that_would_run_a_command_are_refused(ssh_home: Path, tmp_path: Path, transport: str,
+                                                    url: str) -> None:
+    """A ProxyCommand that runs through a shell gets the host (%h) and user (%r) as typed: the
+    names are refused in one line before any connection, on both transports."""
+    (ssh_home / ".ssh" / "config").write_text("Host *\n  ProxyCommand sh -c 'echo %r %h >/dev/null; exit 1'\n")
+    result = _run_cli("-a", url, "ls", cwd=tmp_path, env={"ARCHIVE_SFTP_TRANSPORT": transport})
+    assert not (tmp_path / "marker").exists()
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("archive: error: invalid "), result.stderr
+
+
+@pytest.mark.parametrize("host, user", [("-x", None), ("a b", None), ("a\tb", None), ("a\x1bb", None),
+                                        ("h", "-l"), ("h", "a -b"), ("h", "a\\"), ("h", "a|b")])
+def test_check_names_follows_openssh(host: str, user: str | None) -> None:
+    from archive.credentials import check_names
+    from archive.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        check_names(host, user)
+
+
+@pytest.mark.parametrize("host, user", [("lab", None), ("10.1.2.3", "alice"), ("::1", "a.b-c_d"),
+                                        ("xn--bcher-kva.example", "DOMAIN\\user"), ("h", "first last")])
+def test_check_names_accepts_ordinary_names(host: str, user: str | None) -> None:
+    from archive.credentials import check_names
+
+    check_names(host, user)
+
+
+def test_no_password_in_verbose_output_or_tracebacks(sshd: SSHServer, ssh_home: Path, password_user: LocalUser,
+                                                     tmp_path: Path) -> None:
+    """At -vv (debug logs, tracebacks), logging in with a password from the URL, a wrong one and a
+    refused location never print it; '/', '?' and '#' in it work percent-encoded."""
+    from urllib.parse import quote
+
+    secret = password_user.password
+    good = sshd.url("/~/store", user=password_user.name, password=quote(secret, safe=""))
+    wrong = "wr/ong" + secret[::-1]
+    locations = [good, good, sshd.url("/~/store", user=password_user.name, password=quote(wrong, safe="")),
+                 sshd.url("/~/store", user=password_user.name, password=wrong),  # '/' unencoded: refused
+                 good.replace(f":{sshd.port}", ":99x")]
+    env = {"ARCHIVE_SFTP_TRANSPORT": "paramiko"}
+    runs = [_run_cli("-vv", "init", locations[0], cwd=tmp_path, env=env)]
+    runs += [_run_cli("-vv", "-a", location, "ls", cwd=tmp_path, env=env) for location in locations[1:]]
+    assert [r.returncode for r in runs] == [0, 0, 1, 1, 1], runs
+    assert "authentication failed" in runs[2].stderr and "percent-encode" in runs[3].stderr
+    for result in runs:
+        output = result.stdout + result.stderr
+        assert secret not in output and secret[::-1] not in output and quote(secret, safe="") not in output
+    assert "Traceback" in runs[2].stderr  # -v shows it: the chain was printed, without the password

@@ -46,9 +46,10 @@ from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
+from ..locations import password_of, redact
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
+from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_paths import CheckedFolders, list_names
-from .sftp_io import WindowedReader, close_later, remove_quietly, upload
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -168,10 +169,13 @@ class SFTPArchive(ArchiveInterface):
     # ------------------------------------------------------------------ helpers
     def _abandon(self, conn: Connection, exc: BaseException, tmp: str, key: str, blob: str | None) -> None:
         """After a failed write: keep the temporary file if the connection broke or was interrupted
-        (a retry resumes a blob's), else remove it (a full disk is checked first, while full)."""
-        if conn.broken(exc) or not isinstance(exc, Exception):
-            if not isinstance(exc, Exception):  # Ctrl-C may have stopped paramiko mid-packet
-                conn.close()
+        (a retry resumes a blob's), else remove it (a full disk is checked first, while full).
+
+        Nothing here may wait on a connection that was interrupted: it is closed at once (Ctrl-C
+        may have stopped paramiko mid-packet, and no reply would ever come)."""
+        if interrupted(exc):
+            conn.close()
+        if interrupted(exc) or conn.broken(exc):
             self._partials.remember(tmp, blob)  # a retry resumes a blob; gc removes the rest
             return
         full = conn.storage_full(exc, self.remote_path(layout.TMP_DIR))
@@ -266,30 +270,31 @@ def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
 
 
 def _parse_url(url: str) -> dict:
-    """Split an ``sftp://`` URL into host, user, password, port, server root and a safe form."""
+    """Split an ``sftp://`` URL into host, user, password, port, server root and a safe form.
+
+    The safe form is made first, so no message below can quote a password: one typed
+    unencoded may hold ``@``, ``/``, ``?`` or ``#`` (see :func:`archive.locations.split_userinfo`).
+    """
+    shown = redact(url)
     parts = urlsplit(url)
     try:
         host, port = parts.hostname, parts.port
     except ValueError:
-        raise InvalidInputError(f"bad port in archive location {_redact(url)!r}") from None
+        raise InvalidInputError(f"bad port in archive location {shown!r}{_encoding_hint(url)}") from None
     if parts.scheme.lower() != "sftp" or not host:
-        raise InvalidInputError(f"not an sftp://[user@]host[:port]/path location: {_redact(url)!r}")
-    if host.startswith("-") or (parts.username or "").startswith("-"):  # never an option to ssh
-        raise InvalidInputError(f"a host or user name cannot start with '-': {_redact(url)!r}")
+        raise InvalidInputError(f"not an sftp://[user@]host[:port]/path location: {shown!r}{_encoding_hint(url)}")
     path = unquote(parts.path)
     if path in ("", "/"):
-        raise InvalidInputError(f"{_redact(url)!r} names no folder: add /absolute/path or /~/path-in-home")
+        raise InvalidInputError(f"{shown!r} names no folder: add /absolute/path or /~/path-in-home")
     root = "." if path in ("/~", "/~/") else path[3:].rstrip("/") if path.startswith("/~/") else path.rstrip("/")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
-    return {"host": host, "port": port, "user": user, "password": password, "root": root, "shown": _redact(url)}
+    return {"host": host, "port": port, "user": user, "password": password, "root": root, "shown": shown}
 
 
-def _redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{netloc[1]}").geturl()
+def _encoding_hint(url: str) -> str:
+    """A hint for a password that holds a character which ends the host part of a URL."""
+    password = password_of(url)
+    if password and any(c in password for c in "/?#"):
+        return ": percent-encode '/', '?' and '#' in a password (%2F, %3F, %23)"
+    return ""

@@ -12,6 +12,10 @@ over one of two transports, picked once per archive:
 ``$ARCHIVE_SFTP_TRANSPORT`` (``ssh`` or ``paramiko``) forces one of them; ``auto`` (the
 default) tries ssh first and falls back to paramiko only when ssh's keys were refused.
 Errors of both are mapped here to :mod:`archive.errors`, at the backend boundary.
+
+Nothing here waits on a server without a bound (:mod:`archive.timeouts`): each step of
+connecting, and every reply afterwards; a request left unanswered breaks the connection. An
+interrupt (Ctrl-C) closes the connection it hit at once, without waiting for any reply.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
 
 import paramiko
 
 from ..credentials import SSHConnector, SSHTarget
+from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
-from .sftp_io import free_space, server_limits
+from .sftp_io import free_space, interrupted, server_limits
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
 
 logger = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ class Endpoint:
     host: str
     user: str | None
     port: int | None
-    password: str | None
+    password: str | None = field(default=None, repr=False)  # never in a repr, log or traceback
 
 
 class Connection:
@@ -69,8 +74,12 @@ class Connection:
         self.link.close()
 
     def broken(self, exc: BaseException) -> bool:
-        """True if ``exc`` (or the state of the link) means this connection is gone."""
-        lost = (EOFError, paramiko.SSHException, ConnectionError, paramiko.SFTPError)
+        """True if ``exc`` (or the state of the link) means this connection is gone.
+
+        A request left unanswered (:class:`TimeoutError`) counts: its reply may still come, so
+        the session is out of step and cannot serve another request.
+        """
+        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, paramiko.SFTPError)
         return isinstance(exc, lost) or not self.alive()
 
     @contextmanager
@@ -93,7 +102,7 @@ class Connection:
             raise BackendError(f"{key}: {sftp_reason(exc)} on {self.host}") from exc
 
     def _lost_reason(self, exc: BaseException) -> str:
-        if isinstance(self.link, SSHPipe):
+        if isinstance(self.link, SSHPipe) and not isinstance(exc, TimeoutError):
             return self.link.reason()
         self.close()
         return sftp_reason(exc)
@@ -152,19 +161,53 @@ class Connector:
         e = self._endpoint
         pipe, sftp = open_pipe_sftp(ssh_command(self._ssh, self.target, e.host, e.user, e.port), self.target)
         try:
-            return Connection(pipe, sftp, self.target.hostname)
+            conn = Connection(pipe, sftp, self.target.hostname)
         except (EOFError, paramiko.SSHException, OSError) as exc:
             raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {pipe.reason()}") from exc
+        pipe.timeout = io_timeout()
+        return conn
 
     def _open_paramiko(self) -> Connection:
-        host = self.target.hostname
+        """Log in with paramiko and start SFTP, each step waiting at most the connect timeout
+        (paramiko waits for the subsystem's start without one: a watchdog closes the transport)."""
+        host, timeout = self.target.hostname, self.target.connect_timeout
         transport = self._paramiko.connect()
         try:
-            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW_SIZE)
-            return Connection(transport, sftp, host)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
+            with _watchdog(timeout, transport.close):
+                channel = transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
+                channel.settimeout(timeout)
+                channel.invoke_subsystem("sftp")
+                conn = Connection(transport, paramiko.SFTPClient(channel), host)
+        except BaseException as exc:
             transport.close()
-            raise BackendUnavailableError(f"cannot reach {host}: no SFTP service ({sftp_reason(exc)})") from exc
+            if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
+                reason = f"no SFTP session within {timeout:g} s" if isinstance(exc, TimeoutError) or \
+                    not transport.is_active() else f"no SFTP service ({sftp_reason(exc)})"
+                raise BackendUnavailableError(f"cannot reach {host}: {reason}") from exc
+            raise
+        channel.settimeout(io_timeout())
+        return conn
+
+
+@contextmanager
+def _watchdog(seconds: float, give_up: Callable[[], None]) -> Iterator[None]:
+    """Call ``give_up`` from another thread if the block still runs after ``seconds``."""
+    lock, done = threading.Lock(), [False]
+
+    def fire() -> None:
+        with lock:
+            if not done[0]:
+                give_up()
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            done[0] = True
+        timer.cancel()
 
 
 def _requested_transport(endpoint: Endpoint) -> str:
@@ -194,10 +237,19 @@ class ConnectionPool:
 
     @contextmanager
     def borrow(self) -> Iterator[Connection]:
-        """Lend a connection for the duration of the block."""
+        """Lend a connection for the duration of the block.
+
+        An interrupt (Ctrl-C) inside the block closes the connection without waiting for
+        anything: it may have stopped paramiko halfway through a packet, so the session is out
+        of step and a reply awaited on it might never come.
+        """
         conn = self._take()
         try:
             yield conn
+        except BaseException as exc:
+            if interrupted(exc):
+                conn.close()
+            raise
         finally:
             self._give_back(conn)
 

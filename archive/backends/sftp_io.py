@@ -22,6 +22,8 @@ from paramiko.sftp import (CMD_ATTRS, CMD_CLOSE, CMD_DATA, CMD_EXTENDED, CMD_EXT
                            CMD_FSTAT, CMD_HANDLE, CMD_OPEN, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_FLAG_CREATE,
                            SFTP_FLAG_EXCL, SFTP_FLAG_READ, SFTP_FLAG_WRITE, SFTP_OP_UNSUPPORTED, int64)
 
+from ..errors import TransferInterruptedError
+
 logger = logging.getLogger(__name__)
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead when reading: bounds memory per stream
 WRITE_WINDOW = 4 * 1024 * 1024  # bytes of writes not yet acknowledged
@@ -29,6 +31,16 @@ SFTP_REQUEST = 32 * 1024  # the size every SFTP server takes; more if limits@ope
 MAX_REQUEST = 255 * 1024  # bigger requests cut per-request Python work: reads 2-4x faster here
 NEW_FILE = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
 EXISTING_FILE = SFTP_FLAG_READ | SFTP_FLAG_WRITE
+
+
+def interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C (KeyboardInterrupt), other exits that are no error (SystemExit...), and
+    a job thread told to stop because the command was interrupted (TransferInterruptedError).
+
+    Such an exception may have stopped paramiko in the middle of sending or reading a packet:
+    the session is out of step, and waiting for any reply on it could wait forever.
+    """
+    return not isinstance(exc, Exception) or isinstance(exc, TransferInterruptedError)
 
 
 def server_limits(sftp: paramiko.SFTPClient) -> tuple[int, int]:
@@ -146,8 +158,8 @@ class PipelinedWriter:
             for chunk in chunks:
                 self.write(chunk)
             return self.close()
-        except BaseException:
-            self.abort()
+        except BaseException as exc:
+            self.abort(exc)
             raise
 
     def close(self) -> int:
@@ -186,9 +198,14 @@ class PipelinedWriter:
                                len(piece)), piece)
         return num
 
-    def abort(self) -> None:
-        """Close the handle after an error (unless :meth:`close` sent that already)."""
-        if not self._closing:
+    def abort(self, exc: BaseException) -> None:
+        """Close the handle after ``exc`` (unless :meth:`close` sent that already).
+
+        After an interrupt nothing is sent or awaited: paramiko may have been stopped halfway
+        through a packet, so no reply would ever come; the connection is closed instead (see
+        :meth:`archive.backends.sftp_conn.ConnectionPool.borrow`).
+        """
+        if not self._closing and not interrupted(exc):
             close_quietly(self._sftp, self._handle)
 
     def _settle_oldest(self) -> None:

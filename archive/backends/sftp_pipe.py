@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import re
 import select
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import paramiko
 
-from ..credentials import CONNECT_TIMEOUT, SSHTarget, probe_host_key, ssh_dir
+from ..credentials import SSHTarget, probe_host_key, ssh_dir
 from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError, HostKeyError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: 
     The host comes after ``--``, so a host name can never be taken for an option.
     """
     argv = [ssh, "-x", "-a", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"ConnectTimeout={int(CONNECT_TIMEOUT)}", "-o", "ServerAliveInterval=15",
+            "-o", f"ConnectTimeout={math.ceil(target.connect_timeout)}", "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=4", "-o", "ClearAllForwardings=yes", *home_options(target)]
     if port:
         argv += ["-p", str(port)]
@@ -108,10 +109,15 @@ class SSHPipe:
     ask ``recv_ready``. ``is_active`` and ``close`` match :class:`paramiko.Transport`, so a
     connection treats both transports alike. ssh runs in a session of its own, so a Ctrl-C at
     the terminal reaches this process only and a write can still remove its temporary file.
+
+    A read or write that waits longer than :attr:`timeout` seconds raises :class:`TimeoutError`
+    (a server that stopped answering); the pipes are non-blocking, so this costs a ``select``
+    only when there is nothing to read or no room to write.
     """
 
-    def __init__(self, argv: list[str], name: str) -> None:
+    def __init__(self, argv: list[str], name: str, timeout: float | None = None) -> None:
         self.name = name
+        self.timeout = timeout
         self._stderr = tempfile.TemporaryFile()
         self._sock, theirs = socket.socketpair()  # ssh's stdin: as OpenSSH's sftp feeds it (faster writes here)
         try:
@@ -124,6 +130,8 @@ class SSHPipe:
             theirs.close()
         self._in, self._out = self._sock.fileno(), self._proc.stdout.fileno()
         _grow_pipe(self._out)
+        os.set_blocking(self._in, False)
+        os.set_blocking(self._out, False)
         self._buffer, self._pos, self._eof = b"", 0, False
         self._queued = bytearray()
         self._stderr_tail = ""
@@ -152,19 +160,19 @@ class SSHPipe:
             for part in parts:
                 self._queued += part
             return
-        _write_all(self._in, [memoryview(part).cast("B") for part in parts])
+        self._write_all([memoryview(part).cast("B") for part in parts])
 
     def _flush(self) -> None:
         if self._queued:
             queued, self._queued = self._queued, bytearray()
-            _write_all(self._in, [memoryview(queued)])
+            self._write_all([memoryview(queued)])
 
     def recv(self, n: int) -> bytes:
         """Up to ``n`` bytes (paramiko loops for the rest); a large ``n`` is read whole, in one
         join, so a data packet is not pieced together by repeated concatenation."""
         self._flush()
         if self._pos >= len(self._buffer) and n < READ_BLOCK:
-            self._buffer, self._pos = os.read(self._out, READ_BLOCK), 0
+            self._buffer, self._pos = self._read(READ_BLOCK), 0
         if self._pos < len(self._buffer):
             end = min(self._pos + n, len(self._buffer))
             data = self._buffer[self._pos:end] if (self._pos, end) != (0, len(self._buffer)) else self._buffer
@@ -178,7 +186,7 @@ class SSHPipe:
         """``n`` bytes straight from ssh's stdout (fewer at the end of the stream)."""
         parts, missing = [], n
         while missing:
-            part = os.read(self._out, missing)
+            part = self._read(missing)
             if not part:
                 break
             parts.append(part)
@@ -187,6 +195,33 @@ class SSHPipe:
         if not data:
             self._eof = True
         return data
+
+    def _read(self, n: int) -> bytes:
+        """Up to ``n`` bytes from ssh's stdout, waiting at most :attr:`timeout` for the first."""
+        while True:
+            try:
+                return os.read(self._out, n)
+            except BlockingIOError:
+                self._wait(self._out, write=False)
+
+    def _write_all(self, views: list[memoryview]) -> None:
+        """``writev`` until every byte of ``views`` is out (a pipe may take part of it)."""
+        while views:
+            try:
+                written = os.writev(self._in, views)
+            except BlockingIOError:
+                self._wait(self._in, write=True)
+                continue
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+
+    def _wait(self, fd: int, write: bool) -> None:
+        ready = select.select([], [fd], [], self.timeout) if write else select.select([fd], [], [], self.timeout)
+        if not any(ready):
+            raise TimeoutError(f"no reply from the server in {self.timeout:g} s")
 
     def recv_ready(self) -> bool:
         self._flush()
@@ -213,8 +248,8 @@ class SSHPipe:
                 stream.close()
             except OSError as exc:  # a broken pipe while flushing: the session is gone anyway
                 logger.debug("closing a pipe to ssh: %s", exc)
-        try:
-            self._proc.wait(timeout=5)
+        try:  # ssh exits on EOF at once unless its server stopped answering: not worth a long wait
+            self._proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=5)
@@ -240,17 +275,6 @@ class SSHPipe:
         return ssh_reason(self.stderr_text()) or "connection lost"
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    """``writev`` until every byte of ``views`` is out (a pipe may take part of it)."""
-    while views:
-        written = os.writev(fd, views)
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
-
-
 def _grow_pipe(fd: int) -> None:
     try:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
@@ -261,6 +285,10 @@ def _grow_pipe(fd: int) -> None:
 def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, paramiko.SFTPClient]:
     """Start ssh and the SFTP session over it; failures become one-line archive errors.
 
+    ssh's ``ConnectTimeout`` bounds reaching the server; login and the start of SFTP get as
+    long again (ssh says nothing on its stdout until SFTP answers), so a server that accepts
+    and then stays silent is given up after twice ``target.connect_timeout``.
+
     Raises
     ------
     HostKeyError
@@ -270,9 +298,13 @@ def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, paramik
     BackendUnavailableError
         The host cannot be reached, or it offers no SFTP service.
     """
-    pipe = SSHPipe(argv, f"ssh:{target.account}")
+    pipe = SSHPipe(argv, f"ssh:{target.account}", timeout=2 * target.connect_timeout)
     try:
         return pipe, paramiko.SFTPClient(pipe)
+    except TimeoutError as exc:
+        pipe.close()
+        raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: no SFTP session within"
+                                      f" {pipe.timeout:g} s") from exc
     except (paramiko.SSHException, EOFError, OSError) as exc:
         pipe.close()
         raise startup_error(pipe.stderr_text(), target) from exc

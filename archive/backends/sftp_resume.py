@@ -136,8 +136,8 @@ def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[
         logger.info("resuming an upload: %d of %d bytes on the server match", offset, partial.size)
         if offset < partial.size:
             truncate_handle(sftp, handle, offset)
-    except BaseException:
-        writer.abort()
+    except BaseException as exc:
+        writer.abort(exc)
         raise
     writer.offset = offset
     stored = writer.write_all(rest)

@@ -12,7 +12,10 @@ import logging
 import os
 import selectors
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -40,7 +43,8 @@ class CuttingProxy:
     :meth:`arm` sets a budget of bytes (both directions, counted from then on); the connection
     that relays the byte that exhausts it is cut (both sockets closed), ``times`` times, the
     budget starting afresh after each cut. With ``new_only`` only connections opened after
-    arming count, so K bytes lands inside an SSH handshake.
+    arming count, so K bytes lands inside an SSH handshake. With ``freeze`` the connection is
+    not cut but stalls: open, and nothing relayed either way any more (a server that hangs).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -49,7 +53,7 @@ class CuttingProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._limit = self._left = self._times = self._generation = 0
-        self._new_only = False
+        self._new_only = self._freeze = False
         self.upstream_bytes = 0  # client -> server, all connections, since arming
         self.cuts = 0
         self._sockets: list[socket.socket] = []
@@ -58,10 +62,10 @@ class CuttingProxy:
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
-    def arm(self, after: int, times: int = 1, new_only: bool = False) -> None:
+    def arm(self, after: int, times: int = 1, new_only: bool = False, freeze: bool = False) -> None:
         with self._lock:
             self._limit = self._left = after
-            self._times, self._new_only = times, new_only
+            self._times, self._new_only, self._freeze = times, new_only, freeze
             self._generation += 1
             self.upstream_bytes = self.cuts = 0
 
@@ -116,6 +120,8 @@ class CuttingProxy:
                 return False
             allowed, cut = self._allow(len(data), generation, upstream=key.fileobj is client)
             key.data.sendall(data[:allowed])
+            if cut and self._freeze:
+                self._stopping.wait()  # both directions of this connection stall until close()
             if cut:
                 return False
         return True
@@ -320,3 +326,156 @@ def test_full_remote_disk_is_one_line_and_leaves_nothing(sshd: SSHServer, ssh_ke
         message = str(info.value)
         assert message.startswith(f"no space left on {sshd.host}") and "\n" not in message
     assert_nothing_half_written(store, sshd, "demo", published=False)
+
+
+# ------------------------------------------------------------------ servers that are not SSH, or stay silent
+class FakeServer:
+    """A TCP server on 127.0.0.1 that is no SSH server: it answers each connection with
+    ``greeting`` and closes it, or (``greeting`` None) accepts and never says anything; with
+    ``accept=False`` it never even accepts, and its backlog is filled so that a connect hangs."""
+
+    def __init__(self, greeting: bytes | None, accept: bool = True) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=0 if not accept else 16)
+        self.port = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._greeting = greeting
+        if accept:
+            threading.Thread(target=self._serve, daemon=True).start()
+        else:  # the accept queue (backlog + 1) fills up; later SYNs are dropped, connect waits
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", self.port))
+                self._held.append(sock)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            if self._greeting is None:
+                self._held.append(conn)  # open and silent
+                continue
+            try:
+                conn.sendall(self._greeting)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._held:
+            sock.close()
+
+
+def run_cli(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "archive", *args], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=60)
+    return result, time.monotonic() - started
+
+
+GARBAGE = b"".join(b"HTTP/1.1 400 Bad Request %d\r\n" % i for i in range(40)) + b"\r\n<html>no</html>\r\n"
+
+
+@pytest.mark.parametrize("greeting", [GARBAGE, b"SSH-2.0-fake\r\n" + os.urandom(2000)], ids=["http", "bad-ssh"])
+def test_a_server_that_is_not_ssh_is_one_line(ssh_key_home: Path, tmp_path: Path, transport: str,
+                                              greeting: bytes) -> None:
+    """paramiko logged a traceback from its thread (logging's last resort printed it) before ours."""
+    server = FakeServer(greeting)
+    try:
+        result, _ = run_cli("-a", f"sftp://127.0.0.1:{server.port}{tmp_path}/store", "ls",
+                            env={TRANSPORT_ENV: transport, "ARCHIVE_CONNECT_TIMEOUT": "5"})
+    finally:
+        server.close()
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"archive: error: cannot reach 127.0.0.1"), result.stderr
+
+
+@pytest.mark.parametrize("accept", [True, False], ids=["silent", "never-accepts"])
+def test_connect_timeout_setting_bounds_a_silent_server(ssh_key_home: Path, tmp_path: Path, transport: str,
+                                                        accept: bool) -> None:
+    server = FakeServer(None, accept=accept)
+    try:
+        result, elapsed = run_cli("-a", f"sftp://127.0.0.1:{server.port}{tmp_path}/store", "ls",
+                                  env={TRANSPORT_ENV: transport, "ARCHIVE_CONNECT_TIMEOUT": "1"})
+    finally:
+        server.close()
+    assert result.returncode == 1 and result.stderr.startswith("archive: error: cannot reach"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert elapsed < 6, f"took {elapsed:.1f} s with a 1 s timeout"
+
+
+def test_connect_timeout_of_ssh_config_is_honoured(ssh_key_home: Path, tmp_path: Path, transport: str) -> None:
+    server = FakeServer(None, accept=False)
+    (ssh_key_home / ".ssh" / "config").write_text("Host slow\n  HostName 127.0.0.1\n  ConnectTimeout 1\n")
+    try:
+        result, elapsed = run_cli("-a", f"sftp://slow:{server.port}{tmp_path}/store", "ls",
+                                  env={TRANSPORT_ENV: transport})
+    finally:
+        server.close()
+    assert result.returncode == 1 and result.stderr.startswith("archive: error: cannot reach"), result.stderr
+    assert elapsed < 6, f"took {elapsed:.1f} s with ConnectTimeout 1"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_timeout_setting_is_one_line(sshd: SSHServer, store: Path, value: str) -> None:
+    result, _ = run_cli("-a", sshd.url(store), "ls", env={"ARCHIVE_CONNECT_TIMEOUT": value})
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "ARCHIVE_CONNECT_TIMEOUT must be a positive number of seconds" in result.stderr
+
+
+@pytest.fixture
+def silent_sftp_home(sshd: SSHServer, ssh_home: Path, tmp_path: Path) -> Path:
+    """A key the test sshd accepts with a forced command that reads and never answers: the SSH
+    login works, the SFTP session never starts."""
+    from tests.sshd import keygen
+
+    key = keygen(tmp_path / "silent_key")
+    line = f'command="cat >/dev/null",restrict {(tmp_path / "silent_key.pub").read_text().strip()}\n'
+    with open(sshd.folder / "authorized_keys", "a") as authorized:
+        authorized.write(line)
+    target = ssh_home / ".ssh" / "id_ed25519"
+    target.write_bytes(key.read_bytes())
+    target.chmod(0o600)
+    return ssh_home
+
+
+def test_a_server_silent_at_sftp_start_is_given_up(sshd: SSHServer, silent_sftp_home: Path, tmp_path: Path,
+                                                   transport: str) -> None:
+    result, elapsed = run_cli("-a", sshd.url(tmp_path / "store"), "ls",
+                              env={TRANSPORT_ENV: transport, "ARCHIVE_CONNECT_TIMEOUT": "1"})
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("archive: error: cannot reach 127.0.0.1") and "no SFTP session" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert elapsed < 8, f"took {elapsed:.1f} s with a 1 s connect timeout"
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_a_transfer_that_stalls_is_given_up_and_retried(sshd: SSHServer, proxy: CuttingProxy, store: Path,
+                                                        tmp_path: Path, transport: str, command: str) -> None:
+    """A connection that stops moving mid-transfer (open, silent) is dropped after
+    $ARCHIVE_IO_TIMEOUT and the transfer retried on a new one; it used to wait forever."""
+    data = os.urandom(12 * MIB)
+    src = make_tree(tmp_path / "src", {"big.bin": data})
+    location = through(proxy, sshd, store)
+    if command == "pull":
+        with archive.get_interface(sshd.url(store)) as direct:
+            direct.publish(src, "big", "1.0.0", progress=False)
+        args = ("-j", "1", "pull", "big", "--to", str(tmp_path / "out"), "--no-cache")
+    else:
+        args = ("-j", "1", "push", str(src), "big", "1.0.0")
+    proxy.arm(after=6 * MIB, freeze=True)
+    try:
+        result, elapsed = run_cli("-a", location, *args, env={"ARCHIVE_IO_TIMEOUT": "2"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the stalled transfer was never given up")
+    assert result.returncode == 0, result.stderr
+    assert proxy.cuts == 1
+    assert elapsed < 30
+    if command == "pull":
+        assert (tmp_path / "out" / "big.bin").read_bytes() == data
+    else:
+        assert_nothing_half_written(store, sshd, "big", published=True)
