@@ -91,13 +91,19 @@ class FileSystemArchive(ArchiveInterface):
         return path
 
     @contextmanager
-    def _errors(self, key: str) -> Iterator[None]:
-        """Turn ``OSError`` into the archive's errors at the backend boundary."""
+    def _errors(self, key: str, writing: bool = False) -> Iterator[None]:
+        """Turn ``OSError`` into the archive's errors at the backend boundary.
+
+        A missing file or folder means a missing key when reading; when writing it means the
+        archive's folder cannot be made or vanished (e.g. a path below ``/proc``), a storage error.
+        """
         try:
             yield
         except ArchiveError:
             raise  # ours, or from the chunks being written (e.g. a lost connection to their source)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if writing:
+                raise BackendError(f"cannot write {key} in {self.root}: {exc.strerror or exc}") from None
             raise KeyNotFoundError(key) from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: the only links we meet
@@ -159,7 +165,7 @@ class FileSystemArchive(ArchiveInterface):
         the blobs its record names, at one folder sync per fan-out folder instead of per blob.
         """
         name = f"{uuid.uuid4().hex}.part"
-        with self._errors(shown_key(key)):
+        with self._errors(shown_key(key), writing=True):
             fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
             try:
                 _write_file(fd, chunks, self.durable)

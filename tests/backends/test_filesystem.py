@@ -123,3 +123,16 @@ def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSy
     fan.symlink_to(outside)
     with pytest.raises(UnsafeObjectError, match=f"{key} is a symbolic link inside the archive"):
         folder_archive.local_file(key)
+
+
+def test_an_archive_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
+    """A folder that cannot exist (below a file) is a storage error naming the folder, not 'no
+    such object: archive.json'."""
+    import subprocess
+    import sys
+
+    (tmp_path / "file").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "archive", "init", str(tmp_path / "file" / "store")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == f"archive: error: cannot write archive.json in {tmp_path / 'file' / 'store'}: Not a directory\n"
