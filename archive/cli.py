@@ -76,6 +76,13 @@ def _report(text: str) -> None:
         click.echo(printable(text))
 
 
+def _note(text: str) -> None:
+    """Print a note about work done on stderr (stdout holds a command's data), made printable;
+    silent under ``-q``."""
+    if _verbosity["level"] >= 0:
+        click.echo(printable(text), err=True)
+
+
 def _complain(kind: str, text: str) -> None:
     """Print ``archive: error: ...`` or ``archive: warning: ...`` on stderr (warnings not under -q)."""
     if kind == "error" or _verbosity["level"] >= 0:
@@ -193,17 +200,15 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
         release = arc.resolve(name, range, include_prerelease=pre, expect=expect)
         report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
                               progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
-    click.echo(str(report.folder))
-    if _verbosity["level"] >= 0:
-        removed = f", {len(report.removed)} removed" if exact else ""
-        click.echo(f"pulled {release.name} {release.version} (range {range}) into {report.folder}: "
-                   f"{report.files} files, {report.written} written, {report.already_there} already there"
-                   f"{removed}", err=True)
-        for path in report.removed:
-            click.echo(f"  removed {path}", err=True)
-        if report.kept_edited:
-            click.echo(f"  kept {len(report.kept_edited)} edited file(s) of the earlier pull (--force removes"
-                       f" them): {', '.join(report.kept_edited[:5])}", err=True)
+    click.echo(printable(str(report.folder)))
+    removed = f", {len(report.removed)} removed" if exact else ""
+    _note(f"pulled {release.name} {release.version} (range {range}) into {report.folder}: "
+          f"{report.files} files, {report.written} written, {report.already_there} already there{removed}")
+    for path in report.removed:
+        _note(f"  removed {path}")
+    if report.kept_edited:
+        _note(f"  kept {len(report.kept_edited)} edited file(s) of the earlier pull (--force removes"
+              f" them): {', '.join(report.kept_edited[:5])}")
 
 
 @cli.command()
@@ -309,6 +314,9 @@ def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
         report = arc.collect_garbage(grace_hours=grace_hours, dry_run=dry_run)
     for key in report.removed:
         _report(f"{'would remove' if dry_run else 'removed'} {key}")
+    for key in report.restored:
+        _report(f"kept {key}: set aside by an interrupted gc or just now, but a release or a publish in flight"
+                " references it")
     _report(f"{'would free' if dry_run else 'freed'} {format_size(report.bytes_freed)} in "
             f"{len(report.removed)} objects ({report.kept_young} unreferenced but younger than {grace_hours:g} h kept)")
 

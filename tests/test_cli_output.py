@@ -375,3 +375,13 @@ def test_interrupted_is_exactly_one_line_on_a_pipe(store: str, tmp_path: Path) -
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "archive: interrupted\n"
+
+
+def test_pull_escapes_the_folder_it_names(store: str, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a.txt": b"a"})
+    assert run("-a", store, "push", str(src), "calib", "1.0.0").returncode == 0
+    dest = tmp_path / "out\x1b]0;pwned\x07"
+    result = run("-a", store, "pull", "calib", "--to", str(dest))
+    assert result.returncode == 0 and (dest / "a.txt").read_bytes() == b"a"
+    assert "\x1b" not in result.stdout + result.stderr and "\\x1b]0;pwned\\x07" in result.stdout
+    assert "pulled calib 1.0.0 (range *)" in result.stderr
