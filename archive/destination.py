@@ -154,9 +154,11 @@ def refuse(conflicts: list[Conflict], dest: Path, release: str, force: bool) -> 
                                    f" {shown}{more} ({hint})", [c.path for c in blocking])
 
 
-def clear_the_way(root: Path, blocked: list[str]) -> None:
-    """Remove the non-folders standing where folders must go (``force`` allowed it)."""
-    for path in blocked:
+def remove_files(root: Path, paths: list[str]) -> None:
+    """Remove the files (or links) at ``paths`` in ``root``, never through a link leading outside
+    it; one already gone is fine. Used for non-folders standing where folders must go (``force``
+    allowed it) and for what ``--exact`` removes."""
+    for path in paths:
         target = root.joinpath(*path.split("/"))
         check_inside(root, target.parent, path)
         try:

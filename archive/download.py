@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import layout
 from .cache import BlobCache, default_cache
-from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, clear_the_way, compare,
-                          conflict_of, find, in_the_way, make_folders, refuse)
+from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
+                          conflict_of, find, in_the_way, make_folders, refuse, remove_files)
 from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
 from .hashing import iter_chunks, verified_chunks
 from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove_stale_temporaries, wanted_mode,
                           write_file_atomically)
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
-    remove_leftovers, write_marker
+    write_marker
 from .records import FileEntry, Release
 from .statcache import identity
 from .transfer import make_progress, reporting, run_jobs, with_retries
@@ -134,13 +134,13 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     placed_before = {**previous.earlier, **previous.files} if previous else {}
     placements, kept, in_the_way = plan(release, root, dest, force, cache, link, removing, marker, placed_before)
     early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
-    remove_leftovers(root, early)
-    clear_the_way(root, [p for p in in_the_way if p not in removing])
+    remove_files(root, early)
+    remove_files(root, [p for p in in_the_way if p not in removing])
     remove_stale_parts(placements)
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
-    remove_leftovers(root, sorted(removing.difference(early)))  # the rest once the new files are in place
+    remove_files(root, sorted(removing.difference(early)))  # the rest once the new files are in place
     remove_empty_folders(root, sorted(removing))
     if marker:
         earlier = old.kept if old else placed_before

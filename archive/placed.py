@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .destination import Folders, Kind, check_inside, find, is_unchanged, links_to_cache, make_folders
+from .destination import Folders, Kind, find, is_unchanged, links_to_cache, make_folders
 from .errors import ArchiveError, DestinationError, IntegrityError, InvalidInputError
 from .hashing import BlobId
 from .materialize import wanted_mode, write_file_atomically
@@ -126,19 +126,6 @@ def leftovers(root: Path, previous: Pulled | None, release: Release, force: bool
         else:
             kept[path] = entry
     return Leftovers(remove, kept)
-
-
-def remove_leftovers(root: Path, paths: list[str]) -> None:
-    """Remove files found by :func:`leftovers` (never through a link leading outside ``root``)."""
-    for path in paths:
-        target = root.joinpath(*path.split("/"))
-        check_inside(root, target.parent, path)
-        try:
-            os.unlink(target)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise DestinationError(f"cannot remove {str(target)!r}: {exc.strerror or exc}") from exc
 
 
 def remove_empty_folders(root: Path, paths: list[str]) -> None:

@@ -39,19 +39,6 @@ logger = logging.getLogger(__name__)
 BUFFERED_FILE = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    """A regular file found in the folder: its release path, where it is, and its stat."""
-
-    path: str
-    location: Path
-    info: os.stat_result
-
-    @property
-    def size(self) -> int:
-        return self.info.st_size
-
-
 @dataclass
 class PublishStats:
     """What a publish moved: filled in by :func:`publish` for a caller that passes one.
