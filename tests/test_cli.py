@@ -178,16 +178,22 @@ def test_progress_bars_only_on_a_terminal(store: str, tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=secondary, text=True)
     os.close(secondary)
     out, _ = proc.communicate(timeout=60)
+    shown = drain(primary)
+    assert proc.returncode == 0 and out.startswith("published calib 1.1.0")
+    assert b"uploading" in shown and b"195k" in shown and b"0/4 files" in shown
+    assert re.search(rb"uploaded 195\.3 KiB in [\d.]+ s", shown)
+
+
+def drain(primary: int) -> bytes:
+    """Everything left to read on a pseudo-terminal whose other side closed; then close it."""
     shown = b""
     while True:
         try:
             data = os.read(primary, 65536)
-        except OSError:
+        except OSError:  # EIO: every writer is gone
             break
         if not data:
             break
         shown += data
     os.close(primary)
-    assert proc.returncode == 0 and out.startswith("published calib 1.1.0")
-    assert b"uploading" in shown and b"195k" in shown and b"0/4 files" in shown
-    assert re.search(rb"uploaded 195\.3 KiB in [\d.]+ s", shown)
+    return shown

@@ -21,7 +21,7 @@ import pytest
 import archive
 import archive.errors
 from tests.conftest import make_tree
-from tests.test_cli import one_line_error, run
+from tests.test_cli import drain, one_line_error, run
 from tests.test_publish import snapshot
 
 ESC_TITLE = "\x1b]0;pwned\x07"      # sets the window title
@@ -292,15 +292,7 @@ def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: P
         shown += os.read(primary, 65536)
     proc.send_signal(signum)
     proc.communicate(timeout=60)
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        shown += data
-    os.close(primary)
+    shown += drain(primary)
     assert proc.returncode == status
     assert screen_lines(shown)[-1:] == ["archive: interrupted"], screen_lines(shown)[-3:]
     for path in out.rglob("*"):
