@@ -134,6 +134,10 @@ class ArchiveInterface(ABC):
         new file once. Such a write is not resumed after an interruption (its name is unknown
         until the end).
 
+        The object written has the time of this write as its mtime, even when a backend resumes
+        an earlier partial upload and sends no byte: gc takes an old mtime for an abandoned blob
+        (see :mod:`archive.gc`).
+
         The write goes into folders below the root only (made as needed, never through a link:
         :class:`UnsafeObjectError`). An object at ``key`` that is a link is replaced, itself,
         by a replacing write, and is taken by an exclusive one; nothing is ever written through it.
