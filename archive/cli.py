@@ -34,7 +34,7 @@ _verbosity = {"level": 0}
 _interrupts = Interrupts()
 #: The past tense of each progress phase, for the final line.
 _DONE = {"hashing": "hashed", "uploading": "uploaded", "downloading": "downloaded", "writing": "wrote",
-         "verifying": "verified"}
+         "verifying": "verified", "mirroring": "mirrored"}
 #: Back to the start of the line and clear it: the terminal's "^C" echo goes, the message stays.
 _ERASE_LINE = "\r\x1b[K"
 #: A grace period longer than this (about a century) is a typo, not a policy.
@@ -319,6 +319,25 @@ def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
                 " references it")
     _report(f"{'would free' if dry_run else 'freed'} {format_size(report.bytes_freed)} in "
             f"{len(report.removed)} objects ({report.kept_young} unreferenced but younger than {grace_hours:g} h kept)")
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.argument("name", required=False)
+@click.argument("range", required=False)
+@click.option("--create", is_flag=True, help="Create an empty archive at TARGET if there is none.")
+@click.pass_context
+def mirror(ctx: click.Context, source: str, target: str, name: str | None, range: str | None, create: bool) -> None:
+    """Copy releases from SOURCE to TARGET (all, or NAME's matching RANGE): blobs verified first,
+    then records and pointers; what TARGET holds already is skipped, so a rerun resumes."""
+    from .locations import get_interface
+
+    with get_interface(source) as src, get_interface(target, create=create) as dst:
+        report = src.mirror_to(dst, name, range, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+    _report(f"mirrored {plural(len(report.copied), 'release')} to {dst.location}"
+            f" ({len(report.present)} there already): {plural(report.blobs_copied, 'blob')},"
+            f" {format_size(report.bytes_copied)} copied; {report.blobs_present} present")
 
 
 def _report_phases() -> None:

@@ -48,6 +48,7 @@ from .transfer import reporting
 from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
+    from .mirror import MirrorReport
     from .pins import SeenRecords
     from .publish import PublishStats
 
@@ -387,6 +388,13 @@ class ArchiveInterface(ABC):
             raise ReleaseNotFoundError(f"{release.name} {release.version} has no file {path!r}")
         with open(default_cache().verified_path(self, entry.blob, entry.size), "rb") as stream:
             yield stream
+
+    def mirror_to(self, target: "ArchiveInterface", name: str | None = None, range: str | None = None, *,
+                  jobs: int | None = None, progress: bool | None = None) -> "MirrorReport":
+        """Copy releases (default: all) to ``target``; see :func:`archive.mirror.mirror`."""
+        from .mirror import mirror
+
+        return mirror(self, target, name, range, jobs=jobs, progress=progress)
 
     def copy_blob_to(self, blob_id: BlobId, size: int, target: "ArchiveInterface",
                      on_bytes: Callable[[int], None] | None = None) -> None:
