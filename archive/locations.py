@@ -20,9 +20,14 @@ from .errors import ArchiveError, InvalidInputError
 from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
-# scheme -> "module:class" in archive.backends, imported only when used (fast start-up)
-_BACKENDS = {"": "filesystem:FileSystemArchive", "file": "filesystem:FileSystemArchive",
-             "sftp": "sftp:SFTPArchive"}
+#: Backends are found by URL scheme in this entry-point group: a package adds one by declaring
+#: ``[project.entry-points."archive.backends"] myscheme = "mypackage.module:MyArchive"``.
+ENTRY_POINT_GROUP = "archive.backends"
+# The built-in ones are declared there too (pyproject.toml); this table finds them without
+# reading every installed package's metadata (start-up time), and in a source checkout.
+_BACKENDS = {"": "archive.backends.filesystem:FileSystemArchive",
+             "file": "archive.backends.filesystem:FileSystemArchive",
+             "sftp": "archive.backends.sftp:SFTPArchive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 
@@ -74,12 +79,11 @@ def make_backend(location: str) -> ArchiveInterface:
     if not location:
         raise InvalidInputError("empty archive location")
     scheme = "" if "://" not in location else location.split("://", 1)[0].lower()
-    spec = _BACKENDS.get(scheme)
-    if spec is None:
+    backend = backend_class(scheme)
+    if backend is None:
+        known = sorted((set(_BACKENDS) | {ep.name for ep in _entry_points()}) - {""})
         raise InvalidInputError(f"unsupported archive location {redact(location)!r}:"
-                                f" use a folder path or a {', '.join(s + '://' for s in _BACKENDS if s)} URL")
-    module, _, name = spec.partition(":")
-    backend = getattr(importlib.import_module(f".backends.{module}", __package__), name)
+                                f" use a folder path or a {', '.join(s + '://' for s in known)} URL")
     try:
         return backend.from_location(location)
     except ArchiveError as exc:
@@ -128,6 +132,30 @@ def split_userinfo(location: str) -> tuple[str, str | None, str]:
         return scheme + sep, rest[:first_at], rest[first_at + 1:]
     ats = [m.start() for m in _HOST_AFTER_AT.finditer(rest)] or [rest.rindex("@")]
     return scheme + sep, rest[:ats[-1]], rest[ats[-1] + 1:]
+
+
+def backend_class(scheme: str) -> "type[ArchiveInterface] | None":
+    """The backend class registered for ``scheme`` (``""`` for a plain path), or None."""
+    spec = _BACKENDS.get(scheme)
+    if spec is None:
+        found = [ep for ep in _entry_points() if ep.name == scheme]
+        if not found:
+            return None
+        spec = found[0].value
+    module, _, name = spec.partition(":")
+    try:
+        backend = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInputError(f"the backend registered for {scheme}:// ({spec}) cannot be loaded: {exc}") from None
+    if not (isinstance(backend, type) and issubclass(backend, ArchiveInterface)):
+        raise InvalidInputError(f"the backend registered for {scheme}:// ({spec}) is not an ArchiveInterface")
+    return backend
+
+
+def _entry_points() -> list:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
 def redact(location: str) -> str:
