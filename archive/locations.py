@@ -22,7 +22,7 @@ from .interface import ArchiveInterface
 logger = logging.getLogger(__name__)
 # scheme -> "module:class" in archive.backends, imported only when used (fast start-up)
 _BACKENDS = {"": "filesystem:FileSystemArchive", "file": "filesystem:FileSystemArchive",
-             "sftp": "sftp:SFTPArchive"}
+             "sftp": "sftp:SFTPArchive", "http": "http:HTTPArchive", "https": "http:HTTPArchive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 
