@@ -42,9 +42,13 @@ class WebServer:
         lines = (self.folder / "access.log").read_text().splitlines()
         entries = []
         for line in lines:
-            method, path, status, ranged = line.split("\t")
+            method, path, status, ranged, _ = line.split("\t")
             entries.append((method, path, int(status), "" if ranged == "-" else ranged))
         return entries
+
+    def connections(self) -> int:
+        """How many TCP connections have made requests so far."""
+        return len({line.rsplit("\t", 1)[1] for line in (self.folder / "access.log").read_text().splitlines()})
 
 
 @dataclass
@@ -113,7 +117,7 @@ events {{ worker_connections 64; }}
 http {{
   {temp}types {{ application/json json; }}
   default_type application/octet-stream;
-  log_format ranges "$request_method\\t$uri\\t$status\\t$http_range";
+  log_format ranges "$request_method\\t$uri\\t$status\\t$http_range\\t$connection";
   access_log {folder / 'access.log'} ranges;
   server {{
     {listen}

@@ -44,6 +44,7 @@ from ..timeouts import connect_timeout, io_timeout
 
 logger = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
+KEPT_CONNECTIONS = 32  # idle connections kept per host, so that -j above max_workers reuses them too
 URL_RETRIES = 3  # urllib3 retries of one request (connect, read, 502/503/504)
 MAX_RESUMES = 5  # Range requests that may continue one body
 RESUME_DELAY = 0.2  # seconds before the first resume, doubled for each next one
@@ -172,12 +173,17 @@ class HTTPArchive(ArchiveInterface):
 
 
 def _make_session(pool_size: int, auth: tuple[str, str] | None) -> requests.Session:
-    """One session for every thread: a pool of ``pool_size`` connections, bounded retries."""
+    """One session for every thread: a pool of connections kept alive, bounded retries.
+
+    The pool keeps up to ``pool_size`` (or :data:`KEPT_CONNECTIONS`, if more) idle connections:
+    a connection is only opened when a thread needs one, and one that finds the pool full would
+    be closed after its request, costing a new connection for the next file.
+    """
     session = requests.Session()
     retry = Retry(total=URL_RETRIES, connect=URL_RETRIES, read=URL_RETRIES, status=URL_RETRIES,
                   status_forcelist=(502, 503, 504), allowed_methods=frozenset({"HEAD", "GET"}),
                   backoff_factor=0.2, raise_on_status=False, redirect=False)
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=retry)
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, KEPT_CONNECTIONS), max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["Accept-Encoding"] = "identity"  # byte ranges count the stored bytes
@@ -220,16 +226,17 @@ def _shown(url: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error, on one line (it may be deeply nested)."""
-    while exc.__context__ is not None and not str(exc).strip():
-        exc = exc.__context__
-    reason = exc
-    args = getattr(exc, "args", ())
-    if args and isinstance(args[0], BaseException):
-        reason = args[0]
-    inner = getattr(reason, "reason", None)
-    text = str(inner if inner is not None else reason) or type(reason).__name__
-    return " ".join(text.split())[:300]
+    """The innermost cause of a requests/urllib3 error, on one line (they nest several deep)."""
+    for _ in range(8):
+        inner = getattr(exc, "reason", None)
+        nested = [arg for arg in getattr(exc, "args", ()) if isinstance(arg, BaseException)]
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif nested:
+            exc = nested[-1]
+        else:
+            break
+    return " ".join((str(exc) or type(exc).__name__).split())[:300]
 
 
 class ResumingBody(io.RawIOBase):

@@ -152,9 +152,10 @@ def test_cli_reads_an_archive_over_http(site: str, tmp_path: Path) -> None:
 
 
 def test_a_pull_costs_one_get_per_blob(site: str, httpd: WebServer, tmp_path: Path) -> None:
-    """No HEAD or second GET per file: a pull reads each blob it lacks once."""
+    """No HEAD, second GET or new connection per file: a pull reads each blob it lacks once."""
     before = len(httpd.requests())
-    assert run("-a", site, "pull", "demo", "1.0.0", "--to", str(tmp_path / "out")).returncode == 0
+    assert run("-j", "1", "-a", site, "pull", "demo", "1.0.0", "--to", str(tmp_path / "out")).returncode == 0
+    assert httpd.connections() == 1  # kept alive: no new connection per file
     blobs = [(method, status) for method, path, status, _ in httpd.requests()[before:] if "/blobs/" in path]
     assert sorted(blobs) == [("GET", 200)] * (len(set(FILES.values())) + 1), blobs  # + the record
 
@@ -370,3 +371,14 @@ def test_a_server_that_ignores_range_fails_clearly(tmp_path: Path) -> None:
     finally:
         relay.close()
         stop_nginx(server)
+
+
+def test_more_jobs_than_the_pool_holds_stay_quiet(httpd: WebServer, tmp_path: Path) -> None:
+    """``-j 32`` over HTTP: the threads share the session's pool, and no warning shows."""
+    files = {f"f{i:03}": os.urandom(300_000) for i in range(120)}
+    with archive.get_interface(httpd.root / "store", create=True) as arc:
+        arc.publish(make_tree(tmp_path / "src", files), "many", "1.0.0", progress=False)
+    result = run("-j", "32", "-a", httpd.url("store"), "pull", "many", "--to", str(tmp_path / "out"))
+    assert result.returncode == 0 and result.stderr.startswith("pulled many 1.0.0"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert snapshot(tmp_path / "out") == files
