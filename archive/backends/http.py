@@ -35,7 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from ..errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
-                      KeyNotFoundError, ReadOnlyArchiveError)
+                      KeyNotFoundError, ReadOnlyArchiveError, UnsafeObjectError)
 from ..hashing import CHUNK_SIZE
 from ..interface import ArchiveInterface, KeyInfo
 from ..keys import check_key
@@ -120,7 +120,8 @@ class HTTPArchive(ArchiveInterface):
                 stream: bool = False) -> requests.Response:
         """Send one request, follow same-origin redirects, map failures to archive errors.
 
-        Returns a response with status 200 or 206; every other outcome raises.
+        Returns a response with status 200 or 206; every other outcome raises. A redirect to the
+        same path with a ``/`` added is how web servers answer for a folder: refused as one.
         """
         origin = urlsplit(url)[:2]
         for _ in range(MAX_REDIRECTS + 1):
@@ -130,6 +131,8 @@ class HTTPArchive(ArchiveInterface):
                 return response
             target = urljoin(url, response.headers["Location"])
             response.close()
+            if urlsplit(target).path == urlsplit(url).path + "/":  # how web servers answer for a folder
+                raise UnsafeObjectError(key, "a folder")
             if urlsplit(target)[:2] != origin:
                 raise BackendError(f"{url}: redirected to another host or scheme"
                                    f" ({_shown(target)}); not followed")
