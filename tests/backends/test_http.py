@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -174,9 +175,23 @@ def test_cli_refuses_to_write_over_http(site: str, httpd: WebServer, tmp_path: P
 def test_no_archive_json_is_not_an_archive(httpd: WebServer) -> None:
     (httpd.root / "plain").mkdir()
     (httpd.root / "plain" / "index.html").write_text("hello")
-    one_line_error(run("-a", httpd.url("plain"), "ls"), "is not an archive")
+    result = run("-a", httpd.url("plain"), "ls")
+    one_line_error(result, f"{httpd.url('plain')} is not an archive")
+    assert "archive init" not in result.stderr  # a web server cannot be made one
     with pytest.raises(NotAnArchiveError):
         archive.get_interface(httpd.url("plain/"))
+
+
+@pytest.mark.parametrize("location, problem", [
+    ("http://127.0.0.1:http/store", "the port is not a number"),
+    ("http:///store", "not an http(s)://host/path URL"),
+    ("https://127.0.0.1/store?cache=no", "unknown parameter 'cache'"),
+    ("https://u:pw-secret@127.0.0.1:x/store", "the port is not a number"),
+])
+def test_malformed_locations_are_refused_in_one_line(location: str, problem: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(problem)) as refused:
+        archive.get_interface(location)
+    assert "pw-secret" not in str(refused.value)
 
 
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
