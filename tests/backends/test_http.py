@@ -167,6 +167,8 @@ def test_cli_refuses_to_write_over_http(site: str, httpd: WebServer, tmp_path: P
     src = make_tree(tmp_path / "src", {"new": b"new"})
     one_line_error(run("-a", site, "push", str(src), "demo", "3.0.0"), "read-only")
     one_line_error(run("-a", site, "gc"), "read-only")
+    one_line_error(run("-a", site, "gc", "--dry-run"), "read-only")  # it could not list the blobs
+    one_line_error(run("-a", site, "verify", "--repair"), "read-only")
     one_line_error(run("init", httpd.url("fresh")), "read-only")
     assert files_of(httpd.root) == before
     assert not [r for r in httpd.requests() if r[0] not in ("GET", "HEAD")]
