@@ -274,6 +274,10 @@ def test_a_password_in_the_url_is_used_and_never_shown(auth_site: str, tmp_path:
     assert "wrong-pw" not in result.stderr + result.stdout
     with archive.get_interface(good) as arc:
         assert "s3cret" not in arc.location + arc.base_url + repr(arc)
+    pull = run("-vv", "-a", good, "pull", "demo", "--to", str(tmp_path / "out"), env=env)
+    assert pull.returncode == 0 and "s3cret" not in pull.stdout + pull.stderr
+    remembered = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and b"s3cret" in p.read_bytes()]
+    assert remembered == [] and snapshot(tmp_path / "out") == FILES
 
 
 # ------------------------------------------------------------------ redirects
