@@ -239,8 +239,8 @@ class ArchiveInterface(ABC):
         try:
             marker = load_json(self.read_key(layout.MARKER_KEY, 4096), f"{self.location}/{layout.MARKER_KEY}")
         except KeyNotFoundError:
-            raise NotAnArchiveError(
-                f"{self.location} is not an archive (create one with: archive init {self.location})") from None
+            hint = "" if self.read_only else f" (create one with: archive init {self.location})"
+            raise NotAnArchiveError(f"{self.location} is not an archive{hint}") from None
         if not isinstance(marker, dict) or marker.get("format") != "archive":
             raise NotAnArchiveError(f"{self.location}: {layout.MARKER_KEY} does not describe an archive")
         if marker.get("version") != layout.FORMAT_VERSION:

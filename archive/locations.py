@@ -27,7 +27,8 @@ ENTRY_POINT_GROUP = "archive.backends"
 # reading every installed package's metadata (start-up time), and in a source checkout.
 _BACKENDS = {"": "archive.backends.filesystem:FileSystemArchive",
              "file": "archive.backends.filesystem:FileSystemArchive",
-             "sftp": "archive.backends.sftp:SFTPArchive"}
+             "sftp": "archive.backends.sftp:SFTPArchive",
+             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 

@@ -54,6 +54,8 @@ def verify_archive(arc: "ArchiveInterface", name: str | None = None, range: str 
     NoMatchingVersionError
         ``name`` and ``range`` are given, but no version of ``name`` matches.
     """
+    if repair:
+        arc.check_writable()  # a repair writes: refused at once, not skipped in silence
     report = VerifyReport()
     names = [name] if name is not None else arc.names()
     spec = parse_range(range or "*", include_prerelease=True)

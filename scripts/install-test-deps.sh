@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)   # the web server of the HTTP tests
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)   # the benchmark's hashing anchor
 [ -x /usr/bin/time ] || need_apt+=(time)                      # the benchmark's peak-memory probe
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -70,3 +70,4 @@ def test_the_built_in_backends_are_registered_the_same_way() -> None:
     registered = {ep.name: ep.value for ep in entry_points(group="archive.backends")}
     assert registered.get("file") == "archive.backends.filesystem:FileSystemArchive"
     assert registered.get("sftp") == "archive.backends.sftp:SFTPArchive"
+    assert registered.get("https") == registered.get("http") == "archive.backends.http:HTTPArchive"

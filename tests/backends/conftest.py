@@ -1,4 +1,6 @@
-"""Fixtures of the backend tests: the real SSH parts live in :mod:`tests.sshd`."""
+"""Fixtures of the backend tests: the real SSH parts live in :mod:`tests.sshd`, nginx in
+:mod:`tests.httpd`."""
 
+from tests.httpd import httpd  # noqa: F401
 from tests.sshd import (keyring_file, password_user, ssh_agent, ssh_home, ssh_key_home,  # noqa: F401
                         sshd)
