@@ -12,10 +12,18 @@ cut half-way, resumes with a ``Range`` request (:class:`ResumingBody`). One
 ``requests`` session serves all threads, its pool sized for :attr:`max_workers`, with bounded
 urllib3 retries of these idempotent requests and the timeouts of :mod:`archive.timeouts`.
 
+A server that refuses HEAD (405 or 501, as some object-store gateways and minimal servers do) is
+asked for its first byte with a ranged GET instead: ``Content-Range`` tells the size. The refusal
+is remembered, so it costs one extra request per archive opened.
+
 TLS is verified; a private CA is given by ``$REQUESTS_CA_BUNDLE`` or ``?ca_bundle=FILE`` in the
-location. Credentials come from the URL (``https://user:password@host/path``, never shown) or
-from ``~/.netrc``, which requests reads by itself. Redirects are followed only to the same
-scheme, host and port, so credentials never leave for another host.
+location. Credentials, never shown nor logged, come from the first of: the URL
+(``https://user:password@host/path``); ``~/.netrc``, which requests reads by itself; the system
+keyring, asked only once the server answered 401: with a user in the URL
+(``https://user@host/path``), the password of service ``archive-http``, account
+``user@host[:port]``; without one, a bearer token of service ``archive-http-token``, account
+``host[:port]``. Redirects are followed only to the same scheme, host and port, so credentials
+never leave for another host.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import email.utils
 import io
 import logging
 import re
+import threading
 import time
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -32,6 +41,7 @@ from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from ..errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
@@ -49,6 +59,12 @@ URL_RETRIES = 3  # urllib3 retries of one request (connect, read, 502/503/504)
 MAX_RESUMES = 5  # Range requests that may continue one body
 RESUME_DELAY = 0.2  # seconds before the first resume, doubled for each next one
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+KEYRING_SERVICE = "archive-http"  # basic auth: account user@host[:port]
+KEYRING_TOKEN_SERVICE = "archive-http-token"  # bearer token: account host[:port]
+
+
+class _MethodRefused(BackendError):
+    """The server does not allow this method (HTTP 405 or 501)."""
 
 
 class HTTPArchive(ArchiveInterface):
@@ -58,12 +74,16 @@ class HTTPArchive(ArchiveInterface):
     listable = False
 
     def __init__(self, location: str, base_url: str, auth: tuple[str, str] | None = None,
-                 ca_bundle: str | None = None) -> None:
+                 ca_bundle: str | None = None, user: str | None = None) -> None:
         super().__init__(redact(location))
         #: The archive's root URL, ending in "/", without credentials or query: safe to show.
         self.base_url = base_url
         self._ca_bundle = ca_bundle
         self._session = _make_session(self.max_workers, auth)
+        self._user = user  # named in the URL without a password: its password is in the keyring
+        self._keyring_asked = auth is not None  # a password in the URL is never second-guessed
+        self._auth_lock = threading.Lock()
+        self._head_refused = False
 
     @classmethod
     def from_location(cls, location: str) -> "HTTPArchive":
@@ -84,11 +104,13 @@ class HTTPArchive(ArchiveInterface):
         ca_bundle = query.get("ca_bundle", [None])[-1] or None
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         base_url = urlunsplit((parts.scheme.lower(), parts.netloc, path, "", ""))
-        auth = None
+        auth, user = None, None
         if userinfo is not None and ":" in userinfo:
             user, password = userinfo.split(":", 1)
             auth = (unquote(user), unquote(password))
-        return cls(location, base_url, auth, ca_bundle)
+        elif userinfo:
+            user = unquote(userinfo)
+        return cls(location, base_url, auth, ca_bundle, user)
 
     # ---------------------------------------------------------------- reading
     def url_of(self, key: str) -> str:
@@ -97,13 +119,21 @@ class HTTPArchive(ArchiveInterface):
         return self.base_url + "/".join(quote(part, safe="") for part in key.split("/"))
 
     def stat_key(self, key: str) -> KeyInfo:
-        """A HEAD request: ``Content-Length`` is the size, ``Last-Modified`` the mtime."""
+        """A HEAD request: ``Content-Length`` is the size, ``Last-Modified`` the mtime.
+
+        If the server refuses HEAD, a GET of the first byte: the size is after the ``/`` of
+        ``Content-Range`` (or, from a server that ignores the range, ``Content-Length``).
+        """
         url = self.url_of(key)
-        with self.request("HEAD", url, key) as response:
-            length = response.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                raise BackendError(f"{url}: the server sent no size (Content-Length)")
-            return KeyInfo(size=int(length), mtime=_http_time(response.headers.get("Last-Modified")))
+        if not self._head_refused:
+            try:
+                with self.request("HEAD", url, key) as response:
+                    return _key_info(response, url, _size_of_whole)
+            except _MethodRefused:
+                logger.info("%s refuses HEAD; asking for the first byte with GET instead", self.location)
+                self._head_refused = True
+        with self.request("GET", url, key, {"Range": "bytes=0-0"}, stream=True) as response:
+            return _key_info(response, url, _size_of_part)
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
@@ -126,6 +156,9 @@ class HTTPArchive(ArchiveInterface):
         origin = urlsplit(url)[:2]
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send(method, url, headers, stream)
+            if response.status_code == 401 and self._credentials_from_keyring():
+                response.close()
+                response = self._send(method, url, headers, stream)
             if not response.is_redirect:
                 _check_status(response, url, key)
                 return response
@@ -150,6 +183,32 @@ class HTTPArchive(ArchiveInterface):
             raise BackendUnavailableError(f"{url}: cannot reach the server ({_reason(exc)})") from None
         except requests.exceptions.RequestException as exc:
             raise BackendError(f"{url}: {_reason(exc)}") from None
+
+    def _credentials_from_keyring(self) -> bool:
+        """After a 401, once per archive: use what the keyring holds for this server, if anything.
+
+        Asked only when needed, as git asks its credential helper: a keyring may be slow or
+        locked, and most web archives are public.
+        """
+        from ..credentials import stored_password  # not at import: it loads paramiko
+
+        with self._auth_lock:
+            if self._keyring_asked:
+                return False
+            self._keyring_asked = True
+            netloc = urlsplit(self.base_url).netloc
+            if self._user is not None:
+                password = stored_password(KEYRING_SERVICE, f"{self._user}@{netloc}")
+                if password is None:
+                    return False
+                self._session.auth = (self._user, password)
+            else:
+                token = stored_password(KEYRING_TOKEN_SERVICE, netloc)
+                if token is None:
+                    return False
+                self._session.auth = _Bearer(token)
+            logger.debug("using the credentials the keyring holds for %s", netloc)
+            return True
 
     # ---------------------------------------------------------------- no writing, no listing
     def check_writable(self) -> None:
@@ -195,6 +254,41 @@ def _make_session(pool_size: int, auth: tuple[str, str] | None) -> requests.Sess
     return session
 
 
+class _Bearer(AuthBase):
+    """``Authorization: Bearer TOKEN`` on every request (the token is never shown: no repr)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_Bearer(...)"
+
+
+def _size_of_whole(response: requests.Response) -> str | None:
+    """The size of the object a HEAD (or an unranged GET) describes."""
+    return response.headers.get("Content-Length")
+
+
+def _size_of_part(response: requests.Response) -> str | None:
+    """The size of the object a ranged GET took a part of: after the ``/`` of Content-Range."""
+    if response.status_code == 200:  # the server ignored the range: the whole object
+        return _size_of_whole(response)
+    found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return found[3] if found else None
+
+
+def _key_info(response: requests.Response, url: str, size_of: Callable[[requests.Response], str | None]) -> KeyInfo:
+    """Size and mtime from the headers of ``response``, the size read by ``size_of``."""
+    size = size_of(response)
+    if size is None or not size.isdigit():
+        raise BackendError(f"{url}: the server sent no size (Content-Length)")
+    return KeyInfo(size=int(size), mtime=_http_time(response.headers.get("Last-Modified")))
+
+
 def _check_status(response: requests.Response, url: str, key: str) -> None:
     """Map an HTTP status to the archive's errors (200 and 206 pass)."""
     status = response.status_code
@@ -204,8 +298,10 @@ def _check_status(response: requests.Response, url: str, key: str) -> None:
     if status in (404, 410):
         raise KeyNotFoundError(key)
     if status in (401, 403):
-        raise AuthenticationError(f"{url}: access refused (HTTP {status}); give credentials in ~/.netrc"
-                                  " or the URL")
+        raise AuthenticationError(f"{url}: access refused (HTTP {status}); give credentials in ~/.netrc,"
+                                  f" the keyring (service {KEYRING_SERVICE}) or the URL")
+    if status in (405, 501):
+        raise _MethodRefused(f"{url}: the server refuses {response.request.method} (HTTP {status})")
     if status >= 500 or status == 429:
         raise BackendUnavailableError(f"{url}: server error (HTTP {status} {response.reason})")
     raise BackendError(f"{url}: unexpected answer HTTP {status} {response.reason}")

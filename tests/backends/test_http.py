@@ -280,6 +280,72 @@ def test_a_password_in_the_url_is_used_and_never_shown(auth_site: str, tmp_path:
     assert remembered == [] and snapshot(tmp_path / "out") == FILES
 
 
+def _keyring_env(tmp_path: Path, service: str, account: str, secret: str) -> dict[str, str]:
+    """The environment of a CLI run whose keyring (a real keyrings.alt file) holds one secret."""
+    from keyrings.alt.file import PlaintextKeyring
+
+    store = PlaintextKeyring()
+    store.file_path = str(tmp_path / "xdg" / "python_keyring" / "keyring_pass.cfg")
+    store.set_password(service, account, secret)
+    return {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+            "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
+
+
+def test_a_password_from_the_keyring_after_a_401(auth_site: str, tmp_path: Path) -> None:
+    """``http://reader@host/...``: the password of account reader@host:port, service archive-http."""
+    url = auth_site.replace("http://", "http://reader@")
+    host = url.split("@", 1)[1].split("/", 1)[0]
+    one_line_error(run("-a", url, "ls", env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "none"),
+                                             "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}),
+                   "access refused (HTTP 401)")
+    env = _keyring_env(tmp_path, "archive-http", f"reader@{host}", "s3cret-pw")
+    result = run("-vv", "-a", url, "pull", "demo", "--to", str(tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert snapshot(tmp_path / "out") == FILES
+
+
+def test_a_bearer_token_from_the_keyring(tmp_path: Path) -> None:
+    """No user in the URL: the token of account host:port, service archive-http-token."""
+    root = tmp_path / "www"
+    root.mkdir()
+    publish_site(root, tmp_path)
+    server = start_nginx(tmp_path / "nginx", root,
+                         extra='if ($http_authorization != "Bearer tok-9f2e") { return 401; }')
+    try:
+        one_line_error(run("-a", server.url("store"), "ls", env={"HOME": str(tmp_path)}), "HTTP 401")
+        env = _keyring_env(tmp_path, "archive-http-token", f"127.0.0.1:{server.port}", "tok-9f2e")
+        result = run("-vv", "-a", server.url("store"), "ls", env=env)
+        assert result.stdout.split() == ["demo", "other"], result.stderr
+        assert "tok-9f2e" not in result.stderr
+    finally:
+        stop_nginx(server)
+
+
+# ------------------------------------------------------------------ servers that refuse HEAD
+def test_a_server_that_refuses_head_is_asked_for_one_byte(tmp_path: Path) -> None:
+    """Some gateways answer HEAD with 405: sizes then come from a GET of byte 0 (Content-Range)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    publish_site(root, tmp_path)
+    server = start_nginx(tmp_path / "nginx", root, extra="if ($request_method = HEAD) { return 405; }")
+    try:
+        with archive.get_interface(server.url("store")) as arc:
+            blob = arc.resolve("other").files["big.bin"].blob
+            assert arc.stat_key(layout.blob_key(blob)).size == len(BIG)
+            assert arc.stat_key("archive.json").size == (root / "store" / "archive.json").stat().st_size
+        verified = run("-a", server.url("store"), "verify")
+        assert verified.returncode == 0, verified.stderr
+        pulled = run("-a", server.url("store"), "pull", "demo", "--to", str(tmp_path / "out"))
+        assert pulled.returncode == 0 and snapshot(tmp_path / "out") == FILES, pulled.stderr
+        heads = [status for method, _, status, _ in server.requests() if method == "HEAD"]
+        assert heads and set(heads) == {405}
+        assert len(heads) <= 3  # one per archive opened (two by the API above, one by verify, none by pull)
+        assert ("GET", "/store/" + layout.blob_key(blob), 206, "bytes=0-0") in server.requests()
+    finally:
+        stop_nginx(server)
+
+
 # ------------------------------------------------------------------ redirects
 def test_a_redirect_to_another_host_is_not_followed(tmp_path: Path) -> None:
     """A server that redirects every request to another host: credentials never go there."""
