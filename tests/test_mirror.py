@@ -13,6 +13,7 @@ import archive
 from archive import layout
 from archive.errors import IntegrityError, ReleaseExistsError, ReleaseNotFoundError
 from tests.conftest import make_tree
+from tests.httpd import httpd  # noqa: F401 - fixtures
 from tests.sshd import keyring_file, ssh_home, ssh_key_home, sshd  # noqa: F401 - fixtures
 from tests.test_publish import snapshot
 
@@ -109,3 +110,32 @@ def test_mirror_into_a_folder_that_is_no_archive_is_one_line(source, tmp_path: P
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "is not an archive (create one with: archive init" in result.stderr
     assert list((tmp_path / "plain").iterdir()) == []
+
+
+# ------------------------------------------------------------------ to other storage, read back
+def pull_all_and_diff(source: archive.ArchiveInterface, url: str, tmp_path: Path) -> int:
+    """Pull every release from ``url`` and from ``source`` with the CLI; ``diff -r`` each pair.
+
+    Returns how many releases were compared; ``verify --full`` must pass on ``url`` too.
+    """
+    compared = 0
+    for name in source.names():
+        for version in source.versions(name):
+            theirs, ours = tmp_path / "from-copy" / name / version, tmp_path / "from-source" / name / version
+            for location, dest in ((url, theirs), (source.location, ours)):
+                pulled = run("-a", location, "pull", name, version, "--to", str(dest))
+                assert pulled.returncode == 0, pulled.stderr
+            diff = subprocess.run(["diff", "-r", "--exclude=.archive", str(ours), str(theirs)],
+                                  capture_output=True, text=True)
+            assert diff.returncode == 0, diff.stdout + diff.stderr
+            compared += 1
+    verified = run("-a", url, "verify", "--full")
+    assert verified.returncode == 0, verified.stderr
+    return compared
+
+
+def test_mirror_to_the_folder_of_a_web_server_reads_back_over_http(source, tmp_path: Path, httpd) -> None:
+    """Publishing to a web server: mirror into the folder nginx serves, then read it over HTTP."""
+    result = run("mirror", source.location, str(httpd.root / "store"), "--create")
+    assert result.returncode == 0, result.stderr
+    assert pull_all_and_diff(source, httpd.url("store"), tmp_path) == 9
