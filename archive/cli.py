@@ -238,11 +238,14 @@ def status(folder: Path) -> None:
 @click.argument("name", required=False)
 @click.pass_context
 def list_command(ctx: click.Context, name: str | None) -> None:
-    """List release names, or the versions of NAME, newest first."""
+    """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
+    newest first."""
+    namespace = name[:-1] if name is not None and name.endswith("/") else None
     with _open(ctx) as arc:
-        lines = arc.versions(name) if name is not None else arc.names()
+        lines = arc.names(namespace) if name is None or namespace is not None else arc.versions(name)
         if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
-            raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
+            what = f"namespace {namespace!r}" if namespace is not None else f"release named {name!r}"
+            raise ReleaseNotFoundError(f"no {what} in {arc.location}")
     for line in lines:
         click.echo(printable(line))
 
