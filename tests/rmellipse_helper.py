@@ -6,7 +6,9 @@
   does, through its API: ``map_directory`` maps the folder (HDF5 files included),
   ``upload_blobs_and_update_mapping`` stores the blobs, ``upload_release_record`` the record;
 * ``{"do": "download", "root", "workspace", "title", "version", "dest"}``: rmellipse's download
-  (``get_release_records`` then ``download_release``) into ``dest``.
+  (``get_release_records`` then ``download_release``) into ``dest``;
+* ``{"do": "h5", "path", "scale"}``: an HDF5 file with a group, a dataset and attributes (h5py
+  comes with rmellipse, not with our test dependencies).
 """
 
 from __future__ import annotations
@@ -49,9 +51,20 @@ def download(action: dict) -> None:
         arc.download_release(record, action["workspace"], 4, Path(action["dest"]), 2**20, progress_bar=False)
 
 
+def h5(action: dict) -> None:
+    import h5py
+
+    Path(action["path"]).parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(action["path"], "w") as f:
+        f.attrs["site"] = "lab 2"
+        group = f.create_group("sweep")
+        group.attrs["unit"] = "V"
+        group.create_dataset("gains", data=[float(i) * action["scale"] for i in range(64)])
+
+
 def main() -> None:
     for action in json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")):
-        {"release": release, "download": download}[action["do"]](action)
+        {"release": release, "download": download, "h5": h5}[action["do"]](action)
 
 
 if __name__ == "__main__":
