@@ -3,7 +3,9 @@
 Builds an rmellipse 0.4.5 ``FileSystemArchive`` with rmellipse's own code (its venv, as the
 tests make it: ``.venv-rmellipse/`` or ``$RMELLIPSE_PYTHON``; see tests/rmellipse_helper.py):
 one title released in ``--versions`` versions (5) of ``--files`` files (1,000) totalling
-``--gib`` GiB (1.1), each version rewriting a tenth of the files. Then times ``archive import``
+``--gib`` GiB (1.1), each version rewriting a tenth of the files, the last one also released
+to a second workspace (as a team shares a release; rmellipse then stores its files again,
+``--no-second-workspace`` leaves that out). Then times ``archive import``
 (the real command, into an empty archive), a rerun (nothing new), and ``cp -r`` of the same
 archive as the anchor (what only copying the bytes costs on this disk), and prints the stored
 size before (rmellipse) and after (ours). Numbers vary by machine: they belong in a report,
@@ -50,9 +52,10 @@ def write_version(folder: Path, sizes: list[int], changed: list[int]) -> None:
         path.write_bytes(os.urandom(sizes[i]))
 
 
-def release(python: Path, root: Path, folder: Path, version: str, work: Path) -> float:
+def release(python: Path, root: Path, folder: Path, version: str, work: Path,
+            workspace: str = "Global Public Workspace") -> float:
     spec = work / "actions.json"
-    spec.write_text(json.dumps([{"do": "release", "root": str(root), "workspace": "Global Public Workspace",
+    spec.write_text(json.dumps([{"do": "release", "root": str(root), "workspace": workspace,
                                  "title": "calib", "version": version, "folder": str(folder)}]))
     start = time.perf_counter()
     subprocess.run([str(python), str(HELPER), str(spec)], check=True, stdout=subprocess.DEVNULL)
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--gib", type=float, default=1.1)
     parser.add_argument("--versions", type=int, default=5)
+    parser.add_argument("--no-second-workspace", dest="second", action="store_false")
     parser.add_argument("--quick", action="store_true", help="100 files, 0.05 GiB, 3 versions")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -98,9 +102,12 @@ def run(args: argparse.Namespace, python: Path, work: Path) -> None:
         changed = range(args.files) if v == 0 else rng.sample(range(args.files), args.files // 10)
         write_version(folder, sizes, list(changed))
         build += release(python, root, folder, f"1.{v}.0", work)
+    if args.second:
+        build += release(python, root, folder, f"1.{args.versions - 1}.0", work, "Metrology Group")
     before, before_files = stored_bytes(root)
     content = stored_bytes(folder)[0]
-    print(f"rmellipse archive: {args.versions} versions of {args.files} files ({content / 2**30:.2f} GiB each),"
+    also = ", the last also in a second workspace" if args.second else ""
+    print(f"rmellipse archive: {args.versions} versions of {args.files} files ({content / 2**30:.2f} GiB each){also},"
           f" built by rmellipse in {build:.1f} s")
     print(f"stored before (rmellipse): {before / 2**30:.3f} GiB in {before_files} files")
     subprocess.run(archive_cmd("init", str(store)), check=True, stdout=subprocess.DEVNULL)

@@ -216,7 +216,9 @@ def test_everything_rmellipse_recorded_is_kept(rme_archive, tmp_path: Path) -> N
 def test_a_rerun_imports_nothing_new(rme_archive, tmp_path: Path) -> None:
     root, built = rme_archive
     store = init(tmp_path)
-    assert run("-a", store, "import", str(root), "--from", "rmellipse").returncode == 0
+    first = run("-a", store, "--progress", "import", str(root), "--from", "rmellipse")
+    assert first.returncode == 0 and "importing" in first.stderr  # the bar
+    assert first.stderr.splitlines()[-1].startswith("imported "), first.stderr  # its summary
     blobs = sorted(Path(store, "blobs").rglob("*"))
     again = run("-a", store, "import", str(root), "--from", "rmellipse")
     assert again.returncode == 0 and again.stdout == f"nothing new to import: {len(built)} releases present already\n"
