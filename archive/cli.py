@@ -244,8 +244,11 @@ def list_command(ctx: click.Context, name: str | None) -> None:
     with _open(ctx) as arc:
         lines = arc.names(namespace) if name is None or namespace is not None else arc.versions(name)
         if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
-            what = f"namespace {namespace!r}" if namespace is not None else f"release named {name!r}"
-            raise ReleaseNotFoundError(f"no {what} in {arc.location}")
+            if namespace is None:
+                from .namespaces import no_release_named
+
+                raise no_release_named(arc, name)
+            raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
     for line in lines:
         click.echo(printable(line))
 

@@ -322,10 +322,12 @@ class ArchiveInterface(ABC):
         NoMatchingVersionError
             Releases exist, but none matches.
         """
+        from .namespaces import no_release_named
+
         spec = parse_range(range, include_prerelease)
         versions = self.versions(name)
         if not versions:
-            raise ReleaseNotFoundError(f"no release named {name!r} in {self.location}")
+            raise no_release_named(self, name)
         best = spec.best(versions)
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")

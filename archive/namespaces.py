@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from . import layout
-from .errors import NotAnArchiveError
+from .errors import NotAnArchiveError, ReleaseNotFoundError
 from .records import canonical_json, load_json
 
 if TYPE_CHECKING:
@@ -40,3 +40,16 @@ def prepare_for_name(arc: "ArchiveInterface", name: str) -> None:
     marker["version"] = layout.NAMESPACES_FORMAT_VERSION
     arc.write_key(layout.MARKER_KEY, [canonical_json(marker) + b"\n"])
     logger.info("%s is now format %d: it holds namespaced names", arc.location, layout.NAMESPACES_FORMAT_VERSION)
+
+
+def no_release_named(arc: "ArchiveInterface", name: str) -> ReleaseNotFoundError:
+    """The error for a name with no release; when ``name`` is a namespace, it says so and names
+    a few of its names (``team`` for ``team/calib``): the likely mistake. One more listing, on
+    this error path only."""
+    message = f"no release named {name!r} in {arc.location}"
+    if "/" not in name:
+        inside = arc.names(name)
+        if inside:
+            shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+            message += f"; {name!r} is a namespace holding {shown}"
+    return ReleaseNotFoundError(message)

@@ -63,5 +63,9 @@ def test_cli_lists_names_and_one_namespace(tmp_path: Path) -> None:
     assert cached.returncode == 0 and "@team" in cached.stdout, cached.stdout
     assert run("-a", store, "verify", "team/calib").returncode == 0
     one_line_error(run("-a", store, "ls", "nobody/"), 1, "no namespace 'nobody'")
+    for command in (["ls", "team"], ["pull", "team"], ["verify", "team"], ["show", "team"]):
+        one_line_error(run("-a", store, *command), 1, "no release named 'team' in")
+        assert "'team' is a namespace holding team/calib, team/gains" in run("-a", store, *command).stderr
+    assert "namespace" not in run("-a", store, "ls", "nobody").stderr
     one_line_error(run("-a", store, "ls", "Bad/"), 1, "invalid namespace 'Bad'")
     one_line_error(run("-a", store, "push", str(src), "a/b/c", "1.0.0"), 1, "invalid release name 'a/b/c'")
