@@ -298,3 +298,12 @@ def test_get_interface_resolves_relative_paths_like_rmellipse(tmp_path: Path) ->
     init(tmp_path, "here")
     with archive.get_interface("here", resolve_relative_paths_to=tmp_path) as arc:
         assert arc.location == str(tmp_path / "here")
+
+
+def test_two_workspaces_that_would_share_a_namespace_are_refused(rme_archive, tmp_path: Path) -> None:
+    root = shutil.copytree(rme_archive[0], tmp_path / "rme")
+    shutil.copytree(root / "Metrology Group", root / "metrology  group")
+    store = init(tmp_path)
+    one_line_error(run("-a", store, "import", str(root), "--from", "rmellipse"), 1,
+                   "and metrology  group/")
+    assert run("-a", store, "ls").stdout == ""
