@@ -259,6 +259,8 @@ def test_a_damaged_blob_fails_the_import_and_nothing_is_imported(rme_archive, tm
     assert says in result.stderr and "used by metrology-group/calib 1.0.0" in result.stderr
     assert "nothing was imported" in result.stderr
     assert run("-a", store, "ls").stdout == ""
+    left = [p for top in ("blobs", "trash", "leases", "tmp") for p in Path(store, top).rglob("*") if p.is_file()]
+    assert left == []  # what was stored before the damaged blob was read is taken back
     assert run("-a", store, "verify", "--full").returncode == 0
 
 
@@ -307,3 +309,19 @@ def test_two_workspaces_that_would_share_a_namespace_are_refused(rme_archive, tm
     one_line_error(run("-a", store, "import", str(root), "--from", "rmellipse"), 1,
                    "and metrology  group/")
     assert run("-a", store, "ls").stdout == ""
+
+
+def test_a_failed_import_keeps_what_a_publish_in_flight_has_leased(rme_archive, tmp_path: Path) -> None:
+    """A publish running meanwhile may have found a blob the import stored and be about to
+    reference it (its lease says so): taking the import back leaves that blob in place."""
+    root = shutil.copytree(rme_archive[0], tmp_path / "rme")
+    blob = max((p for p in (root / "Metrology Group" / "calib" / "blobs").rglob("*") if p.is_file()),
+               key=lambda p: (p.stat().st_size, p.name))
+    _damage(blob, "flipped")
+    store = init(tmp_path)
+    alpha = hashlib.sha256(b"alpha").hexdigest()
+    lease = Path(store, "leases", "inflight.json")
+    lease.parent.mkdir()
+    lease.write_text(json.dumps({"format": 1, "blobs": [f"sha256:{alpha}"]}))
+    assert run("-a", store, "import", str(root), "--from", "rmellipse").returncode == 1
+    assert [p.name for p in Path(store, "blobs").rglob("*") if p.is_file()] == [alpha]

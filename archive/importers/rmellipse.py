@@ -13,9 +13,8 @@ The import is all or nothing, in the order a publish writes:
 3. Create each release (record blob, then its pointer), then the indexes.
 
 The rmellipse archive is only read, through our backends' read primitives (every file opened
-read-only), so a folder or an ``sftp://`` location works. Blobs stored in step 2 by an import
-that then failed are referenced by no release: ``verify`` is clean, and ``gc`` removes them
-after its grace period, as after an interrupted publish.
+read-only), so a folder or an ``sftp://`` location works. The blobs an import stored before it
+failed are taken back (:mod:`.rollback`), so a failed import leaves the archive as it found it.
 """
 
 from __future__ import annotations
@@ -28,12 +27,13 @@ from typing import TYPE_CHECKING, Callable
 from .. import layout
 from ..errors import ArchiveError, IntegrityError, InvalidInputError, KeyNotFoundError, ReleaseExistsError, \
     ReleaseNotFoundError
-from ..hashing import iter_chunks, verified_chunks
+from ..hashing import BlobId, iter_chunks, verified_chunks
 from ..index import update_indexes
 from ..leases import lease
 from ..publish import commit_release
 from ..records import FileEntry, Release, check_metadata, parse_record
 from ..transfer import make_progress, reporting, run_jobs, with_retries
+from .rollback import take_back
 from .rmellipse_source import EMPTY, SourceFile, SourceRelease, check_marker, read_releases
 
 if TYPE_CHECKING:
@@ -104,19 +104,33 @@ def import_rmellipse(src: "ArchiveInterface", arc: "ArchiveInterface", *, dry_ru
     if dry_run:
         report.imported = [release.shown for release, _ in todo]
         return report
+    stored: set[BlobId] = set()
+    try:
+        _store_and_commit(src, arc, todo, jobs, progress, report, stored)
+    except BaseException:
+        if not report.imported:  # nothing references what was stored: take it back
+            report.blobs_stored -= take_back(arc, stored)
+        raise
+    for name in sorted({release.name for _, release in todo}):
+        update_indexes(arc, name)
+    return report
+
+
+def _store_and_commit(src: "ArchiveInterface", arc: "ArchiveInterface", todo: list[tuple[SourceRelease, Release]],
+                      jobs: int | None, progress: bool | None, report: ImportReport, stored: set[BlobId]) -> None:
+    """Steps 2 and 3: every blob read, checked and (when new) stored, then every release created.
+    ``stored`` receives each blob this import wrote, as it is written."""
     blobs = _blobs_of(todo)
     with lease(arc, {blob.source.blob for blob in blobs} | {EMPTY}):
-        _read_and_store(src, arc, blobs, jobs or min(src.max_workers, arc.max_workers), progress, report)
+        _read_and_store(src, arc, blobs, jobs or min(src.max_workers, arc.max_workers), progress, report, stored)
         if any(not entry.size for _, release in todo for entry in release.files.values()) \
                 and not arc.has_key(layout.blob_key(EMPTY)):
             arc.write_key(layout.blob_key(EMPTY), [b""])  # rmellipse may store no blob for an empty file
+            stored.add(EMPTY)
         for source, release in todo:
             commit_release(arc, release)
             report.imported.append(source.shown)
             logger.info("imported %s from %s", source.shown, source.record_key)
-    for name in sorted({release.name for _, release in todo}):
-        update_indexes(arc, name)
-    return report
 
 
 def _planned(releases: list[SourceRelease]) -> list[tuple[SourceRelease, Release]]:
@@ -157,7 +171,7 @@ def _blobs_of(todo: list[tuple[SourceRelease, Release]]) -> list[_Blob]:
 
 
 def _read_and_store(src: "ArchiveInterface", arc: "ArchiveInterface", blobs: list[_Blob], workers: int,
-                    progress: bool | None, report: ImportReport) -> None:
+                    progress: bool | None, report: ImportReport, stored: set[BlobId]) -> None:
     """Read and check every blob; store in ``arc`` the first copy of each content it lacks."""
     missing = _missing(arc, blobs, workers)
     claimed: set = set()
@@ -168,11 +182,12 @@ def _read_and_store(src: "ArchiveInterface", arc: "ArchiveInterface", blobs: lis
             store = blob.source.blob in missing and blob.source.blob not in claimed
             claimed.add(blob.source.blob)
         with_retries(lambda: _copy(src, arc if store else None, blob, bar.advance), f"reading {blob.source.key}")
-        bar.file_done()
         if store:
             with lock:
+                stored.add(blob.source.blob)
                 report.blobs_stored += 1
                 report.bytes_stored += blob.source.size
+        bar.file_done()
 
     bar = make_progress("importing", sum(b.source.size for b in blobs), len(blobs), progress)
     try:
