@@ -29,11 +29,13 @@ from .locations import get_interface
 from .records import FileEntry, Release
 
 if TYPE_CHECKING:
+    from .importers.rmellipse import ImportReport
     from .placed import Status
 
 # Every exception of archive.errors is public: scripts catch them by name (a test checks that
 # each one is imported above).
-__all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "publish", "status",
+__all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "import_rmellipse",
+                  "publish", "status",
                   *(name for name, value in vars(errors).items()
                     if isinstance(value, type) and issubclass(value, ArchiveError))])
 __version__ = "0.1.0"
@@ -62,3 +64,22 @@ def status(folder: str | Path) -> "Status":
     from .placed import status as folder_status
 
     return folder_status(folder)
+
+
+def import_rmellipse(src: "str | Path | ArchiveInterface", arc: "str | Path | ArchiveInterface | None" = None, *,
+                     dry_run: bool = False, jobs: int | None = None, progress: bool | None = None,
+                     user: str | None = None, password: str | None = None) -> "ImportReport":
+    """Import every release of the rmellipse archive at ``src`` (a folder or ``sftp://`` URL,
+    only read; ``user`` and ``password`` log in to it) into ``arc`` (default archive); see
+    :func:`archive.importers.rmellipse.import_rmellipse`."""
+    from .importers.rmellipse import import_rmellipse as run_import
+    from .locations import make_backend, with_login
+
+    source = src if isinstance(src, ArchiveInterface) else make_backend(with_login(str(src), user, password))
+    target = arc if isinstance(arc, ArchiveInterface) else get_interface(arc)
+    try:
+        return run_import(source, target, dry_run=dry_run, jobs=jobs, progress=progress)
+    finally:
+        for opened, given in ((source, src), (target, arc)):
+            if opened is not given:
+                opened.close()

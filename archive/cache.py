@@ -167,7 +167,7 @@ class BlobCache:
     def snapshot_dir(self, name: str, version: str, record_id: BlobId) -> Path:
         """Where the read-only copy of a release lives; the record id keeps two archives'
         different releases of the same name and version apart."""
-        return self.root / SNAPSHOTS_DIR / name / version / record_id.hexdigest[:16]
+        return self.root / SNAPSHOTS_DIR / layout.name_folder(name) / version / record_id.hexdigest[:16]
 
 
 def _scan(folder: Path) -> list[os.DirEntry]:

@@ -34,7 +34,7 @@ _verbosity = {"level": 0}
 _interrupts = Interrupts()
 #: The past tense of each progress phase, for the final line.
 _DONE = {"hashing": "hashed", "uploading": "uploaded", "downloading": "downloaded", "writing": "wrote",
-         "verifying": "verified", "mirroring": "mirrored"}
+         "verifying": "verified", "mirroring": "mirrored", "importing": "imported"}
 #: Back to the start of the line and clear it: the terminal's "^C" echo goes, the message stays.
 _ERASE_LINE = "\r\x1b[K"
 #: A grace period longer than this (about a century) is a typo, not a policy.
@@ -238,11 +238,17 @@ def status(folder: Path) -> None:
 @click.argument("name", required=False)
 @click.pass_context
 def list_command(ctx: click.Context, name: str | None) -> None:
-    """List release names, or the versions of NAME, newest first."""
+    """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
+    newest first."""
+    namespace = name[:-1] if name is not None and name.endswith("/") else None
     with _open(ctx) as arc:
-        lines = arc.versions(name) if name is not None else arc.names()
+        lines = arc.names(namespace) if name is None or namespace is not None else arc.versions(name)
         if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
-            raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
+            if namespace is None:
+                from .namespaces import no_release_named
+
+                raise no_release_named(arc, name)
+            raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
     for line in lines:
         click.echo(printable(line))
 
@@ -338,6 +344,28 @@ def mirror(ctx: click.Context, source: str, target: str, name: str | None, range
     _report(f"mirrored {plural(len(report.copied), 'release')} to {dst.location}"
             f" ({len(report.present)} there already): {plural(report.blobs_copied, 'blob')},"
             f" {format_size(report.bytes_copied)} copied; {report.blobs_present} present")
+
+
+@cli.command(name="import")
+@click.argument("source")
+@click.option("--from", "kind", type=click.Choice(["rmellipse"]), required=True, help="The tool that wrote SOURCE.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only list what would be imported.")
+@click.pass_context
+def import_command(ctx: click.Context, source: str, kind: str, dry_run: bool) -> None:
+    """Import every release of the archive at SOURCE (a folder or sftp:// URL, only read): every
+    blob is checked first, and nothing is imported if one is damaged; a rerun adds only what is new."""
+    from . import import_rmellipse
+
+    with _open(ctx) as arc:
+        report = import_rmellipse(source, arc, dry_run=dry_run, jobs=ctx.obj["jobs"], progress=ctx.obj["progress"])
+    for line in report.imported:
+        _report(f"{'would import' if dry_run else 'imported'} {line}")
+    if not report.imported:
+        _report(f"nothing new to import: {plural(len(report.present), 'release')} present already")
+    elif not dry_run:
+        _report(f"imported {plural(len(report.imported), 'release')} ({len(report.present)} present already):"
+                f" {plural(report.blobs_read, 'blob')} checked, {plural(report.blobs_stored, 'blob')},"
+                f" {format_size(report.bytes_stored)} stored")
 
 
 def _report_phases() -> None:

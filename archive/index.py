@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import layout
 from .errors import IntegrityError, InvalidInputError, KeyNotFoundError
-from .records import canonical_json, check_name, load_json
+from .records import canonical_json, check_name, check_namespace, load_json
 from .versions import key_of, sort_versions
 
 if TYPE_CHECKING:
@@ -31,11 +31,18 @@ MAX_SYNC_ROUNDS = 50
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 
-def list_names(arc: "ArchiveInterface") -> list[str]:
-    """All release names, from a listing where possible, else from the names index."""
+def list_names(arc: "ArchiveInterface", namespace: str | None = None) -> list[str]:
+    """All release names (``NAMESPACE/NAME`` included), or those of one ``namespace``, from a
+    listing where possible, else from the names index."""
+    if namespace is not None:
+        check_namespace(namespace)
     if arc.listable:
-        return sorted(_listed_names(arc))
-    return sorted(_read_index(arc, layout.names_index_key()).get("names", []))
+        names = _listed_names(arc) if namespace is None else _listed_namespace(arc, namespace)
+    else:
+        names = _read_index(arc, layout.names_index_key()).get("names", [])
+        if namespace is not None:
+            names = [name for name in names if name.startswith(f"{namespace}/")]
+    return sorted(names)
 
 
 def list_versions(arc: "ArchiveInterface", name: str) -> list[str]:
@@ -105,7 +112,20 @@ def _read_index(arc: "ArchiveInterface", key: str) -> dict[str, Any]:
 
 
 def _listed_names(arc: "ArchiveInterface") -> list[str]:
-    return [entry for entry in arc.list_keys(layout.RELEASES_DIR) if _is_name(entry)]
+    """Plain names, and the names of every namespace (one more listing per namespace)."""
+    names = []
+    for entry in arc.list_keys(layout.RELEASES_DIR):
+        namespace = entry[len(layout.NAMESPACE_MARK):] if entry.startswith(layout.NAMESPACE_MARK) else None
+        if namespace is None:
+            names += [entry] if _is_name(entry) and "/" not in entry else []
+        elif _is_name(namespace) and "/" not in namespace:
+            names += _listed_namespace(arc, namespace)
+    return names
+
+
+def _listed_namespace(arc: "ArchiveInterface", namespace: str) -> list[str]:
+    names = (f"{namespace}/{entry}" for entry in arc.list_keys(layout.namespace_dir(namespace)) if "/" not in entry)
+    return [name for name in names if _is_name(name)]
 
 
 def _listed_versions(arc: "ArchiveInterface", name: str) -> list[str]:

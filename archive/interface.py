@@ -243,9 +243,9 @@ class ArchiveInterface(ABC):
             raise NotAnArchiveError(f"{self.location} is not an archive{hint}") from None
         if not isinstance(marker, dict) or marker.get("format") != "archive":
             raise NotAnArchiveError(f"{self.location}: {layout.MARKER_KEY} does not describe an archive")
-        if marker.get("version") != layout.FORMAT_VERSION:
-            raise NotAnArchiveError(
-                f"{self.location}: archive format {marker.get('version')!r}, this tool reads {layout.FORMAT_VERSION}")
+        if marker.get("version") not in layout.READABLE_FORMAT_VERSIONS:
+            raise NotAnArchiveError(f"{self.location}: archive format {marker.get('version')!r}, this tool reads"
+                                    f" {' and '.join(map(str, layout.READABLE_FORMAT_VERSIONS))}")
         archive_id = marker.get("id")
         if archive_id is not None and not (isinstance(archive_id, str) and _ARCHIVE_ID.fullmatch(archive_id)):
             raise NotAnArchiveError(f"{self.location}: {layout.MARKER_KEY} has a malformed id")
@@ -257,11 +257,11 @@ class ArchiveInterface(ABC):
         before ids existed) its location."""
         return f"id:{self.archive_id}" if self.archive_id else self.location
 
-    def names(self) -> list[str]:
-        """The names of all releases, sorted."""
+    def names(self, namespace: str | None = None) -> list[str]:
+        """The names of all releases, or those of one ``namespace`` (``NAMESPACE/NAME``), sorted."""
         from .index import list_names
 
-        return list_names(self)
+        return list_names(self, namespace)
 
     def versions(self, name: str) -> list[str]:
         """The versions of ``name``, newest first; empty if there are none."""
@@ -322,10 +322,12 @@ class ArchiveInterface(ABC):
         NoMatchingVersionError
             Releases exist, but none matches.
         """
+        from .namespaces import no_release_named
+
         spec = parse_range(range, include_prerelease)
         versions = self.versions(name)
         if not versions:
-            raise ReleaseNotFoundError(f"no release named {name!r} in {self.location}")
+            raise no_release_named(self, name)
         best = spec.best(versions)
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")

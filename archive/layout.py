@@ -9,6 +9,7 @@ which is the public contract for this layout)::
     index.json                        {"format": 1, "names": [...]}
     releases/NAME/index.json          {"format": 1, "name": ..., "versions": {VERSION: record id}}
     releases/NAME/VERSION             one line: the record id, "sha256:<hex>"
+    releases/@NAMESPACE/NAME/...      the same for a namespaced name ``NAMESPACE/NAME`` (format 2)
     leases/ID                         blobs a publish in flight is reusing (see archive.gc)
     trash/sha256/ab/abcdef...         blobs gc has set aside, restored or removed by gc
     tmp/                              temporary files of writes in flight
@@ -18,7 +19,15 @@ from __future__ import annotations
 
 from .hashing import BlobId
 
+#: The format an archive is created with. An archive becomes format 2 when its first namespaced
+#: release is published (:mod:`archive.namespaces`): a reader of format 1 would not see those
+#: releases, and its gc would remove their blobs, so it must refuse the archive instead.
 FORMAT_VERSION = 1
+NAMESPACES_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+#: A folder of ``releases/`` that holds a namespace starts with this character, which no name
+#: has: a namespace never clashes with a plain name, and a format-1 reader skips it.
+NAMESPACE_MARK = "@"
 MARKER_KEY = "archive.json"
 BLOBS_DIR = "blobs/sha256"
 RELEASES_DIR = "releases"
@@ -48,17 +57,31 @@ def lease_key(lease_id: str) -> str:
     return f"{LEASES_DIR}/{lease_id}"
 
 
+def name_folder(name: str) -> str:
+    """The relative folder of a (checked) release name: ``NAME``, or ``@NAMESPACE/NAME``.
+
+    Used for the archive's keys and for every local folder named after a release (cache, pins).
+    """
+    namespace, sep, base = name.rpartition("/")
+    return f"{NAMESPACE_MARK}{namespace}/{base}" if sep else name
+
+
+def namespace_dir(namespace: str) -> str:
+    """``releases/@NAMESPACE``: the folder of the names of one namespace."""
+    return f"{RELEASES_DIR}/{NAMESPACE_MARK}{namespace}"
+
+
 def release_dir(name: str) -> str:
-    return f"{RELEASES_DIR}/{name}"
+    return f"{RELEASES_DIR}/{name_folder(name)}"
 
 
 def release_key(name: str, version: str) -> str:
     """The create-only pointer whose existence publishes ``name`` ``version``."""
-    return f"{RELEASES_DIR}/{name}/{version}"
+    return f"{release_dir(name)}/{version}"
 
 
 def versions_index_key(name: str) -> str:
-    return f"{RELEASES_DIR}/{name}/{INDEX_FILE}"
+    return f"{release_dir(name)}/{INDEX_FILE}"
 
 
 def names_index_key() -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import ArchiveError, InvalidInputError
 from .interface import ArchiveInterface
@@ -42,13 +42,25 @@ def default_location() -> str:
     return str(Path(platformdirs.user_data_dir("archive", appauthor=False)) / "archive")
 
 
-def get_interface(location: str | os.PathLike[str] | None = None, *, create: bool = False) -> ArchiveInterface:
+def get_interface(location: str | os.PathLike[str] | None = None, user: str | None = None,
+                  password: str | None = None, *, create: bool = False,
+                  resolve_relative_paths_to: str | os.PathLike[str] | None = None) -> ArchiveInterface:
     """Open the archive at ``location``.
+
+    The arguments after ``location`` are those of rmellipse's ``get_interface(host, user,
+    password)``, so its scripts keep working: ``user`` and ``password`` log in where a
+    location takes a login (an ``sftp://`` password login); a folder ignores them. A password
+    given here is used for this interface only: never stored, logged or shown (to keep one,
+    put it in the system keyring, service ``archive-sftp``, account ``user@host``).
 
     Parameters
     ----------
     location
-        A folder path or ``file://`` URL; None for the default archive.
+        A folder path or a URL (``file://``, ``sftp://``, ``http(s)://``); None for the default archive.
+    user, password
+        A login for the location, as if written in its URL (``sftp://user:password@host/...``).
+    resolve_relative_paths_to
+        The folder a relative path is taken from (rmellipse's argument) instead of the current one.
     create
         Create an empty archive there if there is none (``archive init``). The built-in
         default archive (no location and no ``$ARCHIVE_URL``) is always created on first use.
@@ -63,7 +75,7 @@ def get_interface(location: str | os.PathLike[str] | None = None, *, create: boo
     if location is None:
         create = create or not os.environ.get("ARCHIVE_URL")
         location = default_location()
-    arc = make_backend(os.fspath(location))
+    arc = make_backend(with_login(os.fspath(location), user, password, resolve_relative_paths_to))
     if create:
         arc.initialize()
     else:
@@ -73,6 +85,32 @@ def get_interface(location: str | os.PathLike[str] | None = None, *, create: boo
 
     arc.seen = SeenRecords(default_cache().root / "seen")
     return arc
+
+
+def with_login(location: str, user: str | None = None, password: str | None = None,
+               base: str | os.PathLike[str] | None = None) -> str:
+    """``location`` with ``user`` and ``password`` written into its URL (percent-encoded), and a
+    relative path taken from ``base``; a plain path takes no login, so it is returned as it is.
+
+    Raises
+    ------
+    InvalidInputError
+        The URL names another user, or a password as well.
+    """
+    if "://" not in location:
+        return location if base is None or os.path.isabs(location) else os.path.join(base, location)
+    if user is None and password is None:
+        return location
+    prefix, userinfo, rest = split_userinfo(location)
+    if userinfo is None:
+        scheme, _, rest = location.partition("://")
+        prefix = f"{scheme}://"
+    if userinfo is not None and (":" in userinfo or (user is not None and unquote(userinfo) != user)):
+        raise InvalidInputError(f"{redact(location)!r} names a login already; give it in the location or as"
+                                " arguments, not both")
+    login = quote(user or unquote(userinfo or ""), safe="")  # none: the ssh config's User
+    login += "" if password is None else ":" + quote(password, safe="")
+    return f"{prefix}{login}@{rest}"
 
 
 def make_backend(location: str) -> ArchiveInterface:
@@ -165,6 +203,9 @@ def redact(location: str) -> str:
     Any scheme; see :func:`split_userinfo` for how a password typed unencoded is found.
     """
     prefix, userinfo, rest = split_userinfo(location)
+    if userinfo is None:
+        scheme, _, rest = location.partition("://")
+        prefix = f"{scheme}://"
     if userinfo is None or ":" not in userinfo:
         return location
     return f"{prefix}{userinfo.split(':', 1)[0]}:***@{rest}"

@@ -21,6 +21,7 @@ from .errors import KeyExistsError, KeyNotFoundError, ReleaseExistsError, Releas
 from .hashing import BlobId
 from .index import update_indexes
 from .leases import lease
+from .namespaces import prepare_for_name
 from .records import Release
 from .transfer import make_progress, run_jobs, with_retries
 from .versions import parse_range, parse_version
@@ -121,6 +122,7 @@ def _commit(target: "ArchiveInterface", release: Release, record: BlobId, report
     """Create the release's pointer to ``record`` in ``target`` (whose blobs are all there);
     return ``"NAME VERSION"`` if the target has that version with another record."""
     shown = f"{release.name} {release.version}"
+    prepare_for_name(target, release.name)
     try:
         target.write_key(layout.release_key(release.name, release.version), [f"{record}\n".encode()],
                          exclusive=True)

@@ -17,6 +17,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+from . import layout
 from .errors import IntegrityError
 from .hashing import BlobId
 
@@ -46,7 +47,7 @@ class SeenRecords:
 
     def _note(self, identity: str, name: str, version: str) -> Path:
         archive_key = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
-        return self.root / archive_key / name / version
+        return self.root / archive_key / layout.name_folder(name) / version
 
     def _remember(self, note: Path, record_id: BlobId) -> None:
         from .materialize import write_file_atomically

@@ -25,6 +25,7 @@ from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsE
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .leases import lease
+from .namespaces import prepare_for_name
 from .records import FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
@@ -338,6 +339,7 @@ def commit_release(arc: "ArchiveInterface", release: Release) -> Release:
     data = release.to_bytes()
     record_id = BlobId.of_bytes(data)
     arc.write_key(layout.blob_key(record_id), [data])
+    prepare_for_name(arc, release.name)
     try:
         arc.write_key(layout.release_key(release.name, release.version), [f"{record_id}\n".encode()],
                       exclusive=True)

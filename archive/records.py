@@ -39,14 +39,27 @@ def check_name(name: str) -> str:
 
     Names are lowercase ASCII letters, digits, ``.``, ``_`` and ``-``, start and end with a
     letter or digit, at most 128 characters. Lowercase only, so that two names can never clash
-    on a case-insensitive filesystem or object store.
+    on a case-insensitive filesystem or object store. A name may carry one namespace,
+    ``NAMESPACE/NAME``, both parts following these rules (as teams group names on model hubs).
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    parts = name.split("/") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_NAME.fullmatch(part) and ".." not in part for part in parts):
         raise InvalidNameError(
             f"invalid release name {name!r}: use 1-128 lowercase letters, digits, '.', '_' or '-',"
-            " starting and ending with a letter or digit"
+            " starting and ending with a letter or digit, optionally after one 'NAMESPACE/'"
         )
     return name
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is a valid namespace (the rules of a plain name), else raise."""
+    if not isinstance(namespace, str) or "/" in namespace:
+        raise InvalidNameError(f"invalid namespace {namespace!r}: a namespace has no '/'")
+    try:
+        return check_name(namespace)
+    except InvalidNameError:
+        raise InvalidNameError(f"invalid namespace {namespace!r}: use 1-128 lowercase letters, digits, '.', '_'"
+                               " or '-', starting and ending with a letter or digit") from None
 
 
 def check_path(path: str) -> str:

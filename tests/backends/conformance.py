@@ -7,6 +7,7 @@ public interface, so a backend that passes can serve every feature of the archiv
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -307,6 +308,31 @@ class BackendContract:
         assert arc.resolve("demo", "*").version == "1.2.0"
         assert arc.resolve("demo", "*", include_prerelease=True).version == "2.0.0-rc.1"
 
+    def test_namespaced_names(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        """``NAMESPACE/NAME`` works like a plain name, never clashes with one (not even with a
+        plain name equal to the namespace whose versions look like names), and turns the archive
+        into format 2 so that an older reader refuses it rather than missing those releases."""
+        one, two = make_tree(tmp_path / "one", {"f": b"1"}), make_tree(tmp_path / "two", {"g": b"22"})
+        arc.publish(one, "team", "1.0.0", progress=False)
+        assert _marker_version(arc) == 1
+        for version in ("1.0.0", "1.2.0"):
+            arc.publish(two, "team/calib", version, progress=False)
+        arc.publish(one, "team/1.0.0", "3.0.0", progress=False)
+        arc.publish(one, "other/calib", "0.1.0", progress=False)
+        assert _marker_version(arc) == 2
+        assert arc.names() == ["other/calib", "team", "team/1.0.0", "team/calib"]
+        assert arc.names("team") == ["team/1.0.0", "team/calib"]
+        assert arc.names("nobody") == []
+        assert arc.versions("team") == ["1.0.0"]
+        assert arc.versions("team/calib") == ["1.2.0", "1.0.0"]
+        assert arc.resolve("team/calib", "~1.0").version == "1.0.0"
+        assert arc.resolve("team/1.0.0").files.keys() == {"f"}
+        out = arc.download("team/calib", "^1", tmp_path / "out", progress=False)
+        assert (out / "g").read_bytes() == b"22"
+        assert arc.verify(full=True, progress=False).ok
+        assert arc.collect_garbage(grace_hours=0).removed == []
+        assert arc.verify(full=True, progress=False).releases == 5
+
     def test_release_is_never_overwritten(self, arc: ArchiveInterface, tmp_path: Path) -> None:
         first = arc.publish(make_tree(tmp_path / "a", {"f": b"one"}), "demo", "1.0.0", progress=False)
         with pytest.raises(ReleaseExistsError):
@@ -316,6 +342,10 @@ class BackendContract:
     def test_missing_release(self, arc: ArchiveInterface) -> None:
         with pytest.raises(ReleaseNotFoundError):
             arc.resolve("nothing", "*")
+
+
+def _marker_version(arc: ArchiveInterface) -> int:
+    return json.loads(arc.read_key(layout.MARKER_KEY, 4096))["version"]
 
 
 def _within_seconds(action, fifo: Path, seconds: float = 10.0) -> None:
