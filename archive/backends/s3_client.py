@@ -104,7 +104,7 @@ def make_client(settings: S3Settings, shown: str) -> Any:
         from botocore.config import Config
     except ImportError:
         raise InvalidInputError("s3:// locations need boto3: pip install 'archive[s3]'") from None
-    config = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+    config = Config(retries=_retries(),
                     max_pool_connections=POOL_CONNECTIONS, connect_timeout=connect_timeout(),
                     read_timeout=io_timeout(), s3={"addressing_style": settings.addressing},
                     request_checksum_calculation="when_required",  # sha256 above the backend checks every byte
@@ -117,6 +117,13 @@ def make_client(settings: S3Settings, shown: str) -> Any:
         raise InvalidInputError(f"{shown}: {exc}") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise InvalidInputError(f"{shown}: cannot set up the S3 client: {_one_line(exc)}") from None
+
+
+def _retries() -> dict[str, Any] | None:
+    """botocore's standard retries, unless the user set retries the AWS way (env or profile)."""
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        return None
+    return {"mode": "standard", "max_attempts": MAX_ATTEMPTS}
 
 
 def error_code(exc: BaseException) -> str:

@@ -54,8 +54,9 @@ class ConditionalWrites:
         with _lock:
             if self._server not in _probed:
                 _probed[self._server] = self._probe()
-                if not _probed[self._server]:
-                    logger.warning("%s: the S3 server does not enforce If-None-Match", self._arc.location)
+                if not _probed[self._server] and self._unsafe:
+                    logger.warning("%s: the S3 server does not enforce If-None-Match; create-only writes"
+                                   " are checked first, which racing writers can both pass", self._arc.location)
             return _probed[self._server]
 
     def put_condition(self, key: str) -> dict[str, str]:

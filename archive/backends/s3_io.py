@@ -172,15 +172,19 @@ class RangedReader(io.RawIOBase):
         super().close()
 
 
+class BodyCutError(BackendUnavailableError):
+    """The connection broke while a body was read (botocore retries requests, not bodies)."""
+
+
 def read_body(response: dict, what: str) -> bytes:
-    """The whole body of a GET answer; a connection cut while reading it is unavailability."""
+    """The whole body of a GET answer; :class:`BodyCutError` if the connection breaks."""
     import botocore.exceptions as bce
     import urllib3.exceptions
 
     try:
         return response["Body"].read()
     except (bce.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise BackendUnavailableError(f"{what}: the connection broke while reading ({exc})") from None
+        raise BodyCutError(f"{what}: the connection broke while reading ({exc})") from None
 
 
 def with_body_retries(read: Callable[[], T]) -> T:
@@ -188,7 +192,7 @@ def with_body_retries(read: Callable[[], T]) -> T:
     for attempt in range(BODY_ATTEMPTS):
         try:
             return read()
-        except BackendUnavailableError as exc:
+        except BodyCutError as exc:
             if attempt == BODY_ATTEMPTS - 1:
                 raise
             logger.warning("%s; reading that part again", exc)
