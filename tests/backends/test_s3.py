@@ -25,14 +25,13 @@ from archive.hashing import BlobId
 from archive.interface import KeyInfo
 from tests.backends.conformance import BackendContract
 from tests.conftest import make_tree
-from tests.s3d import (S3Server, new_bucket, s3_bucket, s3_env, s3_server, start_s3_server,  # noqa: F401
-                       stop_s3_server)
+from tests.s3d import S3Server, new_bucket, start_s3_server, stop_s3_server
 from tests.sshd import free_port
 from tests.test_publish import snapshot
 
 
 def set_mtime(server: S3Server, bucket: str, arc: S3Archive, key: str, mtime: float) -> None:
-    """Give the object at ``key`` another write time, the way another process's write would."""
+    """Give the object at ``key`` another write time, as if written then (like ``os.utime``)."""
     name = arc.object_key(key)
     server.client().copy_object(Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
                                 Metadata={MTIME_FIELD: repr(mtime)}, MetadataDirective="REPLACE")
