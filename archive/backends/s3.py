@@ -29,18 +29,18 @@ the other backends have nothing to find here; keys are still checked (:func:`che
 
 from __future__ import annotations
 
+import io
 import logging
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .. import layout
-from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError
+from ..errors import BackendError, KeyNotFoundError
 from ..hashing import CHUNK_SIZE
-from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
+from ..interface import ArchiveInterface, KeyInfo, key_of
 from ..keys import check_key, usable_name
 from ..locations import redact
 from . import s3_io
@@ -61,7 +61,8 @@ class S3Archive(ArchiveInterface):
         super().__init__(redact(location))
         self.settings = settings
         self.bucket = settings.bucket
-        self._client = make_client(settings, self.location)
+        #: The boto3 S3 client every request goes through (thread-safe).
+        self.client = make_client(settings, self.location)
         self._pool = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="archive-s3")
         self._budget = s3_io.PartBudget(s3_io.BUDGET)
         self._conditional = ConditionalWrites(self, settings.unsafe_no_conditional_writes)
@@ -90,7 +91,7 @@ class S3Archive(ArchiveInterface):
     def head(self, key: str) -> dict:
         """The HEAD answer of ``key``; :class:`KeyNotFoundError` if none."""
         with self.errors(key):
-            return self._client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
@@ -99,7 +100,7 @@ class S3Archive(ArchiveInterface):
         reader = s3_io.RangedReader(lambda start, end, tag: self._range(key, start, end, tag), first, total,
                                     etag, self._pool, self._budget)
         try:
-            yield io_buffered(reader)
+            yield io.BufferedReader(reader, CHUNK_SIZE)  # type: ignore[misc]
         finally:
             reader.close()
 
@@ -112,12 +113,12 @@ class S3Archive(ArchiveInterface):
         def read() -> tuple[bytes, int, str | None]:
             with self.errors(key):
                 try:
-                    answer = self._client.get_object(Bucket=self.bucket, Key=name,
+                    answer = self.client.get_object(Bucket=self.bucket, Key=name,
                                                      Range=f"bytes=0-{s3_io.PART_SIZE - 1}")
                 except botocore.exceptions.ClientError as exc:
                     if error_code(exc) != "InvalidRange":
                         raise
-                    answer = self._client.get_object(Bucket=self.bucket, Key=name)  # an empty object
+                    answer = self.client.get_object(Bucket=self.bucket, Key=name)  # an empty object
                 data = s3_io.read_body(answer, f"{self.location}/{key}")
             total = answer.get("ContentRange", "").rpartition("/")[2]
             return data, int(total) if total.isdigit() else len(data), answer.get("ETag")
@@ -133,7 +134,7 @@ class S3Archive(ArchiveInterface):
         def read() -> bytes:
             with self.errors(key):
                 try:
-                    answer = self._client.get_object(Bucket=self.bucket, Key=self.object_key(key),
+                    answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key),
                                                      Range=f"bytes={start}-{end}", **condition)
                 except botocore.exceptions.ClientError as exc:
                     if s3_io.changed_while_read(exc):
@@ -176,7 +177,7 @@ class S3Archive(ArchiveInterface):
         name = self.object_key(key)
         extra = self._conditional.put_condition(key) if exclusive else {}
         with self.errors(key):
-            self._client.put_object(Bucket=self.bucket, Key=name, Body=data,
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=data,
                                     Metadata=_metadata(mtime), **extra)
         logger.debug("%s: put %s (%d bytes)", self.location, key, len(data))
 
@@ -185,19 +186,19 @@ class S3Archive(ArchiveInterface):
         name = self.object_key(key)
         extra = self._conditional.put_condition(key) if exclusive else {}
         with self.errors(key):
-            upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=name, Metadata=_metadata(None))
+            upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, Metadata=_metadata(None))
         upload_id = upload["UploadId"]
 
         def send(number: int, data: bytes) -> dict:
             with self.errors(key):
-                answer = self._client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                   PartNumber=number, Body=data)
             return {"PartNumber": number, "ETag": answer["ETag"]}
 
         try:
             done = s3_io.upload_parts(send, parts, self._pool, self._budget)
             with self.errors(key):
-                self._client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                        MultipartUpload={"Parts": done}, **extra)
         except BaseException:
             self._abort(name, upload_id)
@@ -207,7 +208,7 @@ class S3Archive(ArchiveInterface):
     def _abort(self, name: str, upload_id: str) -> None:
         try:
             with self.errors():
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
         except BackendError as exc:  # the upload stays invisible; a bucket lifecycle rule ends it
             logger.warning("cannot abort the multipart upload of %s: %s", name, exc)
 
@@ -218,7 +219,7 @@ class S3Archive(ArchiveInterface):
             size = self.stat_key(source).size
         if size <= s3_io.COPY_LIMIT and not exclusive:
             with self.errors(source):
-                self._client.copy_object(Bucket=self.bucket, Key=self.object_key(target),
+                self.client.copy_object(Bucket=self.bucket, Key=self.object_key(target),
                                          CopySource={"Bucket": self.bucket, "Key": self.object_key(source)},
                                          Metadata=_metadata(mtime), MetadataDirective="REPLACE")
             return
@@ -229,25 +230,26 @@ class S3Archive(ArchiveInterface):
         name, origin = self.object_key(target), {"Bucket": self.bucket, "Key": self.object_key(source)}
         extra = self._conditional.put_condition(target) if exclusive else {}
         with self.errors(target):
-            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=name,
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=name,
                                                              Metadata=_metadata(mtime))["UploadId"]
 
         def copy_part(number: int, start: int, end: int) -> dict:
             ranged = {"CopySourceRange": f"bytes={start}-{end}"} if end >= start else {}
             with self.errors(source):
-                answer = self._client.upload_part_copy(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                answer = self.client.upload_part_copy(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                        PartNumber=number, CopySource=origin, **ranged)
             return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
+        futures = []
         try:
             futures = [self._pool.submit(copy_part, n, start, end)
                        for n, (start, end) in enumerate(s3_io.copy_ranges(size), 1)]
             done = [future.result() for future in futures]
             with self.errors(target):
-                self._client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                        MultipartUpload={"Parts": done}, **extra)
         except BaseException:
-            for future in futures if "futures" in locals() else []:
+            for future in futures:  # let the parts in flight end before the upload is aborted
                 future.cancel() or future.exception()
             self._abort(name, upload_id)
             raise
@@ -258,7 +260,7 @@ class S3Archive(ArchiveInterface):
         folder = self.object_key(prefix) + "/" if prefix else (self.settings.prefix + "/" if self.settings.prefix else "")
         names: set[str] = set()
         with self.errors():
-            for page in self._client.get_paginator("list_objects_v2").paginate(
+            for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=folder, Delimiter="/"):
                 names.update(item["Key"][len(folder):] for item in page.get("Contents", ()))
                 names.update(item["Prefix"][len(folder):].rstrip("/") for item in page.get("CommonPrefixes", ()))
@@ -268,7 +270,7 @@ class S3Archive(ArchiveInterface):
         """A HEAD (for :class:`KeyNotFoundError`; S3 deletes nothing without complaint), then DELETE."""
         self.head(key)
         with self.errors(key):
-            self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def move_key(self, source: str, target: str) -> None:
         """Copy (keeping the write time), then delete the source unless a writer replaced it meanwhile.
@@ -289,24 +291,18 @@ class S3Archive(ArchiveInterface):
             logger.info("%s: %s was written anew while it was moved; the new object stays", self.location, source)
             return
         with self.errors(source):
-            self._client.delete_object(Bucket=self.bucket, Key=self.object_key(source))
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(source))
 
     def _remove_quietly(self, key: str) -> None:
         """Delete a temporary object; a failure is logged (gc removes it later)."""
         try:
             with self.errors(key):
-                self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+                self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         except BackendError as exc:
             logger.warning("cannot remove the temporary object %s: %s", key, exc)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def io_buffered(reader: s3_io.RangedReader) -> BinaryIO:
-    import io
-
-    return io.BufferedReader(reader, CHUNK_SIZE)  # type: ignore[return-value]
 
 
 def _take(chunks: Iterator[bytes], limit: int) -> tuple[bytes, bool]:

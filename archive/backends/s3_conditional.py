@@ -38,7 +38,7 @@ class ConditionalWrites:
     def __init__(self, arc: "S3Archive", unsafe: bool) -> None:
         self._arc = arc
         self._unsafe = unsafe
-        self._server = (arc.settings.endpoint or "aws", arc.bucket)
+        self._server = (arc.client.meta.endpoint_url, arc.bucket)
 
     def check(self) -> None:
         """Probe the server once; raise :class:`BackendError` if it ignores ``If-None-Match``
@@ -83,7 +83,7 @@ class ConditionalWrites:
             with self._arc.errors():
                 for attempt in (1, 2):
                     try:
-                        self._arc._client.put_object(Bucket=self._arc.bucket, Key=self._arc.object_key(key),
+                        self._arc.client.put_object(Bucket=self._arc.bucket, Key=self._arc.object_key(key),
                                                      Body=b"probe", IfNoneMatch="*")
                         written = True
                     except botocore.exceptions.ClientError as exc:

@@ -20,7 +20,7 @@ import archive
 from archive import layout
 from archive.backends import s3_io
 from archive.backends.s3 import MTIME_FIELD, S3Archive
-from archive.errors import IntegrityError, InvalidInputError, NotAnArchiveError
+from archive.errors import BackendError, IntegrityError, InvalidInputError, NotAnArchiveError
 from archive.hashing import BlobId
 from archive.interface import KeyInfo
 from tests.backends.conformance import BackendContract
@@ -235,7 +235,7 @@ def test_multipart_upload_and_ranged_parallel_download(location: str, s3_env: S3
         calls.append((model.name, params.get("Range", ""), threading.current_thread().name))
 
     with archive.get_interface(location) as arc:
-        arc._client.meta.events.register("provide-client-params.s3", seen)
+        arc.client.meta.events.register("provide-client-params.s3", seen)
         release = arc.publish(make_tree(tmp_path / "src", {"big.bin": big}), "big", "1.0.0", progress=False)
         key = layout.blob_key(release.files["big.bin"].blob)
         assert sum(1 for name, _, _ in calls if name == "UploadPart") == 3
@@ -392,3 +392,18 @@ def test_endpoint_and_profile_from_the_aws_configuration(s3_env: S3Server, s3_bu
     result = run("-a", f"s3://{s3_bucket}/p", "ls", env={"AWS_PROFILE": "lab"})
     assert result.returncode == 0, result.stderr
     one_line_error(run("-a", f"s3://{s3_bucket}/p?profile=nobody", "ls"), "nobody")
+
+
+def test_an_object_replaced_while_read_is_never_spliced(location: str, s3_env: S3Server, s3_bucket: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts after the first are asked for with If-Match on the first answer's ETag."""
+    monkeypatch.setattr(s3_io, "PART_SIZE", 256 * 1024)  # 24 parts: more than the window reads ahead
+    old, new = os.urandom(6 * 1024 * 1024), os.urandom(6 * 1024 * 1024)
+    client = s3_env.client()  # another writer, with its own part size
+    client.put_object(Bucket=s3_bucket, Key="store/blobs/sha256/ab/changing", Body=old)
+    with archive.get_interface(location) as arc:
+        with pytest.raises(BackendError, match="blobs/sha256/ab/changing was replaced while it was being read"):
+            with arc.open_key("blobs/sha256/ab/changing") as stream:
+                assert stream.read(100) == old[:100]
+                client.put_object(Bucket=s3_bucket, Key="store/blobs/sha256/ab/changing", Body=new)
+                stream.read()
