@@ -13,7 +13,7 @@ whole story. The primitives map to S3 like this:
   chunks with bounded memory. An object appears whole on completion or not at all. A key
   known only at the end (a blob named by its hash) that did not fit one part is uploaded under
   ``tmp/`` and copied server-side to its key. ``exclusive`` sends ``If-None-Match: *``: a 412
-  (or 409) is :class:`KeyExistsError`. Whether the server enforces it is probed once per
+  is :class:`KeyExistsError` (a 409, another create-only write in flight, is tried again). Whether the server enforces it is probed once per
   process and bucket, before the first exclusive write: a server that does not is refused
   unless the user opts in (``?unsafe_no_conditional_writes=1`` or
   ``$ARCHIVE_S3_UNSAFE_NO_CONDITIONAL_WRITES=1``), as a race could then lose a release.
@@ -176,9 +176,8 @@ class S3Archive(ArchiveInterface):
         """Store ``data`` at ``key`` in one PUT; ``exclusive``: only if nothing is there."""
         name = self.object_key(key)
         extra = self._conditional.put_condition(key) if exclusive else {}
-        with self.errors(key):
-            self.client.put_object(Bucket=self.bucket, Key=name, Body=data,
-                                    Metadata=_metadata(mtime), **extra)
+        self._conditional.create(key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=name, Body=data, Metadata=_metadata(mtime), **extra))
         logger.debug("%s: put %s (%d bytes)", self.location, key, len(data))
 
     def _multipart(self, key: str, parts: Iterator[bytes], exclusive: bool) -> None:
@@ -197,9 +196,8 @@ class S3Archive(ArchiveInterface):
 
         try:
             done = s3_io.upload_parts(send, parts, self._pool, self._budget)
-            with self.errors(key):
-                self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                       MultipartUpload={"Parts": done}, **extra)
+            self._conditional.create(key, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra))
         except BaseException:
             self._abort(name, upload_id)
             raise
@@ -245,9 +243,8 @@ class S3Archive(ArchiveInterface):
             futures = [self._pool.submit(copy_part, n, start, end)
                        for n, (start, end) in enumerate(s3_io.copy_ranges(size), 1)]
             done = [future.result() for future in futures]
-            with self.errors(target):
-                self.client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                       MultipartUpload={"Parts": done}, **extra)
+            self._conditional.create(target, lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra))
         except BaseException:
             for future in futures:  # let the parts in flight end before the upload is aborted
                 future.cancel() or future.exception()

@@ -34,7 +34,7 @@ _ADDRESSING = {"path", "virtual", "auto"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "TokenRefreshRequired",
                "InvalidToken", "AccessDenied", "AllAccessDisabled", "AuthorizationHeaderMalformed",
                "RequestExpired", "ExpiredTokenException", "403"}
-EXISTS_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+EXISTS_CODES = {"PreconditionFailed", "412"}  # 409 ConditionalRequestConflict: see s3_conditional
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 

@@ -2,7 +2,8 @@
 
 A release exists once its pointer does, and two publishers of one version must not both
 win: the pointer is written with ``If-None-Match: *``, which AWS S3 (since August 2024) and
-many compatible servers answer with 412 (or 409 for a concurrent one) when the key exists. A
+many compatible servers answer with 412 when the key exists (409 while another create-only
+write of it is in flight: tried again, see :meth:`ConditionalWrites.create`). A
 server that ignores the header would let the second writer replace the first one's release
 in silence, so before the first create-only write of a process to a bucket, the backend
 *probes*: it writes one object under the archive's ``tmp/`` twice, both create-only, and
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .. import layout
 from ..errors import BackendError, KeyExistsError, KeyNotFoundError
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _probed: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> enforced; one probe per process
 _lock = threading.Lock()
+CONFLICT_ATTEMPTS = 4
+CONFLICT_DELAY = 0.1  # seconds before trying a conflicting create-only write again, doubled each time
 _UNSUPPORTED_CODES = {"NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"}
 
 
@@ -73,6 +77,26 @@ class ConditionalWrites:
             return {}
         raise KeyExistsError(key)
 
+    def create(self, key: str, write: Callable[[], object]) -> None:
+        """Run ``write`` (a PUT or the completion of an upload of ``key``), errors mapped.
+
+        A 409 ``ConditionalRequestConflict`` means another create-only write of the key was in
+        flight: the write is tried again (AWS's advice), as the other one may yet fail; a 412
+        then is :class:`KeyExistsError`. Conflicts to the last try are taken as a lost race.
+        """
+        import botocore.exceptions
+
+        for attempt in range(CONFLICT_ATTEMPTS):
+            with self._arc.errors(key):
+                try:
+                    write()
+                    return
+                except botocore.exceptions.ClientError as exc:
+                    if error_code(exc) != "ConditionalRequestConflict":
+                        raise
+            time.sleep(CONFLICT_DELAY * 2 ** attempt)
+        raise KeyExistsError(key)
+
     def _probe(self) -> bool:
         """Write one key under ``tmp/`` twice, create-only; enforced if the second is refused."""
         import botocore.exceptions
@@ -88,7 +112,7 @@ class ConditionalWrites:
                         written = True
                     except botocore.exceptions.ClientError as exc:
                         code = error_code(exc)
-                        if attempt == 2 and code in EXISTS_CODES:
+                        if attempt == 2 and code in EXISTS_CODES | {"ConditionalRequestConflict"}:
                             return True
                         if code in _UNSUPPORTED_CODES:
                             return False  # the server rejects the header: it cannot enforce it
