@@ -407,3 +407,11 @@ def test_an_object_replaced_while_read_is_never_spliced(location: str, s3_env: S
                 assert stream.read(100) == old[:100]
                 client.put_object(Bucket=s3_bucket, Key="store/blobs/sha256/ab/changing", Body=new)
                 stream.read()
+
+
+def test_without_boto3_the_error_says_what_to_install(s3_env: S3Server) -> None:
+    """An installation without the ``s3`` extra (boto3 made unimportable in the child)."""
+    code = ("import runpy, sys; sys.modules['boto3'] = None; sys.argv = ['archive', '-a', 's3://bucket/x', 'ls'];"
+            " runpy.run_module('archive', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    one_line_error(result, "s3:// locations need boto3: pip install 'archive[s3]'")
