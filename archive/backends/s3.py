@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -327,7 +328,9 @@ def _info(answer: dict) -> KeyInfo:
     """Size and write time from a HEAD answer (the metadata's time, else ``LastModified``)."""
     kept = (answer.get("Metadata") or {}).get(MTIME_FIELD)
     try:
-        mtime = float(kept) if kept is not None else answer["LastModified"].timestamp()
-    except ValueError:
+        mtime = float(kept) if kept is not None else math.nan
+    except ValueError:  # written by someone else: not a time
+        mtime = math.nan
+    if not math.isfinite(mtime):
         mtime = answer["LastModified"].timestamp()
     return KeyInfo(size=int(answer["ContentLength"]), mtime=mtime)

@@ -415,3 +415,32 @@ def test_without_boto3_the_error_says_what_to_install(s3_env: S3Server) -> None:
             " runpy.run_module('archive', run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     one_line_error(result, "s3:// locations need boto3: pip install 'archive[s3]'")
+
+
+def test_names_another_tool_stored_never_lead_outside_or_break_listings(location: str, s3_env: S3Server,
+                                                                         s3_bucket: str, tmp_path: Path) -> None:
+    """Object keys with ``..``, ``.``, empty or hidden parts, and a write time that is not one,
+    as a hand or another tool may leave them: not listed, not followed, not trusted."""
+    with archive.get_interface(location) as arc:
+        arc.publish(make_tree(tmp_path / "src", {"f": b"1"}), "demo", "1.0.0", progress=False)
+    client = s3_env.client()
+    for key in ("store/releases/../evil/1.0.0", "store/releases/./dot/1.0.0", "store/releases//empty/1.0.0",
+                "store/releases/.hidden/1.0.0", "store/releases/demo/../../archive.json"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"sha256:" + b"0" * 64)
+    blob = layout.blob_key(BlobId.of_bytes(b"odd"))
+    client.put_object(Bucket=s3_bucket, Key=f"store/{blob}", Body=b"odd", Metadata={MTIME_FIELD: "inf"})
+    with archive.get_interface(location) as arc:
+        assert arc.list_keys("releases") == ["demo"]
+        assert arc.list_keys("releases/demo") == ["1.0.0", "index.json"]
+        assert arc.names() == ["demo"] and arc.versions("demo") == ["1.0.0"]
+        assert time.time() - arc.stat_key(blob).mtime < 600  # LastModified, not "inf"
+    assert run("-a", location, "ls").stdout.split() == ["demo"]
+
+
+def test_an_archive_at_the_root_of_a_bucket(s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    url = s3_env.location(s3_bucket)
+    assert run("init", url).returncode == 0
+    assert run("-a", url, "push", str(make_tree(tmp_path / "src", FILES)), "demo", "1.0.0").returncode == 0
+    assert run("-a", url, "ls").stdout.split() == ["demo"]
+    keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert "archive.json" in keys and "releases/demo/1.0.0" in keys
