@@ -51,6 +51,7 @@ from .s3_conditional import ConditionalWrites
 logger = logging.getLogger(__name__)
 MTIME_FIELD = "archive-mtime"  # user metadata: sent and stored as x-amz-meta-archive-mtime
 PART_THREADS = 16
+LIST_PAGE = 1000  # keys per listing request (S3's maximum)
 
 
 class S3Archive(ArchiveInterface):
@@ -259,7 +260,7 @@ class S3Archive(ArchiveInterface):
         names: set[str] = set()
         with self.errors():
             for page in self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=folder, Delimiter="/"):
+                    Bucket=self.bucket, Prefix=folder, Delimiter="/", PaginationConfig={"PageSize": LIST_PAGE}):
                 names.update(item["Key"][len(folder):] for item in page.get("Contents", ()))
                 names.update(item["Prefix"][len(folder):].rstrip("/") for item in page.get("CommonPrefixes", ()))
         return sorted(name for name in names if name and "/" not in name and usable_name(name, prefix))

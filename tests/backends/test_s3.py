@@ -444,3 +444,18 @@ def test_an_archive_at_the_root_of_a_bucket(s3_env: S3Server, s3_bucket: str, tm
     assert run("-a", url, "ls").stdout.split() == ["demo"]
     keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert "archive.json" in keys and "releases/demo/1.0.0" in keys
+
+
+def test_a_listing_reads_every_page(location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import archive.backends.s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "LIST_PAGE", 3)
+    with archive.get_interface(location) as arc:
+        for i in range(7):
+            arc.write_key(f"releases/n/{i}.0.0", [b"p"])
+            arc.write_key(f"releases/m{i}/1.0.0", [b"p"])
+        calls: list[str] = []
+        arc.client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda params, **_: calls.append(""))
+        assert arc.list_keys("releases/n") == [f"{i}.0.0" for i in range(7)]
+        assert arc.list_keys("releases") == sorted(["n", *(f"m{i}" for i in range(7))])
+        assert len(calls) == 3 + 3
