@@ -177,3 +177,13 @@ def s3_env(s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def s3_bucket(s3_env: S3Server) -> str:
     """A fresh, empty bucket on the session's server."""
     return new_bucket(s3_env)
+
+
+@pytest.fixture
+def s3_location(s3_env: S3Server, s3_bucket: str) -> str:
+    """An initialized archive below ``s3://<fresh bucket>/store``, as a user would type it."""
+    import archive
+
+    url = s3_env.location(s3_bucket, "store")
+    archive.get_interface(url, create=True).close()
+    return url
