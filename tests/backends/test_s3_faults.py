@@ -192,6 +192,13 @@ def test_endpoint_and_profile_from_the_aws_configuration(s3_env: S3Server, s3_bu
     one_line_error(run("-a", f"s3://{s3_bucket}/p?profile=nobody", "ls"), "nobody")
 
 
+def test_endpoint_from_the_environment(s3_env: S3Server, s3_bucket: str) -> None:
+    """``AWS_ENDPOINT_URL`` serves as the endpoint, with path-style addressing."""
+    assert run("init", f"s3://{s3_bucket}/e", env={"AWS_ENDPOINT_URL": s3_env.endpoint}).returncode == 0
+    with archive.get_interface(s3_env.location(s3_bucket, "e")) as arc:
+        assert arc.has_key("archive.json")
+
+
 def test_an_object_replaced_while_read_is_never_spliced(s3_location: str, s3_env: S3Server, s3_bucket: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Parts after the first are asked for with If-Match on the first answer's ETag."""
