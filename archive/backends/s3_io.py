@@ -10,9 +10,10 @@ spent is sent (or fetched) in the caller's own thread instead, so memory stays b
 * :class:`RangedReader` reads an object by ranged GETs, the next ones fetched in parallel
   while the caller reads, each pinned to the first answer's ETag (``If-Match``) so that an
   object replaced meanwhile is never spliced.
-* :func:`copy_object` copies server-side: one CopyObject up to :data:`COPY_LIMIT` (5 GiB), a
-  multipart copy above it, or when the target must not exist (``If-None-Match`` is honoured
-  on completing a multipart upload, not on CopyObject).
+* :func:`copy_ranges` cuts a server-side copy into UploadPartCopy ranges: the backend copies
+  with one CopyObject up to :data:`COPY_LIMIT` (5 GiB), by parts above it, or when the
+  target must not exist (``If-None-Match`` is honoured on completing a multipart upload,
+  not on CopyObject).
 """
 
 from __future__ import annotations
@@ -59,16 +60,23 @@ class PartBudget:
 
 
 def parts_of(chunks: Iterable[bytes], first: bytes) -> Iterator[bytes]:
-    """The bytes of ``first`` then ``chunks``, cut into parts of :func:`part_size` bytes."""
+    """The bytes of ``first`` then ``chunks``, cut into parts of :func:`part_size` bytes.
+
+    Each part is joined once from the chunks it spans (only a chunk that straddles two parts
+    is cut), so a part costs one copy of its bytes.
+    """
     buffer: list[bytes] = []
     held, number = 0, 1
     for chunk in itertools.chain([first], chunks):
-        buffer.append(chunk)
-        held += len(chunk)
-        while held >= part_size(number):
-            data, size = b"".join(buffer), part_size(number)
-            yield data[:size]
-            buffer, held, number = [data[size:]], held - size, number + 1
+        while chunk:
+            need = part_size(number) - held
+            if len(chunk) < need:
+                buffer.append(chunk)
+                held += len(chunk)
+                break
+            buffer.append(chunk[:need] if len(chunk) > need else chunk)
+            yield b"".join(buffer)
+            chunk, buffer, held, number = chunk[need:], [], 0, number + 1
     if held or number == 1:
         yield b"".join(buffer)
 
