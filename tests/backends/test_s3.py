@@ -258,3 +258,17 @@ def test_a_listing_reads_every_page(s3_location: str, monkeypatch: pytest.Monkey
         assert arc.list_keys("releases/n") == [f"{i}.0.0" for i in range(7)]
         assert arc.list_keys("releases") == sorted(["n", *(f"m{i}" for i in range(7))])
         assert len(calls) == 3 + 3
+
+
+def test_mirror_a_folder_archive_to_s3_and_back(s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    folder = tmp_path / "local"
+    with archive.get_interface(folder, create=True) as arc:
+        arc.publish(make_tree(tmp_path / "src", FILES), "demo", "1.0.0", progress=False)
+    url = s3_env.location(s3_bucket, "mirror")
+    result = run("mirror", str(folder), url, "--create")
+    assert result.returncode == 0, result.stderr
+    back = run("mirror", url, str(tmp_path / "back"), "--create")
+    assert back.returncode == 0, back.stderr
+    with archive.get_interface(tmp_path / "back") as arc:
+        assert snapshot(arc.download("demo", "1.0.0", tmp_path / "out", progress=False)) == FILES
+        assert arc.verify(full=True).ok
