@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,12 @@ class Relay:
     ``cut_after``: the first connection that carries more than that many bytes to the server
     is cut there (both sockets closed), once. ``hide_condition``: every ``If-None-Match``
     header is renamed on its way, so the server sees a plain PUT, as a server that ignores
-    the header would.
+    the header would. ``rate``: at most that many bytes a second each way per connection.
     """
 
-    def __init__(self, upstream: int, cut_after: int | None = None, hide_condition: bool = False) -> None:
-        self._upstream, self._cut_after, self._hide = upstream, cut_after, hide_condition
+    def __init__(self, upstream: int, cut_after: int | None = None, hide_condition: bool = False,
+                 rate: int | None = None) -> None:
+        self._upstream, self._cut_after, self._hide, self._rate = upstream, cut_after, hide_condition, rate
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.2)
         self.port = self._listener.getsockname()[1]
@@ -67,6 +70,8 @@ class Relay:
                     break
                 target.sendall(data)
                 sent += len(data)
+                if self._rate:
+                    time.sleep(len(data) / self._rate)
         except OSError:
             pass
         for sock in (source, target):
@@ -99,6 +104,34 @@ def test_a_connection_cut_mid_upload_is_retried(s3_env: S3Server, s3_bucket: str
         relay.close()
     with archive.get_interface(s3_env.location(s3_bucket, "store")) as arc:
         assert snapshot(arc.download("cut", "1.0.0", tmp_path / "out", progress=False)) == {"big.bin": big}
+
+
+def test_sigint_during_a_multipart_push_aborts_the_upload(s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    """Ctrl-C while parts are on their way: exit 130 promptly, no release, no upload left open."""
+    relay = Relay(s3_env.port, rate=4 * 1024 * 1024)
+    client = s3_env.client()
+    try:
+        url = s3_env.location(s3_bucket, "store").replace(s3_env.endpoint, relay.endpoint())
+        assert run("init", url).returncode == 0
+        src = make_tree(tmp_path / "src", {"big.bin": os.urandom(96 * 1024 * 1024)})
+        proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", url, "push", str(src), "big", "1.0.0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1)  # parts in flight
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        relay.close()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "archive: interrupted", err
+    assert elapsed < 8, f"took {elapsed:.1f} s to stop"
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    with archive.get_interface(s3_env.location(s3_bucket, "store")) as arc:
+        assert arc.versions("big") == [] and arc.list_keys("tmp") == []
 
 
 def test_a_server_that_ignores_if_none_match_is_refused(s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
