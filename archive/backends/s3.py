@@ -172,15 +172,23 @@ class S3Archive(ArchiveInterface):
             final = key_of(key)
             self.copy(temporary, final, _mtime_now(), exclusive=exclusive)
         finally:
-            self._remove_quietly(temporary)
+            self.remove_quietly(temporary)
 
-    def put(self, key: str, data: bytes, *, exclusive: bool = False, mtime: float | None = None) -> None:
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         """Store ``data`` at ``key`` in one PUT; ``exclusive``: only if nothing is there."""
         name = self.object_key(key)
         extra = self._conditional.put_condition(key) if exclusive else {}
-        self._conditional.create(key, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=name, Body=data, Metadata=_metadata(mtime), **extra))
+        self._send(key, exclusive, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=name, Body=data, Metadata=_metadata(None), **extra))
         logger.debug("%s: put %s (%d bytes)", self.location, key, len(data))
+
+    def _send(self, key: str, exclusive: bool, write: Callable[[], object]) -> None:
+        """Make the request that creates ``key`` (a PUT, or completing an upload), errors mapped."""
+        if exclusive:
+            self._conditional.create(key, write)
+            return
+        with self.errors(key):
+            write()
 
     def _multipart(self, key: str, parts: Iterator[bytes], exclusive: bool) -> None:
         """A multipart upload of ``parts`` to ``key``, aborted if anything fails."""
@@ -198,7 +206,7 @@ class S3Archive(ArchiveInterface):
 
         try:
             done = s3_io.upload_parts(send, parts, self._pool, self._budget)
-            self._conditional.create(key, lambda: self.client.complete_multipart_upload(
+            self._send(key, exclusive, lambda: self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra))
         except BaseException:
             self._abort(name, upload_id)
@@ -245,7 +253,7 @@ class S3Archive(ArchiveInterface):
             futures = [self._pool.submit(copy_part, n, start, end)
                        for n, (start, end) in enumerate(s3_io.copy_ranges(size), 1)]
             done = [future.result() for future in futures]
-            self._conditional.create(target, lambda: self.client.complete_multipart_upload(
+            self._send(target, exclusive, lambda: self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": done}, **extra))
         except BaseException:
             for future in futures:  # let the parts in flight end before the upload is aborted
@@ -292,7 +300,7 @@ class S3Archive(ArchiveInterface):
         with self.errors(source):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(source))
 
-    def _remove_quietly(self, key: str) -> None:
+    def remove_quietly(self, key: str) -> None:
         """Delete a temporary object; a failure is logged (gc removes it later)."""
         try:
             with self.errors(key):

@@ -120,4 +120,4 @@ class ConditionalWrites:
             return False
         finally:
             if written:
-                self._arc._remove_quietly(key)
+                self._arc.remove_quietly(key)
