@@ -80,8 +80,8 @@ def run(count_large: int, count_small: int, rounds: int, threads: int) -> dict[s
                     for label, blobs, count in ((f"{count_large} x 4 MiB", large, count_large),
                                                 (f"{count_small} x 4 KiB", small, count_small)):
                         keys = [f"{label[:4].strip()}/{i}" for i in range(count)]
-                        row.setdefault(f"put {label}", []).append(
-                            timed([lambda k=k, i=i: put(k, blobs[i % len(blobs)]) for i, k in enumerate(keys)], threads))
+                        puts = [lambda k=k, i=i: put(k, blobs[i % len(blobs)]) for i, k in enumerate(keys)]
+                        row.setdefault(f"put {label}", []).append(timed(puts, threads))
                         row.setdefault(f"get {label}", []).append(timed([lambda k=k: get(k) for k in keys], threads))
         finally:
             stop_s3_server(server)

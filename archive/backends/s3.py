@@ -13,9 +13,9 @@ whole story. The primitives map to S3 like this:
   chunks with bounded memory. An object appears whole on completion or not at all. A key
   known only at the end (a blob named by its hash) that did not fit one part is uploaded under
   ``tmp/`` and copied server-side to its key. ``exclusive`` sends ``If-None-Match: *``: a 412
-  is :class:`KeyExistsError` (a 409, another create-only write in flight, is tried again). Whether the server enforces it is probed once per
-  process and bucket, before the first exclusive write: a server that does not is refused
-  unless the user opts in (``?unsafe_no_conditional_writes=1`` or
+  is :class:`KeyExistsError` (a 409, another create-only write in flight, is tried again).
+  Whether the server enforces it is probed once per process and bucket, before the first
+  exclusive write: a server that does not is refused unless the user opts in (``?unsafe_no_conditional_writes=1`` or
   ``$ARCHIVE_S3_UNSAFE_NO_CONDITIONAL_WRITES=1``), as a race could then lose a release.
 * ``list_keys``: paginated ListObjectsV2 with ``Delimiter=/``: objects and common prefixes.
 * ``delete_key``: HEAD (S3 deletes a missing key without complaint), then DELETE.
@@ -264,7 +264,8 @@ class S3Archive(ArchiveInterface):
     # ---------------------------------------------------------------- listing, deleting, moving
     def list_keys(self, prefix: str) -> list[str]:
         """Objects and common prefixes directly below ``prefix``, all pages of them."""
-        folder = self.object_key(prefix) + "/" if prefix else (self.settings.prefix + "/" if self.settings.prefix else "")
+        folder = self.object_key(prefix) if prefix else self.settings.prefix
+        folder = folder + "/" if folder else ""
         names: set[str] = set()
         with self.errors():
             for page in self.client.get_paginator("list_objects_v2").paginate(

@@ -37,6 +37,7 @@ WINDOW = 4  # parts of one transfer in flight at once
 BUDGET = 24  # parts buffered by all transfers of one archive beyond the one each is working on
 COPY_LIMIT = 5 * 1024 * MiB  # the largest CopyObject S3 accepts
 COPY_PART = 512 * MiB
+MAX_PARTS = 10_000  # parts of one multipart upload, at most
 BODY_ATTEMPTS = 3  # reads of one part body (botocore retries the request, not the body)
 
 
@@ -209,7 +210,8 @@ def with_body_retries(read: Callable[[], T]) -> T:
 
 def copy_ranges(size: int) -> list[tuple[int, int]]:
     """Inclusive byte ranges of a multipart copy of ``size`` bytes (one empty range for 0 bytes)."""
-    return [(start, min(start + COPY_PART, size) - 1) for start in range(0, size, COPY_PART)] or [(0, -1)]
+    step = max(COPY_PART, -(-size // MAX_PARTS))
+    return [(start, min(start + step, size) - 1) for start in range(0, size, step)] or [(0, -1)]
 
 
 def changed_while_read(exc: BaseException) -> bool:

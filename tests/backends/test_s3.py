@@ -114,7 +114,8 @@ def test_push_pull_ls_show_verify_gc_through_the_cli(s3_location: str, tmp_path:
     assert verify.returncode == 0 and "0 problem(s)" in verify.stdout, verify.stdout + verify.stderr
     gc = run("-a", s3_location, "gc")
     assert gc.returncode == 0, gc.stderr
-    assert snapshot(archive.get_interface(s3_location).download("demo", "1.0.0", tmp_path / "again", progress=False)) == FILES
+    with archive.get_interface(s3_location) as arc:
+        assert snapshot(arc.download("demo", "1.0.0", tmp_path / "again", progress=False)) == FILES
 
 
 def test_gc_removes_an_old_orphan_and_keeps_the_releases(s3_location: str, s3_env: S3Server, s3_bucket: str,
@@ -135,8 +136,9 @@ def test_gc_removes_an_old_orphan_and_keeps_the_releases(s3_location: str, s3_en
 def test_racing_pushes_of_one_version_end_with_one_record(s3_location: str, tmp_path: Path) -> None:
     """Two processes push other content as the same version: one wins, the other fails in one line."""
     folders = [make_tree(tmp_path / f"src{i}", {"data.txt": f"content {i}".encode()}) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "archive", "-a", s3_location, "push", str(folder), "race", "1.0.0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for folder in folders]
+    command = [sys.executable, "-m", "archive", "-a", s3_location, "push"]
+    procs = [subprocess.Popen([*command, str(folder), "race", "1.0.0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for folder in folders]
     results = [(proc.wait(timeout=120), proc.stderr.read()) for proc in procs]
     for proc in procs:
         proc.stdout.close()
