@@ -28,7 +28,8 @@ ENTRY_POINT_GROUP = "archive.backends"
 _BACKENDS = {"": "archive.backends.filesystem:FileSystemArchive",
              "file": "archive.backends.filesystem:FileSystemArchive",
              "sftp": "archive.backends.sftp:SFTPArchive",
-             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive"}
+             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive",
+             "s3": "archive.backends.s3:S3Archive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 

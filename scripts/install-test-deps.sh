@@ -26,6 +26,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# The test extra brings boto3 and moto's S3 server (tests/s3d.py starts it): nothing to apt-install.
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # npm's reference semver, the oracle of the range property test (node comes from a pip wheel).
