@@ -58,6 +58,7 @@ class S3Archive(ArchiveInterface):
     """An archive below ``s3://bucket/prefix`` (see the module docstring)."""
 
     max_workers = 16
+    atomic_moves = False  # move_key is a copy then a delete (see move_key)
 
     def __init__(self, location: str, settings: S3Settings) -> None:
         super().__init__(redact(location))

@@ -40,6 +40,7 @@ class Hooked(ArchiveInterface):
         super().__init__(inner.location)
         self.inner = inner
         self.seen = inner.seen
+        self.atomic_moves = inner.atomic_moves
         self._hooks: list[tuple[str, Callable[[str], bool], Callable[[], None]]] = []
 
     def after(self, primitive: str, when: Callable[[str], bool], action: Callable[[], None]) -> None:

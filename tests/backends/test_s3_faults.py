@@ -253,3 +253,62 @@ def test_without_boto3_the_error_says_what_to_install(s3_env: S3Server) -> None:
             " runpy.run_module('archive', run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     one_line_error(result, "s3:// locations need boto3: pip install 'archive[s3]'")
+
+
+# ------------------------------------------------------------------ gc's move is not atomic on S3
+def test_a_blob_written_between_the_copy_and_the_delete_of_a_gc_move_is_not_lost(
+        s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    """gc moves an old orphan aside (copy, check, DELETE); a publish of a new file with the same
+    content writes it right before the DELETE, and commits its pointer only after gc finished.
+
+    Without a lease on its new blobs and a check before the pointer, the release would name a
+    blob that gc deleted in both places.
+    """
+    from archive import layout
+    from archive.hashing import BlobId
+    from tests.backends.test_gc_races import Hooked, assert_whole, folder_of
+    from tests.backends.test_s3 import set_mtime
+
+    location = s3_env.location(s3_bucket, "store")
+    data = b"5" * 5002
+    key = layout.blob_key(BlobId.of_bytes(data))
+    with archive.get_interface(location, create=True) as arc, archive.get_interface(location) as other:
+        arc.publish(make_tree(tmp_path / "v1", {"data.bin": b"1" * 5000}), "calib", "1.0.0", progress=False)
+        arc.write_key(key, [data])  # the orphan of a publish killed two days ago
+        set_mtime(s3_env, s3_bucket, arc, key, time.time() - 48 * 3600)
+        written, gc_done = threading.Event(), threading.Event()
+        publisher = Hooked(other)
+        publisher.after("write_key", lambda written_key: written_key == key,  # its new blob
+                        lambda: (written.set(), gc_done.wait(60)))
+        errors: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                publisher.publish(folder_of(tmp_path, data), "calib", "1.1.0", progress=False)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=publish)
+        copied, real_copy, real_head = [], arc.copy, arc.head
+
+        def copy(source: str, *args, **kwargs):
+            real_copy(source, *args, **kwargs)
+            copied.append(source)
+
+        def head(head_key: str) -> dict:
+            answer = real_head(head_key)
+            if head_key == key and copied and not thread.is_alive() and not written.is_set():
+                thread.start()  # gc checked the source after its copy; the DELETE comes next
+                assert written.wait(60), errors
+            return answer
+
+        arc.copy, arc.head = copy, head
+        try:
+            arc.collect_garbage(grace_hours=1)
+        finally:
+            gc_done.set()
+            if thread.ident is not None:
+                thread.join(60)
+        arc.copy, arc.head = real_copy, real_head
+        assert written.is_set() and not errors, errors
+        assert_whole(arc, "1.1.0", data, tmp_path)
