@@ -28,7 +28,9 @@ ENTRY_POINT_GROUP = "archive.backends"
 _BACKENDS = {"": "archive.backends.filesystem:FileSystemArchive",
              "file": "archive.backends.filesystem:FileSystemArchive",
              "sftp": "archive.backends.sftp:SFTPArchive",
-             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive"}
+             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive",
+             "webdav": "archive.backends.webdav:WebDAVArchive", "webdavs": "archive.backends.webdav:WebDAVArchive",
+             "ftp": "archive.backends.ftp:FTPArchive", "ftps": "archive.backends.ftp:FTPArchive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 
