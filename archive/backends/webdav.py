@@ -91,8 +91,22 @@ class WebDAVArchive(FsspecArchive):
             yield io.BufferedReader(raw, CHUNK_SIZE)  # type: ignore[arg-type]
 
     def upload(self, fs: WebdavFileSystem, path: str, chunks: Iterable[bytes]) -> None:
+        """One streaming ``PUT``. If the chunks fail, the body is ended cleanly and the error
+        raised once the server has answered: a request cut instead would leave the server
+        writing a partial file after the caller removed the temporary name."""
+        failed: list[Exception] = []
+
+        def body() -> Iterator[bytes]:
+            try:
+                for chunk in chunks:
+                    yield bytes(chunk)
+            except Exception as exc:  # raised below, after the server answered
+                failed.append(exc)
+
         with translate_exceptions():
-            fs.client.request("PUT", path, content=(bytes(chunk) for chunk in chunks))
+            fs.client.request("PUT", path, content=body())
+        if failed:
+            raise failed[0]
 
     def make_folder(self, fs: WebdavFileSystem, path: str) -> None:
         """One ``MKCOL``. A server error while another writer makes the same folder (wsgidav
