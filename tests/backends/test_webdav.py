@@ -18,10 +18,6 @@ from tests.backends.conformance import BackendContract
 from tests.davd import DavServer, davd  # noqa: F401
 
 
-class OnDiskWebDAV(WebDAVArchive):
-    """The WebDAV backend, told where the served folder is, so the suite can arrange the storage."""
-
-
 class TestWebDAVContract(BackendContract):
     # wsgidav is started with follow_symlinks off: it answers 403 for a link, and what a server
     # does with a link, a FIFO or a device on its disk is its own setting, invisible to a client
@@ -36,14 +32,10 @@ class TestWebDAVContract(BackendContract):
 
     @pytest.fixture
     def arc(self, davd: DavServer) -> Iterator[WebDAVArchive]:
+        self._server = davd
         with archive.get_interface(davd.url("store"), create=True) as arc:
             assert isinstance(arc, WebDAVArchive)
             yield arc
 
     def on_disk(self, arc: archive.ArchiveInterface, key: str) -> Path:
-        server = self._server
-        return Path(server.root, arc.root, *key.split("/"))  # type: ignore[attr-defined]
-
-    @pytest.fixture(autouse=True)
-    def _remember_server(self, davd: DavServer) -> None:
-        self._server = davd
+        return Path(self._server.root, arc.root, *key.split("/"))  # type: ignore[attr-defined]
