@@ -15,7 +15,9 @@ import pytest
 import archive
 from archive.backends.ftp import FTPArchive
 from tests.backends.conformance import BackendContract
-from tests.ftpd import FtpServer, ftpd, ftpsd  # noqa: F401
+from tests.backends.remote_cli import (check_cli_round_trip, check_password_never_shown, check_racing_pushes,
+                                        check_missing_library, check_stale_lock, one_line_error, run)
+from tests.ftpd import PASSWORD, FtpServer, ftpd, ftpsd  # noqa: F401
 
 
 class TestFTPContract(BackendContract):
@@ -40,3 +42,51 @@ class TestFTPContract(BackendContract):
 
     def on_disk(self, arc: archive.ArchiveInterface, key: str) -> Path:
         return Path(self._server.root, arc.root.lstrip("/"), *key.split("/"))  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_round_trip(ftpd: FtpServer, tmp_path: Path) -> None:
+    check_cli_round_trip(ftpd.url("store"), ftpd.root / "store", tmp_path)
+
+
+def test_racing_pushes_of_one_version_have_one_winner(ftpd: FtpServer, tmp_path: Path) -> None:
+    check_racing_pushes(ftpd.url("store"), tmp_path)
+
+
+def test_wrong_password_is_one_line_and_no_password_shows(ftpd: FtpServer, tmp_path: Path) -> None:
+    check_password_never_shown(ftpd.url("store"), ftpd.url("store", password="wrong-pw"), PASSWORD, tmp_path)
+
+
+# ------------------------------------------------------------------ FTPS
+def test_ftps_round_trip_with_a_private_ca(ftpsd: tuple[FtpServer, Path], tmp_path: Path) -> None:
+    server, ca_file = ftpsd
+    url = server.url("store", query=f"ca_bundle={ca_file}")
+    assert url.startswith("ftps://")
+    check_cli_round_trip(url, server.root / "store", tmp_path)  # the server requires TLS on every connection
+
+
+def test_ftps_without_the_ca_is_refused_in_one_line(ftpsd: tuple[FtpServer, Path], tmp_path: Path) -> None:
+    server, _ = ftpsd
+    result = run("init", server.url("store"), home=tmp_path)
+    one_line_error(result, "TLS failed")
+    assert "ca_bundle" in result.stderr and PASSWORD not in result.stderr
+    assert not (server.root / "store").exists()  # nothing was sent before the certificate was checked
+
+
+def test_plain_ftp_to_a_server_that_requires_tls_is_one_line(ftpsd: tuple[FtpServer, Path], tmp_path: Path) -> None:
+    server, _ = ftpsd
+    plain = server.url("store").replace("ftps://", "ftp://", 1)
+    result = run("init", plain, home=tmp_path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert PASSWORD not in result.stderr
+
+
+# ------------------------------------------------------------------ create-only writes
+def test_a_stale_lock_fails_in_one_line_and_holds_up_only_its_key(ftpd: FtpServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with archive.get_interface(ftpd.url("store"), create=True) as arc:
+        check_stale_lock(arc, ftpd.root / "store", monkeypatch)
+
+
+def test_without_fsspec_the_extra_to_install_is_named(ftpd: FtpServer) -> None:
+    check_missing_library(ftpd.url("store"), "fsspec", "ftp")

@@ -15,7 +15,9 @@ import pytest
 import archive
 from archive.backends.webdav import WebDAVArchive
 from tests.backends.conformance import BackendContract
-from tests.davd import DavServer, davd  # noqa: F401
+from tests.backends.remote_cli import (check_cli_round_trip, check_missing_library, check_password_never_shown,
+                                        check_racing_pushes, check_stale_lock)
+from tests.davd import PASSWORD, DavServer, davd  # noqa: F401
 
 
 class TestWebDAVContract(BackendContract):
@@ -39,3 +41,27 @@ class TestWebDAVContract(BackendContract):
 
     def on_disk(self, arc: archive.ArchiveInterface, key: str) -> Path:
         return Path(self._server.root, arc.root, *key.split("/"))  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_round_trip(davd: DavServer, tmp_path: Path) -> None:
+    check_cli_round_trip(davd.url("store"), davd.root / "store", tmp_path)
+
+
+def test_racing_pushes_of_one_version_have_one_winner(davd: DavServer, tmp_path: Path) -> None:
+    check_racing_pushes(davd.url("store"), tmp_path)
+
+
+def test_wrong_password_is_one_line_and_no_password_shows(davd: DavServer, tmp_path: Path) -> None:
+    check_password_never_shown(davd.url("store"), davd.url("store", password="wrong-pw"), PASSWORD, tmp_path)
+
+
+# ------------------------------------------------------------------ create-only writes
+def test_a_stale_lock_fails_in_one_line_and_holds_up_only_its_key(davd: DavServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with archive.get_interface(davd.url("store"), create=True) as arc:
+        check_stale_lock(arc, davd.root / "store", monkeypatch)
+
+
+def test_without_webdav4_the_extra_to_install_is_named(davd: DavServer) -> None:
+    check_missing_library(davd.url("store"), "webdav4", "webdav")
