@@ -31,20 +31,22 @@ class DavServer:
     root: Path
     folder: Path
     port: int
+    tls: bool
     process: subprocess.Popen = field(repr=False)
 
-    def url(self, path: str = "", user: str | None = USER, password: str | None = PASSWORD,
-            scheme: str = "webdav") -> str:
-        """``webdav://user:password@127.0.0.1:port/path`` (no credentials if ``user`` is None)."""
+    def url(self, path: str = "", user: str | None = USER, password: str | None = PASSWORD) -> str:
+        """``webdav(s)://user:password@127.0.0.1:port/path`` (no credentials if ``user`` is None)."""
         auth = "" if user is None else f"{user}:{password}@" if password is not None else f"{user}@"
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/{path}"
+        return f"{'webdavs' if self.tls else 'webdav'}://{auth}127.0.0.1:{self.port}/{path}"
 
     def log(self) -> str:
         return (self.folder / "wsgidav.log").read_text(errors="replace")
 
 
-def _config(root: Path, port: int, users: dict[str, str]) -> dict:
-    return {
+def _config(root: Path, port: int, users: dict[str, str], tls) -> dict:
+    certificate = {"ssl_certificate": str(tls.cert_file), "ssl_private_key": str(tls.key_file),
+                   "ssl_adapter": "builtin"} if tls else {}
+    return {**certificate,
         "host": "127.0.0.1", "port": port, "verbose": 3, "logging": {"enable": True},
         "provider_mapping": {"/": {"root": str(root), "readonly": False}},
         "fs_dav_provider": {"follow_symlinks": False},
@@ -57,13 +59,15 @@ def _config(root: Path, port: int, users: dict[str, str]) -> dict:
     }
 
 
-def start_davd(folder: Path, root: Path, users: dict[str, str] | None = None) -> DavServer:
-    """Start wsgidav serving ``root`` (its config and log in ``folder``); wait until it listens."""
+def start_davd(folder: Path, root: Path, users: dict[str, str] | None = None, tls=None) -> DavServer:
+    """Start wsgidav serving ``root`` (its config and log in ``folder``); wait until it listens.
+
+    ``tls``: a :class:`~tests.httpd.LocalCA` whose server certificate makes it serve HTTPS."""
     folder.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = folder / "wsgidav.json"
-    config.write_text(json.dumps(_config(root, port, users or {USER: PASSWORD})))
+    config.write_text(json.dumps(_config(root, port, users or {USER: PASSWORD}, tls)))
     log = open(folder / "wsgidav.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "wsgidav.server.server_cli", "-c", str(config)],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -74,7 +78,7 @@ def start_davd(folder: Path, root: Path, users: dict[str, str] | None = None) ->
             raise RuntimeError(f"wsgidav failed: {(folder / 'wsgidav.log').read_text(errors='replace')}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return DavServer(root, folder, port, process)
+            return DavServer(root, folder, port, tls is not None, process)
         except OSError:
             time.sleep(0.05)
     stop_process(process)
@@ -101,4 +105,15 @@ def davd(tmp_path: Path) -> Iterator[DavServer]:
     :data:`USER` / :data:`PASSWORD`."""
     server = start_davd(tmp_path / "davd", tmp_path / "dav")
     yield server
+    stop_davd(server)
+
+
+@pytest.fixture
+def davsd(tmp_path: Path) -> Iterator[tuple[DavServer, Path]]:
+    """wsgidav over HTTPS with a certificate of a CA made for the test: (server, CA file)."""
+    from tests.httpd import make_ca
+
+    ca = make_ca(tmp_path / "ca")
+    server = start_davd(tmp_path / "davsd", tmp_path / "davs", tls=ca)
+    yield server, ca.ca_file
     stop_davd(server)

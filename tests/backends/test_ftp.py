@@ -90,3 +90,12 @@ def test_a_stale_lock_fails_in_one_line_and_holds_up_only_its_key(ftpd: FtpServe
 
 def test_without_fsspec_the_extra_to_install_is_named(ftpd: FtpServer) -> None:
     check_missing_library(ftpd.url("store"), "fsspec", "ftp")
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    from tests.sshd import free_port
+
+    url = f"ftp://ftpuser:{PASSWORD}@127.0.0.1:{free_port()}/~/store"
+    result = run("-a", url, "ls", home=tmp_path)
+    one_line_error(result, "cannot reach the server")
+    assert PASSWORD not in result.stderr

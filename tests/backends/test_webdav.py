@@ -16,8 +16,8 @@ import archive
 from archive.backends.webdav import WebDAVArchive
 from tests.backends.conformance import BackendContract
 from tests.backends.remote_cli import (check_cli_round_trip, check_missing_library, check_password_never_shown,
-                                        check_racing_pushes, check_stale_lock)
-from tests.davd import PASSWORD, DavServer, davd  # noqa: F401
+                                        check_racing_pushes, check_stale_lock, one_line_error, run)
+from tests.davd import PASSWORD, USER, DavServer, davd, davsd  # noqa: F401
 
 
 class TestWebDAVContract(BackendContract):
@@ -65,3 +65,28 @@ def test_a_stale_lock_fails_in_one_line_and_holds_up_only_its_key(davd: DavServe
 
 def test_without_webdav4_the_extra_to_install_is_named(davd: DavServer) -> None:
     check_missing_library(davd.url("store"), "webdav4", "webdav")
+
+
+# ------------------------------------------------------------------ HTTPS, unreachable
+def test_webdavs_round_trip_with_a_private_ca(davsd: tuple[DavServer, Path], tmp_path: Path) -> None:
+    server, ca_file = davsd
+    url = f"{server.url('store')}?ca_bundle={ca_file}"
+    assert url.startswith("webdavs://")
+    check_cli_round_trip(url, server.root / "store", tmp_path)
+
+
+def test_webdavs_without_the_ca_is_refused_in_one_line(davsd: tuple[DavServer, Path], tmp_path: Path) -> None:
+    server, _ = davsd
+    result = run("init", server.url("store"), home=tmp_path)
+    one_line_error(result, "TLS failed")
+    assert "ca_bundle" in result.stderr and PASSWORD not in result.stderr
+    assert not (server.root / "store").exists()
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    from tests.sshd import free_port
+
+    url = f"webdav://{USER}:{PASSWORD}@127.0.0.1:{free_port()}/store"
+    result = run("-a", url, "ls", home=tmp_path)
+    one_line_error(result, "cannot reach the server")
+    assert PASSWORD not in result.stderr
