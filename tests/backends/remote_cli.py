@@ -167,3 +167,45 @@ def check_missing_library(url: str, module: str, extra: str) -> None:
     result = subprocess.run([sys.executable, "-c", code, url], env=env, text=True, capture_output=True,
                             timeout=60, cwd=REPO)
     one_line_error(result, f"pip install 'archive[{extra}]'")
+
+
+def check_credentials_from_netrc_and_keyring(url_without_password: str, host: str, user: str, password: str,
+                                             keyring_service: str, tmp_path: Path, monkeypatch) -> None:
+    """No password in the URL: refused in one line; then ``~/.netrc`` is used; without it, the
+    keyring's password for ``user@host`` (the URL names the user). Nothing shows a password."""
+    import keyring
+    import pytest
+
+    import archive
+    from archive.errors import AuthenticationError
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(AuthenticationError, match="refused"):
+        archive.get_interface(url_without_password, create=True)
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine {host} login {user} password {password}\n")
+    netrc.chmod(0o600)
+    with archive.get_interface(url_without_password, create=True) as arc:
+        arc.write_key("releases/n/1.0.0", [b"netrc"], exclusive=True)
+        assert password not in arc.location + repr(arc)
+    netrc.unlink()
+    keyring.set_password(keyring_service, f"{user}@{host}", password)
+    with archive.get_interface(url_without_password) as arc:
+        assert arc.read_key("releases/n/1.0.0", 100) == b"netrc"
+
+
+def check_malformed_locations(cases: list[tuple[str, str]]) -> None:
+    """Each location is refused in one line that says why and never shows its password."""
+    import re
+
+    import pytest
+
+    import archive
+    from archive.errors import InvalidInputError
+
+    for location, problem in cases:
+        with pytest.raises(InvalidInputError, match=re.escape(problem)) as refused:
+            archive.get_interface(location)
+        assert "pw-secret" not in str(refused.value) and "\n" not in str(refused.value)

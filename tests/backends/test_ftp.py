@@ -13,11 +13,12 @@ from typing import Iterator
 import pytest
 
 import archive
-from archive.backends.ftp import FTPArchive
+from archive.backends.ftp import KEYRING_SERVICE, FTPArchive
 from tests.backends.conformance import BackendContract
 from tests.backends.remote_cli import (check_cli_round_trip, check_password_never_shown, check_racing_pushes,
+                                        check_credentials_from_netrc_and_keyring, check_malformed_locations,
                                         check_missing_library, check_stale_lock, one_line_error, run)
-from tests.ftpd import PASSWORD, FtpServer, ftpd, ftpsd  # noqa: F401
+from tests.ftpd import PASSWORD, USER, FtpServer, ftpd, ftpsd  # noqa: F401
 
 
 class TestFTPContract(BackendContract):
@@ -99,3 +100,29 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     result = run("-a", url, "ls", home=tmp_path)
     one_line_error(result, "cannot reach the server")
     assert PASSWORD not in result.stderr
+
+
+# ------------------------------------------------------------------ credentials and locations
+def test_credentials_from_netrc_and_keyring(ftpd: FtpServer, keyring_file: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    check_credentials_from_netrc_and_keyring(ftpd.url("store", password=None), "127.0.0.1", USER, PASSWORD,
+                                             KEYRING_SERVICE, tmp_path, monkeypatch)
+
+
+def test_malformed_locations_are_refused_in_one_line() -> None:
+    check_malformed_locations([
+        ("ftp://127.0.0.1:ftp/store", "the port is not a number"),
+        ("ftp:///store", "not a ftp/ftps://[user@]host[:port]/path location"),
+        ("ftp://u:pw-secret@127.0.0.1/", "names no folder"),
+        ("ftps://u:pw-secret@127.0.0.1/store?tls=no", "unknown parameter 'tls'"),
+    ])
+
+
+def test_absolute_and_home_relative_paths(ftpd: FtpServer) -> None:
+    """``/~/store`` is below the login folder (``/`` on this server), ``/store`` absolute."""
+    with archive.get_interface(ftpd.url("store"), create=True) as home_relative:
+        assert home_relative.root == "/store"  # type: ignore[attr-defined]
+    absolute = ftpd.url("store").replace("/~/", "/", 1)
+    with archive.get_interface(absolute) as arc:
+        assert arc.root == "/store" and arc.location == ftpd.url("store", password="***").replace("/~/", "/", 1)
+    assert (ftpd.root / "store" / "archive.json").is_file()

@@ -13,9 +13,10 @@ from typing import Iterator
 import pytest
 
 import archive
-from archive.backends.webdav import WebDAVArchive
+from archive.backends.webdav import KEYRING_SERVICE, WebDAVArchive
 from tests.backends.conformance import BackendContract
-from tests.backends.remote_cli import (check_cli_round_trip, check_missing_library, check_password_never_shown,
+from tests.backends.remote_cli import (check_cli_round_trip, check_credentials_from_netrc_and_keyring,
+                                        check_malformed_locations, check_missing_library, check_password_never_shown,
                                         check_racing_pushes, check_stale_lock, one_line_error, run)
 from tests.davd import PASSWORD, USER, DavServer, davd, davsd  # noqa: F401
 
@@ -90,3 +91,26 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     result = run("-a", url, "ls", home=tmp_path)
     one_line_error(result, "cannot reach the server")
     assert PASSWORD not in result.stderr
+
+
+# ------------------------------------------------------------------ credentials and locations
+def test_credentials_from_netrc_and_keyring(davd: DavServer, keyring_file: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    check_credentials_from_netrc_and_keyring(davd.url("store", password=None), "127.0.0.1", USER, PASSWORD,
+                                             KEYRING_SERVICE, tmp_path, monkeypatch)
+
+
+def test_malformed_locations_are_refused_in_one_line() -> None:
+    check_malformed_locations([
+        ("webdav://127.0.0.1:dav/store", "the port is not a number"),
+        ("webdav:///store", "not a webdav/webdavs://[user@]host[:port]/path location"),
+        ("webdav://u:pw-secret@127.0.0.1/", "names no folder"),
+        ("webdavs://u:pw-secret@127.0.0.1/store?verify=no", "unknown parameter 'verify'"),
+        ("webdav://u:pw-secret@127.0.0.1:x/store", "the port is not a number"),
+    ])
+
+
+def test_the_location_never_holds_the_password(davd: DavServer) -> None:
+    with archive.get_interface(davd.url("store"), create=True) as arc:
+        assert PASSWORD not in arc.location + repr(arc) + arc.base_url  # type: ignore[attr-defined]
+        assert arc.location == davd.url("store", password="***")
