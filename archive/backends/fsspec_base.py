@@ -130,7 +130,7 @@ class FsspecArchive(ArchiveInterface):
             yield fs
         except BaseException as exc:
             if not isinstance(exc, _CLEAN_ANSWERS):  # the connection may be out of step: never lent again
-                self._close_fs(fs)
+                self._close_fs(fs, graceful=False)
                 raise
             self._give_back(fs)
             raise
@@ -138,7 +138,7 @@ class FsspecArchive(ArchiveInterface):
 
     def _give_back(self, fs: Any) -> None:
         if getattr(fs, "_archive_discarded", False):
-            self._close_fs(fs)
+            self._close_fs(fs, graceful=False)
             return
         with self._lock:
             self._idle.append(fs)
@@ -152,12 +152,14 @@ class FsspecArchive(ArchiveInterface):
         with self.errors("the archive"):
             return self.connect()
 
-    def _close_fs(self, fs: Any) -> None:
+    def disconnect(self, fs: Any, graceful: bool) -> None:
+        """Close the connections of ``fs``; ``graceful`` false: at once, waiting for no reply
+        (the connection failed or was interrupted mid-command). The default has none to close."""
+
+    def _close_fs(self, fs: Any, graceful: bool = True) -> None:
         """Close one filesystem's connection; a failure to close is only logged."""
-        closer = getattr(fs, "close_connection", None)
         try:
-            if closer is not None:
-                closer()
+            self.disconnect(fs, graceful)
         except Exception as exc:  # closing a connection that already broke
             logger.debug("closing a connection to %s: %s", self.location, exc)
 
@@ -264,10 +266,10 @@ class FsspecArchive(ArchiveInterface):
                     self._place_exclusive(fs, tmp, final)
                 else:
                     self._rename_into_place(fs, tmp, final, final)
-        except BaseException:
+        except Exception:
             if uploaded:
                 self._remove_quietly(tmp)
-            raise
+            raise  # (on Ctrl-C nothing more is sent: gc removes the temporary once old)
 
     def _rename_into_place(self, fs: Any, source: str, key: str, shown: str) -> None:
         """Rename the server path ``source`` to ``key``, replacing; a target folder removed
@@ -387,67 +389,3 @@ class FsspecArchive(ArchiveInterface):
                 self._ensure_folder(fs, target.rpartition("/")[0])
                 self._rename_into_place(fs, self.path_of(source), target, source)
 
-
-# -------------------------------------------------------------------- locations and credentials
-@dataclass(frozen=True)
-class Location:
-    """The parts of a ``scheme://[user[:password]@]host[:port]/path[?query]`` location."""
-
-    scheme: str
-    host: str
-    port: int | None
-    user: str | None
-    password: str | None
-    path: str
-    query: dict[str, list[str]]
-    shown: str
-
-
-def parse_location(location: str, schemes: Iterable[str], parameters: Iterable[str] = ()) -> Location:
-    """Split ``location``; every message shows it with its password replaced by ``***``."""
-    from urllib.parse import parse_qs, unquote, urlsplit
-
-    from ..locations import redact, split_userinfo
-
-    shown = redact(location)
-    prefix, userinfo, rest = split_userinfo(location)
-    parts = urlsplit(prefix + rest)
-    try:
-        port = parts.port
-    except ValueError:
-        raise InvalidInputError(f"{shown}: the port is not a number") from None
-    if parts.scheme.lower() not in schemes or not parts.hostname:
-        raise InvalidInputError(f"{shown}: not a {'/'.join(sorted(schemes))}://[user@]host[:port]/path location")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - set(parameters))
-    if unknown:
-        known = ", ".join(sorted(parameters)) or "none"
-        raise InvalidInputError(f"{shown}: unknown parameter {unknown[0]!r} (known: {known})")
-    user = password = None
-    if userinfo is not None:
-        user, _, secret = userinfo.partition(":")
-        user, password = unquote(user) or None, unquote(secret) if ":" in userinfo else None
-    return Location(parts.scheme.lower(), parts.hostname, port, user, password, unquote(parts.path), query,
-                    shown)
-
-
-def find_credentials(where: Location, keyring_service: str) -> tuple[str | None, str | None]:
-    """User and password: from the location, else ``~/.netrc`` (``machine HOST``), else the
-    system keyring (service ``keyring_service``, account ``user@host``, when a user is given)."""
-    if where.password is not None:
-        return where.user, where.password
-    import netrc
-    from pathlib import Path
-
-    try:
-        found = netrc.netrc(str(Path.home() / ".netrc")).authenticators(where.host)
-    except (FileNotFoundError, netrc.NetrcParseError, OSError) as exc:
-        logger.debug("no usable ~/.netrc: %s", type(exc).__name__)
-        found = None
-    if found and (where.user is None or found[0] == where.user):
-        return found[0], found[2]
-    if where.user is not None:
-        from ..credentials import stored_password
-
-        return where.user, stored_password(keyring_service, f"{where.user}@{where.host}")
-    return None, None

@@ -32,7 +32,8 @@ from ..errors import (ArchiveError, AuthenticationError, BackendError, BackendUn
                       StorageFullError)
 from ..hashing import CHUNK_SIZE
 from ..timeouts import io_timeout
-from .fsspec_base import Entry, FsspecArchive, find_credentials, parse_location
+from .fsspec_base import Entry, FsspecArchive
+from .fsspec_location import find_credentials, parse_location
 
 try:
     from fsspec.implementations.ftp import FTPFileSystem
@@ -59,13 +60,6 @@ class VerifiedFTPFileSystem(FTPFileSystem):
         self.ftp = ftplib.FTP_TLS(context=self._ssl_context, timeout=self.timeout, encoding=self.encoding)
         self.ftp.connect(self.host, self.port)
         self.ftp.login(*self.cred)  # AUTH TLS first: the password never goes in the clear
-
-    def close_connection(self) -> None:
-        """Close the control connection (fsspec's own ``__del__`` does the same, later)."""
-        try:
-            self.ftp.quit()
-        except (ftplib.Error, OSError, EOFError):
-            self.ftp.close()
 
 
 class FTPArchive(FsspecArchive):
@@ -101,6 +95,15 @@ class FTPArchive(FsspecArchive):
         return VerifiedFTPFileSystem(self._host, port=self._port, username=user, password=password,
                                      timeout=io_timeout(), tls=self._tls is not None,
                                      ssl_context=self._tls)
+
+    def disconnect(self, fs: VerifiedFTPFileSystem, graceful: bool) -> None:
+        """``QUIT`` (or, for a connection that failed or was interrupted, just close it)."""
+        try:
+            if graceful:
+                fs.ftp.quit()
+        except (ftplib.Error, OSError, EOFError):
+            pass
+        fs.ftp.close()
 
     def describe(self, fs: VerifiedFTPFileSystem, path: str) -> Entry:
         """One ``MLST``: its facts say the kind, size and mtime (UTC) of ``path``."""

@@ -25,7 +25,8 @@ from ..errors import (ArchiveError, AuthenticationError, BackendError, BackendUn
                       StorageFullError)
 from ..hashing import CHUNK_SIZE
 from ..timeouts import connect_timeout, io_timeout
-from .fsspec_base import Entry, FsspecArchive, find_credentials, parse_location
+from .fsspec_base import Entry, FsspecArchive
+from .fsspec_location import find_credentials, parse_location
 
 try:
     import httpx
@@ -72,6 +73,9 @@ class WebDAVArchive(FsspecArchive):
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
         return WebdavFileSystem(self.base_url, auth=self._auth, verify=self._verify, timeout=timeout,
                                 limits=limits, retry=False, skip_instance_cache=True)
+
+    def disconnect(self, fs: WebdavFileSystem, graceful: bool) -> None:
+        fs.client.http.close()
 
     def describe(self, fs: WebdavFileSystem, path: str) -> Entry:
         with translate_exceptions():
