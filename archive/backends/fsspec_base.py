@@ -49,6 +49,7 @@ from ..keys import check_key, usable_name
 
 logger = logging.getLogger(__name__)
 LOCK_WAIT = 30.0  # seconds a create-only write waits for another one's lock on the same key
+MKDIR_TRIES = 10  # a folder refused as existing but gone when looked at (a lock released meanwhile)
 _CLEAN_ANSWERS = (KeyNotFoundError, KeyExistsError, UnsafeObjectError, InvalidInputError)
 
 

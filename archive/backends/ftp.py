@@ -32,7 +32,7 @@ from ..errors import (ArchiveError, AuthenticationError, BackendError, BackendUn
                       StorageFullError)
 from ..hashing import CHUNK_SIZE
 from ..timeouts import io_timeout
-from .fsspec_base import Entry, FsspecArchive
+from .fsspec_base import MKDIR_TRIES, Entry, FsspecArchive
 from .fsspec_location import find_credentials, parse_location
 
 try:
@@ -151,14 +151,14 @@ class FTPArchive(FsspecArchive):
     def make_folder(self, fs: VerifiedFTPFileSystem, path: str) -> None:
         """``MKD``; its refusal (550) means "exists" only when something is there. A refusal
         for a folder that is gone when looked at (a lock just released) is tried again."""
-        for attempt in range(3):
+        for attempt in range(MKDIR_TRIES):
             try:
                 fs.ftp.mkd(path)
                 return
             except ftplib.error_perm:
                 if self._exists(fs, path):
                     raise FileExistsError(path) from None
-                if attempt == 2:
+                if attempt == MKDIR_TRIES - 1:
                     raise
 
     def rename(self, fs: VerifiedFTPFileSystem, source: str, target: str, *, replace: bool) -> None:

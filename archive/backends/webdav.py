@@ -25,7 +25,7 @@ from ..errors import (ArchiveError, AuthenticationError, BackendError, BackendUn
                       StorageFullError)
 from ..hashing import CHUNK_SIZE
 from ..timeouts import connect_timeout, io_timeout
-from .fsspec_base import Entry, FsspecArchive
+from .fsspec_base import MKDIR_TRIES, Entry, FsspecArchive
 from .fsspec_location import find_credentials, parse_location
 
 try:
@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - the optional extra is missing
 
 logger = logging.getLogger(__name__)
 KEYRING_SERVICE = "archive-webdav"
-REPLACE_TRIES = 6  # a replacing MOVE that collides with another one is tried this often
+REPLACE_TRIES = 8  # a replacing MOVE that collides with another one is tried this often
 _HTTP = {"webdav": "http", "webdavs": "https"}
 
 
@@ -113,18 +113,22 @@ class WebDAVArchive(FsspecArchive):
             raise failed[0]
 
     def make_folder(self, fs: WebdavFileSystem, path: str) -> None:
-        """One ``MKCOL``. A server error while another writer makes the same folder (wsgidav
-        answers 500 when its ``mkdir`` loses that race) is taken as "it exists" if it does."""
-        try:
-            fs.client.mkdir(path)
-        except dav.ResourceAlreadyExists:
-            raise FileExistsError(path) from None
-        except dav.ResourceConflict:
-            raise FileNotFoundError(path) from None
-        except dav.HTTPError as exc:
-            if exc.response.status_code >= 500 and self._exists(fs, path):
+        """``MKCOL``. A server error while another writer makes the same folder (wsgidav
+        answers 500 when its ``mkdir`` loses that race) is taken as "it exists" if it does, and
+        tried again if the folder is gone when looked at (a lock just released)."""
+        for attempt in range(MKDIR_TRIES):
+            try:
+                fs.client.mkdir(path)
+                return
+            except dav.ResourceAlreadyExists:
                 raise FileExistsError(path) from None
-            raise
+            except dav.ResourceConflict:
+                raise FileNotFoundError(path) from None
+            except dav.HTTPError as exc:
+                if exc.response.status_code < 500 or attempt == MKDIR_TRIES - 1:
+                    raise
+                if self._exists(fs, path):
+                    raise FileExistsError(path) from None
 
     def rename(self, fs: WebdavFileSystem, source: str, target: str, *, replace: bool) -> None:
         """One ``MOVE``; a replacing one that collides with another is tried again.
