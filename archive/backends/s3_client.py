@@ -151,6 +151,11 @@ def s3_errors(where: str, key: str | None = None, bucket: str = "") -> Iterator[
     except bce.NoCredentialsError:
         raise CredentialsError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and"
                                " AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or ~/.aws/credentials)") from None
+    except RuntimeError as exc:  # botocore's refresh of temporary credentials (SSO, roles, processes)
+        if "credentials" not in str(exc).lower():
+            raise
+        raise CredentialsError(f"{where}: the AWS credentials have expired and could not be renewed"
+                               f" ({_one_line(exc)}); renew them (aws sso login, a new session token)") from None
     except (bce.EndpointConnectionError, bce.ConnectTimeoutError, bce.ReadTimeoutError,
             bce.ConnectionClosedError, bce.ConnectionError) as exc:
         raise BackendUnavailableError(f"{where}: cannot reach the S3 server ({_one_line(exc)})") from None

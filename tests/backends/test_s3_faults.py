@@ -172,6 +172,22 @@ def test_no_credentials_at_all_is_one_line(s3_location: str) -> None:
     one_line_error(result, "no AWS credentials found")
 
 
+def test_expired_credentials_are_one_line_and_never_shown(s3_location: str, tmp_path: Path) -> None:
+    """Temporary credentials (SSO, an assumed role, a credential_process) that expired and come
+    back expired when botocore refreshes them: one line, before any request, no secret shown."""
+    process = tmp_path / "expired-credentials"
+    process.write_text("#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"AKIAEXPIRED\", \"SecretAccessKey\":"
+                       " \"expired-secret-zq\", \"SessionToken\": \"tok\", \"Expiration\": \"2020-01-01T00:00:00Z\"}'\n")
+    process.chmod(0o755)
+    config = tmp_path / "aws" / "config"
+    config.write_text(f"[default]\ncredential_process = {process}\n")
+    for args in (("ls",), ("-vv", "ls")):
+        result = run("-a", s3_location, *args, env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+        assert "expired-secret-zq" not in result.stdout + result.stderr
+    one_line_error(run("-a", s3_location, "ls", env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}),
+                   "the AWS credentials have expired")
+
+
 def test_a_missing_bucket_is_one_line(s3_env: S3Server) -> None:
     url = s3_env.location("no-such-bucket-here", "store")
     one_line_error(run("-a", url, "ls"), "the bucket 'no-such-bucket-here' does not exist")
