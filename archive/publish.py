@@ -278,8 +278,27 @@ def _guard_new_blobs(arc: "ArchiveInterface", sources: list[SourceFile], stored:
         yield
         return
     with lease(arc, (entry.blob for entry in stored.values())):
-        upload_missing_blobs(arc, sources, stored, workers, progress, hashed_at_ns, stats)
+        gone = _blobs_not_stored({entry.blob for entry in stored.values()}, arc, workers)
+        if gone:
+            logger.warning("%d new blobs vanished while publishing (a concurrent gc); uploading them again", len(gone))
+            again = [s for s in sources if stored[s.path].blob in gone]
+            upload_missing_blobs(arc, again, stored, workers, progress, hashed_at_ns, stats)
         yield
+
+
+def _blobs_not_stored(blobs: set[BlobId], arc: "ArchiveInterface", workers: int) -> set[BlobId]:
+    """Which of ``blobs`` the archive lacks, in as few requests as it can.
+
+    One listing per blob folder (at most 256, in parallel) where that is fewer requests than
+    one ``stat_key`` per blob, as for the thousands of small files of one publish.
+    """
+    folders = sorted({layout.blob_key(blob).rsplit("/", 1)[0] for blob in blobs})
+    if not arc.listable or len(folders) * 2 > len(blobs):
+        present = run_jobs([lambda b=b: arc.has_key(layout.blob_key(b)) for b in blobs], workers)
+        return {blob for blob, there in zip(blobs, present) if not there}
+    listed = run_jobs([lambda f=f: [f"{f}/{name}" for name in arc.list_keys(f)] for f in folders], workers)
+    stored_keys = {key for keys in listed for key in keys}
+    return {blob for blob in blobs if layout.blob_key(blob) not in stored_keys}
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],
