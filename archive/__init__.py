@@ -25,6 +25,7 @@ from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUna
                      ReleaseExistsError, ReleaseNotFoundError, StorageFullError,
                      TransferInterruptedError, UnsafeObjectError)
 from .interface import ArchiveInterface
+from .lock import Lock, LockEntry, load_lock
 from .locations import get_interface
 from .records import FileEntry, Release
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 # Every exception of archive.errors is public: scripts catch them by name (a test checks that
 # each one is imported above).
 __all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "import_rmellipse",
+                  "Lock", "LockEntry", "load_lock",
                   "publish", "status",
                   *(name for name, value in vars(errors).items()
                     if isinstance(value, type) and issubclass(value, ArchiveError))])

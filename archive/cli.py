@@ -200,7 +200,12 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
         release = arc.resolve(name, range, include_prerelease=pre, expect=expect)
         report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
                               progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
+        from .yank import state
+
+        yank = state(arc, release.name, release.version)
     click.echo(printable(str(report.folder)))
+    if yank is not None:
+        _complain("warning", f"{release.name} {release.version} is yanked: {yank.reason} (by {yank.by}, {yank.at})")
     removed = f", {len(report.removed)} removed" if exact else ""
     _note(f"pulled {release.name} {release.version} (range {range}) into {report.folder}: "
           f"{report.files} files, {report.written} written, {report.already_there} already there{removed}")
@@ -236,21 +241,40 @@ def status(folder: Path) -> None:
 
 @cli.command(name="ls")
 @click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (see docs/json.md).")
 @click.pass_context
-def list_command(ctx: click.Context, name: str | None) -> None:
+def list_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
-    newest first."""
+    newest first, each with its date, message and yank."""
     namespace = name[:-1] if name is not None and name.endswith("/") else None
     with _open(ctx) as arc:
-        lines = arc.names(namespace) if name is None or namespace is not None else arc.versions(name)
+        if name is None or namespace is not None:
+            lines = arc.names(namespace)
+            details = None
+        else:
+            from .listing import version_details
+
+            details = version_details(arc, name)
+            lines = [d.version for d in details]
         if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
             if namespace is None:
                 from .namespaces import no_release_named
 
                 raise no_release_named(arc, name)
             raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
-    for line in lines:
+    if as_json:
+        from .cli_pins import echo_json
+
+        echo_json({"names": lines} if details is None else {"name": name, "versions": [d.to_json() for d in details]})
+        return
+    for line in lines if details is None else map(_version_line, details):
         click.echo(printable(line))
+
+
+def _version_line(info) -> str:
+    """``1.2.3  2026-01-02T03:04:05Z  message  [yanked: reason]``."""
+    yank = f"  [yanked: {info.yank.reason}]" if info.yank else ""
+    return f"{info.version:<12} {info.created}  {info.message or ''}{yank}".rstrip()
 
 
 @cli.command()
@@ -260,9 +284,12 @@ def list_command(ctx: click.Context, name: str | None) -> None:
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
 @click.pass_context
 def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) -> None:
-    """Show the record of the highest version of NAME matching RANGE."""
+    """Show the record of the highest version of NAME matching RANGE, and its yank if yanked."""
+    from .yank import state
+
     with _open(ctx) as arc:
         release = arc.resolve(name, range, include_prerelease=pre)
+        yank = None if as_json else state(arc, release.name, release.version)
     if as_json:
         text = json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
         click.echo(printable_json(text))
@@ -270,6 +297,8 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
         lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
+    if yank is not None:
+        lines.append(f"  yanked   {yank.reason} (by {yank.by}, {yank.at})")
     lines.append(f"  files    {len(release.files)}, {format_size(release.total_size)}")
     for path, entry in release.files.items():
         lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
@@ -445,3 +474,8 @@ def _run(argv: list[str] | None) -> int:
         return exc.exit_code
     _report_phases()
     return 0
+
+
+from .cli_pins import register  # noqa: E402  (the commands of pinning, yanking and named archives)
+
+register(cli)

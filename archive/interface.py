@@ -48,6 +48,7 @@ from .transfer import reporting
 from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
+    from .lock import Lock
     from .mirror import MirrorReport
     from .pins import SeenRecords
     from .publish import PublishStats
@@ -312,6 +313,7 @@ class ArchiveInterface(ABC):
                 expect: str | None = None) -> Release:
         """The release of ``name`` with the highest version matching ``range``.
 
+        A yanked version (:mod:`archive.yank`) is skipped unless ``range`` names exactly it.
         ``expect`` pins the result: a record id (``sha256:...``) the release must have, as a
         lock file would hold it; anything else raises :class:`IntegrityError`.
 
@@ -328,9 +330,13 @@ class ArchiveInterface(ABC):
         versions = self.versions(name)
         if not versions:
             raise no_release_named(self, name)
-        best = spec.best(versions)
+        from .yank import is_exact, yanked
+
+        skipped = {} if is_exact(range) else yanked(self, name)  # ranges skip yanked versions
+        best = spec.best(v for v in versions if v not in skipped)
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")
+            shown += f"; yanked: {', '.join(sorted(skipped))}" if skipped else ""
             raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {shown})")
         release = self.get_release(name, best)
         if expect is not None and release.record_id != BlobId.parse(expect):
@@ -364,6 +370,15 @@ class ArchiveInterface(ABC):
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
         return download(self, release, None if dest is None else Path(dest), force=force, link=link,
                         jobs=jobs, progress=progress, use_cache=use_cache, exact=exact)
+
+    def sync(self, lock: "Lock | str | Path" = "archive.lock", dest: str | Path | None = None, *,
+             jobs: int | None = None, progress: bool | None = None) -> dict[str, Path]:
+        """Materialize exactly the releases a lock pins, from this archive (or a mirror of the one
+        it was made on); see :func:`archive.lock.sync`."""
+        from .lock import load_lock, sync
+
+        return sync(lock if not isinstance(lock, (str, Path)) else load_lock(lock), self, dest, jobs=jobs,
+                    progress=progress)
 
     def verify(self, name: str | None = None, range: str | None = None, *, full: bool = False,
                repair: bool = False, jobs: int | None = None, progress: bool | None = None):
