@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .completion import COMPLETE_VAR, complete_names, complete_remotes, complete_versions
 from .errors import ArchiveError, ReleaseNotFoundError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
                        protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
@@ -42,8 +44,9 @@ MAX_GRACE_HOURS = 1e6
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
-@click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL",
-              help="Archive folder or URL [default: $ARCHIVE_URL, else a local archive in your data folder].")
+@click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL", shell_complete=complete_remotes,
+              help="Archive folder, URL or name (archive remote) [default: $ARCHIVE_URL, else the configured"
+              " default, else a local archive in your data folder].")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Parallel transfers.")
 @click.option("--verbose", "-v", count=True, help="More output; -v also shows tracebacks.")
 @click.option("--quiet", "-q", is_flag=True,
@@ -170,8 +173,8 @@ def _user_name() -> str:
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("range", default="*")
+@click.argument("name", shell_complete=complete_names)
+@click.argument("range", default="*", shell_complete=complete_versions)
 @click.option("--to", "dest", type=click.Path(path_type=Path), help="Folder to write [default: a read-only folder in the cache].")
 @click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
 @click.option("--exact", is_flag=True, help="Also remove the files an earlier pull placed that this release lacks"
@@ -240,7 +243,7 @@ def status(folder: Path) -> None:
 
 
 @cli.command(name="ls")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_names)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (see docs/json.md).")
 @click.pass_context
 def list_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
@@ -278,8 +281,8 @@ def _version_line(info) -> str:
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("range", default="*")
+@click.argument("name", shell_complete=complete_names)
+@click.argument("range", default="*", shell_complete=complete_versions)
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
 @click.pass_context
@@ -306,8 +309,8 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.argument("range", required=False)
+@click.argument("name", required=False, shell_complete=complete_names)
+@click.argument("range", required=False, shell_complete=complete_versions)
 @click.option("--full", is_flag=True, help="Re-hash every blob, not only check its size.")
 @click.option("--cache", "check_cache", is_flag=True, help="Verify the local cache instead (corrupt blobs are evicted).")
 @click.option("--repair", is_flag=True, help="Rewrite stale index files.")
@@ -446,6 +449,10 @@ def _run(argv: list[str] | None) -> int:
     the way: it prints an empty line on Ctrl-C and turns EPIPE into exit status 1.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (click's protocol)
+        from .completion import shell_complete
+
+        return shell_complete(cli, os.environ[COMPLETE_VAR])
     try:
         with cli.make_context("archive", args) as ctx:
             cli.invoke(ctx)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from . import cli as main_cli
+from .completion import complete_remotes
 from .terminal import printable, printable_json, stdout_is_unicode
 
 
@@ -94,7 +95,116 @@ def _yank_command(action: str):
     return command
 
 
+@click.group()
+def remote() -> None:
+    """Name archives (in a config file) to use them as --archive NAME or ARCHIVE_URL=NAME."""
+
+
+@remote.command(name="add")
+@click.argument("name")
+@click.argument("location")
+@click.option("--replace", is_flag=True, help="Change the location of a name that has one.")
+@click.option("--default", "make_default", is_flag=True, help="Also make it the default archive.")
+def remote_add(name: str, location: str, replace: bool, make_default: bool) -> None:
+    """Name the archive at LOCATION (a folder path or URL) NAME."""
+    from .config import add_remote, config_path, set_default
+
+    if "://" not in location:
+        location = str(Path(location).absolute())  # a relative folder would change with the current one
+    add_remote(name, location, replace=replace)
+    if make_default:
+        set_default(name)
+    main_cli._report(f"{name} is {location}{' (the default)' if make_default else ''}; saved in {config_path()}")
+
+
+@remote.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
+def remote_list(as_json: bool) -> None:
+    """List the named archives; the default is marked with *."""
+    from .config import load_config
+
+    config = load_config()
+    if as_json:
+        echo_json({"default": config.default, "remotes": dict(sorted(config.remotes.items()))})
+        return
+    for name, location in sorted(config.remotes.items()):
+        click.echo(f"{'*' if name == config.default else ' '} {printable(name)}\t{printable(location)}")
+
+
+@remote.command(name="remove")
+@click.argument("name", shell_complete=complete_remotes)
+def remote_remove(name: str) -> None:
+    """Forget the name NAME (the archive itself is not touched)."""
+    from .config import remove_remote
+
+    remove_remote(name)
+    main_cli._report(f"removed the name {name}")
+
+
+@remote.command(name="default")
+@click.argument("name", required=False, shell_complete=complete_remotes)
+@click.option("--unset", is_flag=True, help="Go back to $ARCHIVE_URL or the built-in default.")
+def remote_default(name: str | None, unset: bool) -> None:
+    """Make NAME the default archive (used without --archive and $ARCHIVE_URL); show it without NAME."""
+    from .config import load_config, set_default
+
+    if unset or name is not None:
+        set_default(None if unset else name)
+        main_cli._report("no default archive" if unset else f"{name} is the default archive")
+        return
+    config = load_config()
+    if config.default is not None:
+        click.echo(f"{printable(config.default)}\t{printable(config.remotes.get(config.default, ''))}")
+
+
+# ------------------------------------------------------------------ global options after a subcommand
+def _set_location(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None and ctx.obj is not None:
+        ctx.obj["location"] = value
+
+
+def _set_jobs(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None and ctx.obj is not None:
+        ctx.obj["jobs"] = value
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    if not value or ctx.obj is None:
+        return
+    level = -1 if param.name == "quiet" else max(int(value), main_cli._verbosity["level"])
+    main_cli._verbosity["level"] = level
+    main_cli._configure_logging(level)
+    if level < 0:
+        ctx.obj["progress"] = False
+
+
+def _global_options() -> list[click.Option]:
+    """The main group's options, accepted after a subcommand too (``archive ls -a lab``)."""
+    return [
+        click.Option(["--archive", "-a", "g_location"], metavar="LOCATION", expose_value=False,
+                     callback=_set_location, shell_complete=complete_remotes, help="The global option, accepted here too."),
+        click.Option(["--jobs", "-j", "g_jobs"], type=click.IntRange(1, 256), expose_value=False, callback=_set_jobs,
+                     help="The global option, accepted here too."),
+        click.Option(["--verbose", "-v", "verbose"], count=True, expose_value=False, callback=_set_verbosity,
+                     help="The global option, accepted here too."),
+        click.Option(["--quiet", "-q", "quiet"], is_flag=True, expose_value=False, callback=_set_verbosity,
+                     help="The global option, accepted here too."),
+    ]
+
+
+def add_global_options(command: click.Command) -> None:
+    """Give ``command`` (and the subcommands of a group) the global options its own do not clash with."""
+    taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    for option in _global_options():
+        if not taken & set(option.opts):
+            command.params.append(option)
+    for sub in getattr(command, "commands", {}).values():
+        add_global_options(sub)
+
+
 def register(cli: click.Group) -> None:
-    """Add this module's commands to ``cli``."""
-    for command in (lock, sync, _yank_command("yank"), _yank_command("unyank")):
+    """Add this module's commands to ``cli``, and the global options to every command."""
+    for command in (lock, sync, _yank_command("yank"), _yank_command("unyank"), remote):
         cli.add_command(command)
+    for command in cli.commands.values():
+        add_global_options(command)

@@ -23,13 +23,12 @@ hand: it holds only strings and integers, so no writer library is needed::
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from . import tomltext
 from .errors import IntegrityError, InvalidInputError
 from .hashing import BlobId
 from .records import check_name
@@ -69,14 +68,9 @@ class Lock:
         """The text of the lock file (stable: the same pins give the same bytes)."""
         blocks = [f"{_HEADER}lock-version = {LOCK_VERSION}\n"]
         for entry in self.entries:
-            lines = "".join(f"{key} = {_toml_string(value)}\n" for key, value in entry.to_json().items())
+            lines = "".join(f"{key} = {tomltext.string(value)}\n" for key, value in entry.to_json().items())
             blocks.append(f"[[release]]\n{lines}")
         return "\n".join(blocks)
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: JSON's escapes are TOML's, except DEL, which TOML wants escaped."""
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007F")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -124,7 +118,7 @@ def load_lock(path: str | Path = LOCK_FILE) -> Lock:
     """
     path = Path(path)
     try:
-        document = _toml_loads(path.read_text(encoding="utf-8"))
+        document = tomltext.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidInputError(f"cannot read lock file {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -135,14 +129,6 @@ def load_lock(path: str | Path = LOCK_FILE) -> Lock:
     if not isinstance(releases, list):
         raise InvalidInputError(f"{path}: 'release' must be an array of tables")
     return Lock(tuple(_entry(item, f"{path}: release {number}") for number, item in enumerate(releases, 1)))
-
-
-def _toml_loads(text: str) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib
-    return tomllib.loads(text)
 
 
 def _entry(item: object, what: str) -> LockEntry:
