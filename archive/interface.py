@@ -50,6 +50,7 @@ from .versions import parse_range, parse_version, sort_versions
 if TYPE_CHECKING:
     from .lock import Lock
     from .mirror import MirrorReport
+    from .offline import KnownReleases
     from .pins import SeenRecords
     from .publish import PublishStats
 
@@ -95,6 +96,8 @@ class ArchiveInterface(ABC):
         self.location = location
         #: Record ids seen before (:mod:`archive.pins`); ``get_interface`` sets the user's.
         self.seen: "SeenRecords | None" = None
+        #: Where verified records are kept for offline use (:mod:`archive.offline`); ``get_interface`` sets it.
+        self.known: "KnownReleases | None" = None
         #: The random id in ``archive.json`` (None before it was read, or in an older archive).
         self.archive_id: str | None = None
 
@@ -294,6 +297,8 @@ class ArchiveInterface(ABC):
                 f"record {record_id.short} stored as {name} {version} describes {release.name} {release.version}")
         if self.seen is not None:
             self.seen.check(self.identity, self.location, name, version, record_id)
+        if self.known is not None:
+            self.known.remember(self, release)
         return release
 
     def read_record(self, record_id: BlobId) -> Release:

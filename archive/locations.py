@@ -85,10 +85,9 @@ def get_interface(location: str | os.PathLike[str] | None = None, user: str | No
 
     location = named_location(os.fspath(location))  # a name of `archive remote add`
     arc = make_backend(with_login(location, user, password, resolve_relative_paths_to))
-    if create:
-        arc.initialize()
-    else:
-        arc.check_archive()
+    from .offline import reachable_or_offline
+
+    arc = reachable_or_offline(arc, create)
     from .cache import default_cache
     from .pins import SeenRecords
 
