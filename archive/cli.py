@@ -25,9 +25,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, jsonout
 from .completion import COMPLETE_VAR, complete_names, complete_remotes, complete_versions
-from .errors import ArchiveError, ReleaseNotFoundError
+from .errors import ArchiveError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
                        protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
 
@@ -84,6 +84,12 @@ def _note(text: str) -> None:
     silent under ``-q``."""
     if _verbosity["level"] >= 0:
         click.echo(printable(text), err=True)
+
+
+def _echo_json(value: object) -> None:
+    """Print ``value`` as indented JSON on stdout: the ``--json`` output of a command (docs/json.md)."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
+    click.echo(printable_json(text))
 
 
 def _complain(kind: str, text: str) -> None:
@@ -186,9 +192,10 @@ def _user_name() -> str:
               " can, else copy (never shared with the cache); hard and symlink are instant but read-only.")
 @click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
               " the cache (needs --to; an archive on a local disk is never cached).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON instead of the folder.")
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, exact: bool, pre: bool,
-         expect: str | None, link: str, no_cache: bool) -> None:
+         expect: str | None, link: str, no_cache: bool, as_json: bool) -> None:
     """Download the highest version of NAME matching RANGE; print the folder.
 
     A summary (the version the range chose, files written and already there) goes to stderr.
@@ -206,7 +213,10 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
         from .yank import state
 
         yank = state(arc, release.name, release.version)
-    click.echo(printable(str(report.folder)))
+    if as_json:
+        _echo_json(jsonout.pull_json(release, report, yank))
+    else:
+        click.echo(printable(str(report.folder)))
     if yank is not None:
         _complain("warning", f"{release.name} {release.version} is yanked: {yank.reason} (by {yank.by}, {yank.at})")
     removed = f", {len(report.removed)} removed" if exact else ""
@@ -221,7 +231,8 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-def status(folder: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (exit status as without).")
+def status(folder: Path, as_json: bool) -> None:
     """Tell whether FOLDER still matches the release pulled into it; exit 1 if not.
 
     Lists modified, missing and extra files (like `git status`; the exit status is that of
@@ -231,6 +242,9 @@ def status(folder: Path) -> None:
 
     report = folder_status(folder)
     pulled = report.pulled
+    if as_json:
+        _echo_json(jsonout.status_json(str(folder), report))
+        sys.exit(0 if report.clean else 1)
     click.echo(f"{folder}: {pulled.name} {pulled.version} (record {pulled.record_id[:19]}) from {pulled.archive}")
     for label, paths in (("modified", report.modified), ("missing", report.missing), ("extra", report.extra)):
         for path in paths:
@@ -240,44 +254,6 @@ def status(folder: Path) -> None:
         return
     click.echo(f"{len(report.modified)} modified, {len(report.missing)} missing, {len(report.extra)} extra")
     sys.exit(1)
-
-
-@cli.command(name="ls")
-@click.argument("name", required=False, shell_complete=complete_names)
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (see docs/json.md).")
-@click.pass_context
-def list_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
-    newest first, each with its date, message and yank."""
-    namespace = name[:-1] if name is not None and name.endswith("/") else None
-    with _open(ctx) as arc:
-        if name is None or namespace is not None:
-            lines = arc.names(namespace)
-            details = None
-        else:
-            from .listing import version_details
-
-            details = version_details(arc, name)
-            lines = [d.version for d in details]
-        if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
-            if namespace is None:
-                from .namespaces import no_release_named
-
-                raise no_release_named(arc, name)
-            raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
-    if as_json:
-        from .cli_pins import echo_json
-
-        echo_json({"names": lines} if details is None else {"name": name, "versions": [d.to_json() for d in details]})
-        return
-    for line in lines if details is None else map(_version_line, details):
-        click.echo(printable(line))
-
-
-def _version_line(info) -> str:
-    """``1.2.3  2026-01-02T03:04:05Z  message  [yanked: reason]``."""
-    yank = f"  [yanked: {info.yank.reason}]" if info.yank else ""
-    return f"{info.version:<12} {info.created}  {info.message or ''}{yank}".rstrip()
 
 
 @cli.command()
@@ -294,9 +270,7 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
         release = arc.resolve(name, range, include_prerelease=pre)
         yank = None if as_json else state(arc, release.name, release.version)
     if as_json:
-        text = json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
-        click.echo(printable_json(text))
-        return
+        return _echo_json(release.to_json())
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
         lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
@@ -314,8 +288,10 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
 @click.option("--full", is_flag=True, help="Re-hash every blob, not only check its size.")
 @click.option("--cache", "check_cache", is_flag=True, help="Verify the local cache instead (corrupt blobs are evicted).")
 @click.option("--repair", is_flag=True, help="Rewrite stale index files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (problems in it, not on stderr).")
 @click.pass_context
-def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool) -> None:
+def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool,
+           as_json: bool) -> None:
     """Check that releases are sound: records valid, every blob present (and intact with --full).
 
     Each problem is a line on stderr (``archive: error: ...``); the summary goes to stdout.
@@ -332,6 +308,9 @@ def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, 
             report = arc.verify(name, range, full=full, repair=repair, jobs=ctx.obj["jobs"],
                                 progress=ctx.obj["progress"])
         what = f"{report.releases} releases, {report.blobs} blobs ({format_size(report.bytes)})"
+    if as_json:
+        _echo_json(jsonout.verify_json(report, check_cache, full or check_cache))
+        ctx.exit(0 if report.ok else 1)
     for line in report.warnings:
         _complain("warning", line)
     for line in report.errors:
@@ -345,11 +324,14 @@ def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, 
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed.")
 @click.option("--grace", "grace_hours", type=FiniteFloat(min=0, max=MAX_GRACE_HOURS), default=24.0,
               show_default=True, help="Keep anything younger than this many hours (protects publishes in flight).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
+def gc(ctx: click.Context, dry_run: bool, grace_hours: float, as_json: bool) -> None:
     """Remove blobs no release references and stale temporary files."""
     with _open(ctx) as arc:
         report = arc.collect_garbage(grace_hours=grace_hours, dry_run=dry_run)
+    if as_json:
+        return _echo_json(jsonout.gc_json(report, dry_run, grace_hours))
     for key in report.removed:
         _report(f"{'would remove' if dry_run else 'removed'} {key}")
     for key in report.restored:

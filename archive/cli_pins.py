@@ -1,4 +1,4 @@
-"""The commands of pinning and housekeeping: ``lock``, ``sync``, ``yank``, ``unyank``, ``remote``.
+"""The commands for scripts and pinning: ``ls``, ``lock``, ``sync``, ``yank``, ``unyank``, ``remote``.
 
 Registered on the main group by :func:`register` (one line at the end of :mod:`archive.cli`),
 which also accepts the global options after a subcommand (``archive ls -a lab``). Like
@@ -8,20 +8,53 @@ which also accepts the global options after a subcommand (``archive ls -a lab``)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from . import cli as main_cli
-from .completion import complete_remotes
-from .terminal import printable, printable_json, stdout_is_unicode
+from .completion import complete_names, complete_remotes
+from .errors import ReleaseNotFoundError
+from .terminal import printable
 
 
-def echo_json(value: object) -> None:
-    """Print ``value`` as indented JSON on stdout (the ``--json`` output of a command)."""
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
-    click.echo(printable_json(text))
+echo_json = main_cli._echo_json
+
+
+@click.command(name="ls")
+@click.argument("name", required=False, shell_complete=complete_names)
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (see docs/json.md).")
+@click.pass_context
+def list_command(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
+    newest first, each with its date, message and yank."""
+    namespace = name[:-1] if name is not None and name.endswith("/") else None
+    with main_cli._open(ctx) as arc:
+        if name is None or namespace is not None:
+            lines = arc.names(namespace)
+            details = None
+        else:
+            from .listing import version_details
+
+            details = version_details(arc, name)
+            lines = [d.version for d in details]
+        if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
+            if namespace is None:
+                from .namespaces import no_release_named
+
+                raise no_release_named(arc, name)
+            raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
+    if as_json:
+        echo_json({"names": lines} if details is None else {"name": name, "versions": [d.to_json() for d in details]})
+        return
+    for line in lines if details is None else map(_version_line, details):
+        click.echo(printable(line))
+
+
+def _version_line(info) -> str:
+    """``1.2.3  2026-01-02T03:04:05Z  message  [yanked: reason]``."""
+    yank = f"  [yanked: {info.yank.reason}]" if info.yank else ""
+    return f"{info.version:<12} {info.created}  {info.message or ''}{yank}".rstrip()
 
 
 @click.command()
@@ -204,7 +237,7 @@ def add_global_options(command: click.Command) -> None:
 
 def register(cli: click.Group) -> None:
     """Add this module's commands to ``cli``, and the global options to every command."""
-    for command in (lock, sync, _yank_command("yank"), _yank_command("unyank"), remote):
+    for command in (list_command, lock, sync, _yank_command("yank"), _yank_command("unyank"), remote):
         cli.add_command(command)
     for command in cli.commands.values():
         add_global_options(command)
