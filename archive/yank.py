@@ -148,3 +148,30 @@ def _read(arc: "ArchiveInterface", key: str) -> YankMarker:
             or document["action"] not in _ACTIONS:
         raise IntegrityError(f"{key}: not a yank marker")
     return YankMarker(*(document[f] for f in fields))
+
+
+def copy_markers(source: "ArchiveInterface", target: "ArchiveInterface", releases: list[tuple[str, str]]) -> int:
+    """Copy to ``target`` the yank markers of ``releases`` (``(name, version)`` pairs) it lacks,
+    so that a mirror skips what its source skips; return how many were copied.
+
+    Costs one listing of ``yanks/NAME`` per name on the source, and one per yanked version on
+    both sides. A marker the target holds under the same number is left as it is.
+    """
+    if not source.listable:
+        return 0
+    copied = 0
+    wanted: dict[str, set[str]] = {}
+    for name, version in releases:
+        wanted.setdefault(name, set()).add(version)
+    for name, versions in wanted.items():
+        for version in set(source.list_keys(layout.yank_dir(name))) & versions:
+            have = {key.rsplit("/", 1)[-1] for key in _marker_keys(target, name, version)}
+            for key in _marker_keys(source, name, version):
+                if key.rsplit("/", 1)[-1] in have:
+                    continue
+                try:
+                    target.write_key(key, [source.read_key(key, MAX_MARKER_BYTES)], exclusive=True)
+                    copied += 1
+                except KeyExistsError:
+                    pass
+    return copied

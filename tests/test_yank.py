@@ -78,3 +78,16 @@ def test_ls_and_show_tell_the_yank(calib) -> None:
     assert "yanked" not in listing[1]
     shown = run("-a", calib.location, "show", "calib", "1.2.3").stdout
     assert "yanked   wrong gains (by ann" in shown
+
+
+def test_a_mirror_carries_the_yanks(calib, tmp_path: Path) -> None:
+    yank(calib, "calib", "1.2.3", "wrong gains", "ann")
+    target = str(tmp_path / "mirror")
+    assert run("mirror", calib.location, target, "--create").returncode == 0
+    with archive.get_interface(target) as copy:
+        assert copy.resolve("calib", "^1").version == "1.2.2"
+        assert [m.reason for m in history(copy, "calib", "1.2.3")] == ["wrong gains"]
+    unyank(calib, "calib", "1.2.3", "fine", "bob")
+    assert run("mirror", calib.location, target).returncode == 0  # a rerun adds the new marker only
+    with archive.get_interface(target) as copy:
+        assert copy.resolve("calib", "^1").version == "1.2.3"
