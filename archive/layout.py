@@ -99,3 +99,9 @@ def yank_key(name: str, version: str, number: int) -> str:
     """The ``number``-th yank or unyank marker of ``name`` ``version``: numbered, so the
     markers sort in the order they were written, whatever the clocks say."""
     return f"{yank_dir(name)}/{version}/{number:08d}.json"
+
+
+def yank_index_key(name: str) -> str:
+    """``yanks/NAME/index.json``: the yanked versions of ``name``, derived from the markers,
+    for storage that cannot list (a static web server)."""
+    return f"{yank_dir(name)}/{INDEX_FILE}"

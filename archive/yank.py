@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 MARKER_FORMAT = 1
 MAX_MARKER_BYTES = 64 * 1024
 MAX_REASON_CHARS = 2000
+MAX_INDEX_BYTES = 16 * 1024 * 1024
+INDEX_FORMAT = 1
 _ACTIONS = ("yank", "unyank")
 
 
@@ -89,17 +91,23 @@ def _append(arc: "ArchiveInterface", action: str, name: str, version: str, reaso
             break
         except KeyExistsError:
             number += 1
+    update_yank_index(arc, name)
     logger.info("%sed %s %s: %s", action, name, version, reason)
     return marker
 
 
 def history(arc: "ArchiveInterface", name: str, version: str) -> list[YankMarker]:
-    """Every yank and unyank of ``name`` ``version``, oldest first."""
+    """Every yank and unyank of ``name`` ``version``, oldest first (on storage that cannot
+    list: the yank in force only, from the yank index)."""
+    if not arc.listable:
+        return _indexed(arc, name, "history").get(version, [])
     return [_read(arc, key) for key in _marker_keys(arc, name, version)]
 
 
 def state(arc: "ArchiveInterface", name: str, version: str) -> YankMarker | None:
     """The marker that yanked ``name`` ``version``, or None if it is not yanked now."""
+    if not arc.listable:
+        return _indexed(arc, name).get(version)
     keys = _marker_keys(arc, name, version)
     last = _read(arc, keys[-1]) if keys else None
     return last if last is not None and last.action == "yank" else None
@@ -108,7 +116,7 @@ def state(arc: "ArchiveInterface", name: str, version: str) -> YankMarker | None
 def yanked(arc: "ArchiveInterface", name: str) -> dict[str, YankMarker]:
     """The versions of ``name`` that are yanked now, each with the marker that yanked it."""
     if not arc.listable:
-        return {}
+        return _indexed(arc, name)
     states = {}
     for version in arc.list_keys(layout.yank_dir(name)):
         if key_of(version) is None:
@@ -117,6 +125,43 @@ def yanked(arc: "ArchiveInterface", name: str) -> dict[str, YankMarker]:
         if marker is not None:
             states[version] = marker
     return states
+
+
+def update_yank_index(arc: "ArchiveInterface", name: str) -> None:
+    """Rewrite ``yanks/NAME/index.json`` from the markers (see :func:`archive.index.sync_index`:
+    markers are only ever added, so concurrent yanks converge to the truth)."""
+    from .index import sync_index
+
+    def list_now() -> list[str]:
+        return [key for version in arc.list_keys(layout.yank_dir(name)) if key_of(version) is not None
+                for key in _marker_keys(arc, name, version)]
+
+    def build(keys: set[str], old: dict) -> dict:
+        markers: dict[str, list[dict]] = {}
+        for key in sorted(keys):
+            markers.setdefault(key.rsplit("/", 2)[-2], []).append(_read(arc, key).to_json())
+        return {"format": INDEX_FORMAT, "name": name, "history": dict(sorted(markers.items())),
+                "yanked": {v: ms[-1] for v, ms in sorted(markers.items()) if ms[-1]["action"] == "yank"}}
+
+    sync_index(arc, layout.yank_index_key(name), list_now, build)
+
+
+def _indexed(arc: "ArchiveInterface", name: str, field: str = "yanked") -> dict:
+    """The yanks of ``name`` in force (``yanked``: version -> marker) or all of them
+    (``history``: version -> markers), as its yank index lists them (empty when it has none)."""
+    key = layout.yank_index_key(name)
+    try:
+        document = load_json(arc.read_key(key, MAX_INDEX_BYTES), key, MAX_INDEX_BYTES)
+    except KeyNotFoundError:
+        return {}
+    entries = document.get(field) if isinstance(document, dict) else None
+    if document.get("format") != INDEX_FORMAT or not isinstance(entries, dict):
+        raise IntegrityError(f"{key}: not a yank index of format {INDEX_FORMAT}")
+    if field == "yanked":
+        return {version: _marker_from(entry, key) for version, entry in entries.items()}
+    if not all(isinstance(markers, list) for markers in entries.values()):
+        raise IntegrityError(f"{key}: history must map versions to lists of markers")
+    return {version: [_marker_from(entry, key) for entry in markers] for version, markers in entries.items()}
 
 
 def is_exact(range_: str) -> bool:
@@ -132,8 +177,6 @@ def is_exact(range_: str) -> bool:
 
 def _marker_keys(arc: "ArchiveInterface", name: str, version: str) -> list[str]:
     folder = f"{layout.yank_dir(name)}/{version}"
-    if not arc.listable:
-        return []
     return [f"{folder}/{entry}" for entry in sorted(arc.list_keys(folder))
             if entry.endswith(".json") and entry[:-5].isdigit()]
 
@@ -143,6 +186,10 @@ def _read(arc: "ArchiveInterface", key: str) -> YankMarker:
         document = load_json(arc.read_key(key, MAX_MARKER_BYTES), key, MAX_MARKER_BYTES)
     except KeyNotFoundError:
         raise IntegrityError(f"{key}: yank marker vanished") from None
+    return _marker_from(document, key)
+
+
+def _marker_from(document: object, key: str) -> YankMarker:
     fields = ("action", "name", "version", "reason", "by", "at")
     if not isinstance(document, dict) or not all(isinstance(document.get(f), str) for f in fields) \
             or document["action"] not in _ACTIONS:
@@ -174,4 +221,5 @@ def copy_markers(source: "ArchiveInterface", target: "ArchiveInterface", release
                     copied += 1
                 except KeyExistsError:
                     pass
+        update_yank_index(target, name)
     return copied
