@@ -67,10 +67,10 @@ def test_a_malformed_lock_is_one_line(tmp_path: Path) -> None:
     assert "archive: error:" in run("sync", str(tmp_path / "missing.lock")).stderr
 
 
-def test_names_with_quotes_and_namespaces_round_trip(folder_archive, tmp_path: Path) -> None:
+def test_quotes_and_control_characters_round_trip(tmp_path: Path) -> None:
+    from archive.hashing import BlobId
     from archive.lock import Lock, LockEntry, write_lock
 
-    entry = LockEntry("team/calib", '>=1 "x" \x7f\\', "1.0.0", folder_archive.release_id.__self__ and
-                      archive.records.Release.create("a", "1.0.0", {}).record_id, 'C:\\data "a"')
+    entry = LockEntry("team/calib", '>=1 "x" \x7f\\ \t', "1.0.0", BlobId.of_bytes(b"x"), 'C:\\data "a" \u00e9')
     path = write_lock(Lock((entry,)), tmp_path / "archive.lock")
     assert archive.load_lock(path).entries == (entry,)
