@@ -2,16 +2,21 @@
 
 ``archive ls NAME`` reads each version's record (verified, as every read is) for its date and
 message, in parallel over the backend's connections, and the yank markers of the name once
-(see :mod:`archive.yank`).
+(see :mod:`archive.yank`). A version whose record cannot be read is listed without its
+details, with a warning naming the problem (``archive verify`` tells more).
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import IntegrityError
 from .yank import YankMarker, yanked
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -40,7 +45,11 @@ def version_details(arc: "ArchiveInterface", name: str) -> list[VersionInfo]:
     yanks = yanked(arc, name)
 
     def info(version: str) -> VersionInfo:
-        release = arc.get_release(name, version)
+        try:
+            release = arc.get_release(name, version)
+        except IntegrityError as exc:  # one damaged record must not hide the others: verify tells more
+            logger.warning("%s", exc)
+            return VersionInfo(version, "", "", None, yanks.get(version))
         message = release.metadata.get("message")
         return VersionInfo(version, str(release.record_id), release.created,
                            message if isinstance(message, str) else None, yanks.get(version))

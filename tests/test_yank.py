@@ -91,3 +91,13 @@ def test_a_mirror_carries_the_yanks(calib, tmp_path: Path) -> None:
     assert run("mirror", calib.location, target).returncode == 0  # a rerun adds the new marker only
     with archive.get_interface(target) as copy:
         assert copy.resolve("calib", "^1").version == "1.2.3"
+
+
+def test_ls_lists_a_version_whose_record_is_damaged_with_a_warning(calib) -> None:
+    from archive import layout
+
+    record = calib.release_id("calib", "1.2.2")
+    (Path(calib.location) / layout.blob_key(record)).write_bytes(b"{}")
+    result = run("-a", calib.location, "ls", "calib")
+    assert result.returncode == 0 and [line.split()[0] for line in result.stdout.splitlines()] == ["1.2.3", "1.2.2"]
+    assert "archive: warning: record" in result.stderr
