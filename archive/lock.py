@@ -36,6 +36,7 @@ from .versions import check_release_version
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
+    from .records import Release
 
 logger = logging.getLogger(__name__)
 LOCK_FILE = "archive.lock"
@@ -143,7 +144,7 @@ def _entry(item: object, what: str) -> LockEntry:
                      item["archive"])
 
 
-def check_pin(arc: "ArchiveInterface", entry: LockEntry):
+def check_pin(arc: "ArchiveInterface", entry: LockEntry) -> "Release":
     """The release ``entry`` pins, read from ``arc``; :class:`IntegrityError` unless its record
     id is the pinned one (the lock or the archive was altered, or this is another archive)."""
     release = arc.get_release(entry.name, entry.version)
