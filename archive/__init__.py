@@ -30,11 +30,13 @@ from .records import FileEntry, Release
 
 if TYPE_CHECKING:
     from .importers.rmellipse import ImportReport
+    from .lock import Lock
     from .placed import Status
 
 # Every exception of archive.errors is public: scripts catch them by name (a test checks that
 # each one is imported above).
 __all__ = sorted(["ArchiveInterface", "FileEntry", "Release", "download", "get_interface", "import_rmellipse",
+                  "load_lock",
                   "publish", "status",
                   *(name for name, value in vars(errors).items()
                     if isinstance(value, type) and issubclass(value, ArchiveError))])
@@ -56,6 +58,14 @@ def download(name: str, range: str = "*", dest: str | Path | None = None,
     """Download the highest version of ``name`` matching ``range``; return the folder."""
     with get_interface(location) as arc:
         return arc.download(name, range, dest)
+
+
+def load_lock(path: str | Path = "archive.lock") -> "Lock":
+    """The pins of the lock file at ``path`` (written by ``archive lock``); materialize them with
+    ``arc.sync(lock)``. See :mod:`archive.lock`."""
+    from .lock import load_lock as load
+
+    return load(path)
 
 
 def status(folder: str | Path) -> "Status":

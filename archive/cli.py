@@ -18,14 +18,16 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import ArchiveError, ReleaseNotFoundError
+from . import __version__, jsonout
+from .completion import COMPLETE_VAR, complete_names, complete_remotes, complete_versions
+from .errors import ArchiveError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
                        protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
 
@@ -42,8 +44,9 @@ MAX_GRACE_HOURS = 1e6
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
-@click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL",
-              help="Archive folder or URL [default: $ARCHIVE_URL, else a local archive in your data folder].")
+@click.option("--archive", "-a", "location", metavar="LOCATION", envvar="ARCHIVE_URL", shell_complete=complete_remotes,
+              help="Archive folder, URL or name (archive remote) [default: $ARCHIVE_URL, else the configured"
+              " default, else a local archive in your data folder].")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Parallel transfers.")
 @click.option("--verbose", "-v", count=True, help="More output; -v also shows tracebacks.")
 @click.option("--quiet", "-q", is_flag=True,
@@ -81,6 +84,12 @@ def _note(text: str) -> None:
     silent under ``-q``."""
     if _verbosity["level"] >= 0:
         click.echo(printable(text), err=True)
+
+
+def _echo_json(value: object) -> None:
+    """Print ``value`` as indented JSON on stdout: the ``--json`` output of a command (docs/json.md)."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
+    click.echo(printable_json(text))
 
 
 def _complain(kind: str, text: str) -> None:
@@ -170,8 +179,8 @@ def _user_name() -> str:
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("range", default="*")
+@click.argument("name", shell_complete=complete_names)
+@click.argument("range", default="*", shell_complete=complete_versions)
 @click.option("--to", "dest", type=click.Path(path_type=Path), help="Folder to write [default: a read-only folder in the cache].")
 @click.option("--force", is_flag=True, help="Replace files in the folder whose content differs.")
 @click.option("--exact", is_flag=True, help="Also remove the files an earlier pull placed that this release lacks"
@@ -183,9 +192,10 @@ def _user_name() -> str:
               " can, else copy (never shared with the cache); hard and symlink are instant but read-only.")
 @click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
               " the cache (needs --to; an archive on a local disk is never cached).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON instead of the folder.")
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, exact: bool, pre: bool,
-         expect: str | None, link: str, no_cache: bool) -> None:
+         expect: str | None, link: str, no_cache: bool, as_json: bool) -> None:
     """Download the highest version of NAME matching RANGE; print the folder.
 
     A summary (the version the range chose, files written and already there) goes to stderr.
@@ -200,7 +210,15 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
         release = arc.resolve(name, range, include_prerelease=pre, expect=expect)
         report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
                               progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
-    click.echo(printable(str(report.folder)))
+        from .yank import state
+
+        yank = state(arc, release.name, release.version)
+    if as_json:
+        _echo_json(jsonout.pull_json(release, report, yank))
+    else:
+        click.echo(printable(str(report.folder)))
+    if yank is not None:
+        _complain("warning", f"{release.name} {release.version} is yanked: {yank.reason} (by {yank.by}, {yank.at})")
     removed = f", {len(report.removed)} removed" if exact else ""
     _note(f"pulled {release.name} {release.version} (range {range}) into {report.folder}: "
           f"{report.files} files, {report.written} written, {report.already_there} already there{removed}")
@@ -213,7 +231,8 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-def status(folder: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (exit status as without).")
+def status(folder: Path, as_json: bool) -> None:
     """Tell whether FOLDER still matches the release pulled into it; exit 1 if not.
 
     Lists modified, missing and extra files (like `git status`; the exit status is that of
@@ -223,6 +242,9 @@ def status(folder: Path) -> None:
 
     report = folder_status(folder)
     pulled = report.pulled
+    if as_json:
+        _echo_json(jsonout.status_json(str(folder), report))
+        sys.exit(0 if report.clean else 1)
     click.echo(f"{folder}: {pulled.name} {pulled.version} (record {pulled.record_id[:19]}) from {pulled.archive}")
     for label, paths in (("modified", report.modified), ("missing", report.missing), ("extra", report.extra)):
         for path in paths:
@@ -234,42 +256,26 @@ def status(folder: Path) -> None:
     sys.exit(1)
 
 
-@cli.command(name="ls")
-@click.argument("name", required=False)
-@click.pass_context
-def list_command(ctx: click.Context, name: str | None) -> None:
-    """List release names, the names of one namespace (NAMESPACE/), or the versions of NAME,
-    newest first."""
-    namespace = name[:-1] if name is not None and name.endswith("/") else None
-    with _open(ctx) as arc:
-        lines = arc.names(namespace) if name is None or namespace is not None else arc.versions(name)
-        if name is not None and not lines:  # as `show` and `pull` say it, rather than print nothing
-            if namespace is None:
-                from .namespaces import no_release_named
-
-                raise no_release_named(arc, name)
-            raise ReleaseNotFoundError(f"no namespace {namespace!r} in {arc.location}")
-    for line in lines:
-        click.echo(printable(line))
-
-
 @cli.command()
-@click.argument("name")
-@click.argument("range", default="*")
+@click.argument("name", shell_complete=complete_names)
+@click.argument("range", default="*", shell_complete=complete_versions)
 @click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
 @click.option("--pre", is_flag=True, help="Let the range match prereleases.")
 @click.pass_context
 def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) -> None:
-    """Show the record of the highest version of NAME matching RANGE."""
+    """Show the record of the highest version of NAME matching RANGE, and its yank if yanked."""
+    from .yank import state
+
     with _open(ctx) as arc:
         release = arc.resolve(name, range, include_prerelease=pre)
+        yank = None if as_json else state(arc, release.name, release.version)
     if as_json:
-        text = json.dumps(release.to_json(), indent=2, sort_keys=True, ensure_ascii=not stdout_is_unicode())
-        click.echo(printable_json(text))
-        return
+        return _echo_json(release.to_json())
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
         lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")
+    if yank is not None:
+        lines.append(f"  yanked   {yank.reason} (by {yank.by}, {yank.at})")
     lines.append(f"  files    {len(release.files)}, {format_size(release.total_size)}")
     for path, entry in release.files.items():
         lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
@@ -277,13 +283,15 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.argument("range", required=False)
+@click.argument("name", required=False, shell_complete=complete_names)
+@click.argument("range", required=False, shell_complete=complete_versions)
 @click.option("--full", is_flag=True, help="Re-hash every blob, not only check its size.")
 @click.option("--cache", "check_cache", is_flag=True, help="Verify the local cache instead (corrupt blobs are evicted).")
 @click.option("--repair", is_flag=True, help="Rewrite stale index files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (problems in it, not on stderr).")
 @click.pass_context
-def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool) -> None:
+def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, check_cache: bool, repair: bool,
+           as_json: bool) -> None:
     """Check that releases are sound: records valid, every blob present (and intact with --full).
 
     Each problem is a line on stderr (``archive: error: ...``); the summary goes to stdout.
@@ -300,6 +308,9 @@ def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, 
             report = arc.verify(name, range, full=full, repair=repair, jobs=ctx.obj["jobs"],
                                 progress=ctx.obj["progress"])
         what = f"{report.releases} releases, {report.blobs} blobs ({format_size(report.bytes)})"
+    if as_json:
+        _echo_json(jsonout.verify_json(report, check_cache, full or check_cache))
+        ctx.exit(0 if report.ok else 1)
     for line in report.warnings:
         _complain("warning", line)
     for line in report.errors:
@@ -313,11 +324,14 @@ def verify(ctx: click.Context, name: str | None, range: str | None, full: bool, 
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be removed.")
 @click.option("--grace", "grace_hours", type=FiniteFloat(min=0, max=MAX_GRACE_HOURS), default=24.0,
               show_default=True, help="Keep anything younger than this many hours (protects publishes in flight).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, grace_hours: float) -> None:
+def gc(ctx: click.Context, dry_run: bool, grace_hours: float, as_json: bool) -> None:
     """Remove blobs no release references and stale temporary files."""
     with _open(ctx) as arc:
         report = arc.collect_garbage(grace_hours=grace_hours, dry_run=dry_run)
+    if as_json:
+        return _echo_json(jsonout.gc_json(report, dry_run, grace_hours))
     for key in report.removed:
         _report(f"{'would remove' if dry_run else 'removed'} {key}")
     for key in report.restored:
@@ -417,6 +431,10 @@ def _run(argv: list[str] | None) -> int:
     the way: it prints an empty line on Ctrl-C and turns EPIPE into exit status 1.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (click's protocol)
+        from .completion import shell_complete
+
+        return shell_complete(cli, os.environ[COMPLETE_VAR])
     try:
         with cli.make_context("archive", args) as ctx:
             cli.invoke(ctx)
@@ -445,3 +463,8 @@ def _run(argv: list[str] | None) -> int:
         return exc.exit_code
     _report_phases()
     return 0
+
+
+from .cli_pins import register  # noqa: E402  (the commands of pinning, yanking and named archives)
+
+register(cli)

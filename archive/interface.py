@@ -48,7 +48,9 @@ from .transfer import reporting
 from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
+    from .lock import Lock
     from .mirror import MirrorReport
+    from .offline import KnownReleases
     from .pins import SeenRecords
     from .publish import PublishStats
 
@@ -98,6 +100,8 @@ class ArchiveInterface(ABC):
         self.location = location
         #: Record ids seen before (:mod:`archive.pins`); ``get_interface`` sets the user's.
         self.seen: "SeenRecords | None" = None
+        #: Where verified records are kept for offline use (:mod:`archive.offline`); ``get_interface`` sets it.
+        self.known: "KnownReleases | None" = None
         #: The random id in ``archive.json`` (None before it was read, or in an older archive).
         self.archive_id: str | None = None
 
@@ -297,6 +301,8 @@ class ArchiveInterface(ABC):
                 f"record {record_id.short} stored as {name} {version} describes {release.name} {release.version}")
         if self.seen is not None:
             self.seen.check(self.identity, self.location, name, version, record_id)
+        if self.known is not None:
+            self.known.remember(self, release)
         return release
 
     def read_record(self, record_id: BlobId) -> Release:
@@ -316,6 +322,7 @@ class ArchiveInterface(ABC):
                 expect: str | None = None) -> Release:
         """The release of ``name`` with the highest version matching ``range``.
 
+        A yanked version (:mod:`archive.yank`) is skipped unless ``range`` names exactly it.
         ``expect`` pins the result: a record id (``sha256:...``) the release must have, as a
         lock file would hold it; anything else raises :class:`IntegrityError`.
 
@@ -332,9 +339,13 @@ class ArchiveInterface(ABC):
         versions = self.versions(name)
         if not versions:
             raise no_release_named(self, name)
-        best = spec.best(versions)
+        from .yank import is_exact, yanked
+
+        skipped = {} if is_exact(range) else yanked(self, name)  # ranges skip yanked versions
+        best = spec.best(v for v in versions if v not in skipped)
         if best is None:
             shown = ", ".join(versions[:8]) + (", ..." if len(versions) > 8 else "")
+            shown += f"; yanked: {', '.join(sorted(skipped))}" if skipped else ""
             raise NoMatchingVersionError(f"no version of {name!r} matches {range!r} (have {shown})")
         release = self.get_release(name, best)
         if expect is not None and release.record_id != BlobId.parse(expect):
@@ -368,6 +379,15 @@ class ArchiveInterface(ABC):
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
         return download(self, release, None if dest is None else Path(dest), force=force, link=link,
                         jobs=jobs, progress=progress, use_cache=use_cache, exact=exact)
+
+    def sync(self, lock: "Lock | str | Path" = "archive.lock", dest: str | Path | None = None, *,
+             jobs: int | None = None, progress: bool | None = None) -> dict[str, Path]:
+        """Materialize exactly the releases a lock pins, from this archive (or a mirror of the one
+        it was made on); see :func:`archive.lock.sync`."""
+        from .lock import load_lock, sync
+
+        return sync(lock if not isinstance(lock, (str, Path)) else load_lock(lock), self, dest, jobs=jobs,
+                    progress=progress)
 
     def verify(self, name: str | None = None, range: str | None = None, *, full: bool = False,
                repair: bool = False, jobs: int | None = None, progress: bool | None = None):

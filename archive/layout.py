@@ -10,6 +10,7 @@ which is the public contract for this layout)::
     releases/NAME/index.json          {"format": 1, "name": ..., "versions": {VERSION: record id}}
     releases/NAME/VERSION             one line: the record id, "sha256:<hex>"
     releases/@NAMESPACE/NAME/...      the same for a namespaced name ``NAMESPACE/NAME`` (format 2)
+    yanks/NAME/VERSION/NNNNNNNN.json  yank and unyank markers, create-only (see archive.yank)
     leases/ID                         blobs a publish in flight is reusing (see archive.gc)
     trash/sha256/ab/abcdef...         blobs gc has set aside, restored or removed by gc
     tmp/                              temporary files of writes in flight
@@ -35,6 +36,7 @@ INDEX_FILE = "index.json"
 TMP_DIR = "tmp"
 LEASES_DIR = "leases"
 TRASH_DIR = "trash"
+YANKS_DIR = "yanks"
 
 
 def blob_key(blob_id: BlobId) -> str:
@@ -86,3 +88,20 @@ def versions_index_key(name: str) -> str:
 
 def names_index_key() -> str:
     return INDEX_FILE
+
+
+def yank_dir(name: str) -> str:
+    """``yanks/NAME``: one folder per version that was ever yanked, holding its markers."""
+    return f"{YANKS_DIR}/{name_folder(name)}"
+
+
+def yank_key(name: str, version: str, number: int) -> str:
+    """The ``number``-th yank or unyank marker of ``name`` ``version``: numbered, so the
+    markers sort in the order they were written, whatever the clocks say."""
+    return f"{yank_dir(name)}/{version}/{number:08d}.json"
+
+
+def yank_index_key(name: str) -> str:
+    """``yanks/NAME/index.json``: the yanked versions of ``name``, derived from the markers,
+    for storage that cannot list (a static web server)."""
+    return f"{yank_dir(name)}/{INDEX_FILE}"

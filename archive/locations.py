@@ -1,8 +1,10 @@
 """``get_interface``: from a location string to the backend that serves it.
 
-A location is a path or ``file://`` URL today; ``sftp://``, ``http(s)://``, ``webdav(s)://``,
-``ftp(s)://`` and ``s3://`` are mapped to their backends as those arrive. No location means the default archive:
-``$ARCHIVE_URL`` if set, else a folder in the user data dir, created on first use. Any other
+A location is a path or a URL whose scheme picks the backend (``file://``, ``sftp://``,
+``http(s)://``, ``s3://``, ``webdav(s)://``, ``ftp(s)://``, or one a plugin adds), or the name
+of an archive in the config (:mod:`archive.config`). No location means the default archive:
+``$ARCHIVE_URL`` if set, else the config's default, else a folder in the user data dir, created
+on first use. Any other
 location must already hold an archive (``archive init`` creates one), so that a typo never
 scatters blobs into a random folder.
 """
@@ -36,10 +38,14 @@ _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)
 
 
 def default_location() -> str:
-    """``$ARCHIVE_URL``, else ``<user data dir>/archive``."""
-    location = os.environ.get("ARCHIVE_URL")
-    if location:
-        return location
+    """``$ARCHIVE_URL``, else the config's default archive, else :func:`builtin_location`."""
+    from .config import default_remote
+
+    return os.environ.get("ARCHIVE_URL") or default_remote() or builtin_location()
+
+
+def builtin_location() -> str:
+    """``<user data dir>/archive``: the archive used when nothing names one, created on first use."""
     import platformdirs
 
     return str(Path(platformdirs.user_data_dir("archive", appauthor=False)) / "archive")
@@ -59,7 +65,8 @@ def get_interface(location: str | os.PathLike[str] | None = None, user: str | No
     Parameters
     ----------
     location
-        A folder path or a URL (``file://``, ``sftp://``, ``http(s)://``); None for the default archive.
+        A folder path, a URL (``file://``, ``sftp://``, ``http(s)://``) or the name of a named
+        archive (:mod:`archive.config`); None for the default archive.
     user, password
         A login for the location, as if written in its URL (``sftp://user:password@host/...``).
     resolve_relative_paths_to
@@ -76,13 +83,15 @@ def get_interface(location: str | os.PathLike[str] | None = None, user: str | No
         Nothing there is an archive, and ``create`` is false.
     """
     if location is None:
-        create = create or not os.environ.get("ARCHIVE_URL")
         location = default_location()
-    arc = make_backend(with_login(os.fspath(location), user, password, resolve_relative_paths_to))
-    if create:
-        arc.initialize()
-    else:
-        arc.check_archive()
+        create = create or location == builtin_location()
+    from .config import named_location
+
+    location = named_location(os.fspath(location))  # a name of `archive remote add`
+    arc = make_backend(with_login(location, user, password, resolve_relative_paths_to))
+    from .offline import reachable_or_offline
+
+    arc = reachable_or_offline(arc, create)
     from .cache import default_cache
     from .pins import SeenRecords
 

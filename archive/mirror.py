@@ -25,6 +25,7 @@ from .namespaces import prepare_for_name
 from .records import Release
 from .transfer import make_progress, run_jobs, with_retries
 from .versions import parse_range, parse_version
+from .yank import copy_markers
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -68,6 +69,7 @@ def mirror(source: "ArchiveInterface", target: "ArchiveInterface", name: str | N
         conflicts = [conflict for release, record in releases if (conflict := _commit(target, release, record, report))]
     for each in sorted({release.name for release, _ in releases}):
         update_indexes(target, each)
+    copy_markers(source, target, [(release.name, release.version) for release, _ in releases])  # yanks too
     logger.info("mirrored %d releases from %s to %s (%d blobs copied, %d present)", len(report.copied),
                 source.location, target.location, report.blobs_copied, report.blobs_present)
     if conflicts:

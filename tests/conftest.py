@@ -24,7 +24,9 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
     monkeypatch.setenv("ARCHIVE_CACHE_DIR", str(home / "cache" / "archive"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.delenv("ARCHIVE_URL", raising=False)
+    monkeypatch.delenv("ARCHIVE_OFFLINE", raising=False)
     return home
 
 

@@ -343,6 +343,47 @@ class BackendContract:
         with pytest.raises(ReleaseNotFoundError):
             arc.resolve("nothing", "*")
 
+    # ------------------------------------------------------------- workflows (issue 13)
+    def test_yank_lock_and_sync(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        """A yanked version is skipped by a range, served exactly and to a lock; a lock whose
+        record id differs from the archive's is refused before anything is written."""
+        from archive.lock import Lock, LockEntry, make_lock, write_lock
+        from archive.yank import history, unyank, yank
+
+        for version in ("1.2.2", "1.2.3"):
+            arc.publish(make_tree(tmp_path / version, {"v": version.encode()}), "calib", version, progress=False)
+        yank(arc, "calib", "1.2.3", "wrong", "ann")
+        assert arc.resolve("calib", "^1").version == "1.2.2"
+        assert arc.resolve("calib", "1.2.3").version == "1.2.3"
+        pinned = Lock((LockEntry("calib", "1.2.3", "1.2.3", arc.release_id("calib", "1.2.3"), arc.location),))
+        assert (arc.sync(pinned, tmp_path / "out")["calib"] / "v").read_bytes() == b"1.2.3"
+        assert make_lock(arc, ["calib@^1"]).entries[0].version == "1.2.2"
+        tampered = write_lock(Lock((LockEntry("calib", "^1", "1.2.2", BlobId("0" * 64), arc.location),)),
+                              tmp_path / "archive.lock")
+        with pytest.raises(IntegrityError, match="lock pins"):
+            arc.sync(tampered, tmp_path / "out2")
+        assert not (tmp_path / "out2").exists()
+        unyank(arc, "calib", "1.2.3", "right after all", "bob")
+        assert arc.resolve("calib", "^1").version == "1.2.3"
+        assert [m.action for m in history(arc, "calib", "1.2.3")] == ["yank", "unyank"]
+
+    def test_offline_view_answers_from_the_cache(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        """Records read from this backend are kept, and the offline view resolves and pulls
+        from them and the cache's blobs alone; a version never read is not there."""
+        from archive.cache import default_cache
+        from archive.errors import NoMatchingVersionError
+        from archive.offline import KnownReleases, open_offline
+
+        for version in ("1.0.0", "1.1.0"):
+            arc.publish(make_tree(tmp_path / version, {"v": version.encode()}), "calib", version, progress=False)
+        arc.known = arc.known or KnownReleases(default_cache())
+        arc.download("calib", "1.0.0", progress=False)  # into the cache
+        offline = open_offline(arc.location, "test")
+        assert offline.versions("calib") == ["1.0.0"]
+        assert (offline.download("calib", "^1", tmp_path / "out", progress=False) / "v").read_bytes() == b"1.0.0"
+        with pytest.raises(NoMatchingVersionError, match="offline"):
+            offline.resolve("calib", "1.1.0")
+
 
 def _marker_version(arc: ArchiveInterface) -> int:
     return json.loads(arc.read_key(layout.MARKER_KEY, 4096))["version"]
