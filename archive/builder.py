@@ -114,6 +114,8 @@ class ReleaseBuilder:
         self._check_open()
         self._closed = True
         try:
+            if not self._sources:  # as a push of an empty folder is refused
+                raise InvalidInputError(f"nothing was added to {self.name} {self.version}: a release has files")
             self.release = publish_sources(self.arc, list(self._sources.values()), self.name, self.version,
                                            self.metadata, stat_cache=default_cache().stat_cache, **self._options)
         finally:
