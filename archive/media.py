@@ -16,6 +16,7 @@ Detection, in order, with no third-party library (libmagic is a C dependency):
 
 from __future__ import annotations
 
+import codecs
 import mimetypes
 
 #: Bytes of a file's head that detection looks at.
@@ -105,13 +106,11 @@ def _looks_like_text(head: bytes) -> bool:
     """True for a head with no NUL that is UTF-8, allowing a character cut at the end."""
     if b"\x00" in head:
         return False
-    for cut in range(4):  # a multi-byte character may straddle the end of the head
-        try:
-            head[:len(head) - cut].decode("utf-8")
-            return True
-        except UnicodeDecodeError:
-            continue
-    return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # an unfinished end is fine
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def media_type_of_file(location: str, path: str) -> str:
