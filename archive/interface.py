@@ -89,6 +89,10 @@ class ArchiveInterface(ABC):
     read_only: bool = False
     #: False for storage that cannot list keys; versions are then read from the index files.
     listable: bool = True
+    #: False where ``move_key`` is a copy then a delete (S3): a write landing between the two is
+    #: deleted. A publish then leases its new blobs and checks them again before its pointer
+    #: (:func:`archive.publish.publish_folder`), so a concurrent gc cannot take one of them.
+    atomic_moves: bool = True
 
     def __init__(self, location: str) -> None:
         #: Where the archive lives, safe to show (no secrets).

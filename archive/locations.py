@@ -1,7 +1,7 @@
 """``get_interface``: from a location string to the backend that serves it.
 
-A location is a path or ``file://`` URL today; ``sftp://``, ``http(s)://`` and ``s3://`` are
-mapped to their backends as those arrive. No location means the default archive:
+A location is a path or ``file://`` URL today; ``sftp://``, ``http(s)://``, ``webdav(s)://``,
+``ftp(s)://`` and ``s3://`` are mapped to their backends as those arrive. No location means the default archive:
 ``$ARCHIVE_URL`` if set, else a folder in the user data dir, created on first use. Any other
 location must already hold an archive (``archive init`` creates one), so that a typo never
 scatters blobs into a random folder.
@@ -28,7 +28,10 @@ ENTRY_POINT_GROUP = "archive.backends"
 _BACKENDS = {"": "archive.backends.filesystem:FileSystemArchive",
              "file": "archive.backends.filesystem:FileSystemArchive",
              "sftp": "archive.backends.sftp:SFTPArchive",
-             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive"}
+             "http": "archive.backends.http:HTTPArchive", "https": "archive.backends.http:HTTPArchive",
+             "s3": "archive.backends.s3:S3Archive",
+             "webdav": "archive.backends.webdav:WebDAVArchive", "webdavs": "archive.backends.webdav:WebDAVArchive",
+             "ftp": "archive.backends.ftp:FTPArchive", "ftps": "archive.backends.ftp:FTPArchive"}
 _HOST_AFTER_AT = re.compile(r"@(?:\[[0-9A-Fa-f:.]*\]|[^/?#@\[\]:]*)(?::[^/?#@]*)?(?=[/?#]|$)")
 
 

@@ -114,11 +114,12 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
     with lease(arc, (entry.blob for entry in reusable.values())):
         upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
                              started, stats)
-        stored = store_new_files(arc, [s for s in sources if s.path not in reusable], workers, progress,
-                                 stat_cache, stats)
+        new_sources = [s for s in sources if s.path not in reusable]
+        stored = store_new_files(arc, new_sources, workers, progress, stat_cache, stats)
         release = Release.create(name, version, with_modes({**reusable, **stored}, sources, latest.files),
                                  metadata)
-        committed = commit_release(arc, release)
+        with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
+            committed = commit_release(arc, release)
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
@@ -290,6 +291,25 @@ def _then_unchanged(chunks: Iterable[bytes], src: SourceFile, stream: BinaryIO) 
         size += len(chunk)
         yield chunk
     _check_unchanged(src, stream, size)
+
+
+@contextmanager
+def _guard_new_blobs(arc: "ArchiveInterface", sources: list[SourceFile], stored: Mapping[str, FileEntry],
+                     workers: int, progress: bool | None, hashed_at_ns: int, stats: PublishStats) -> Iterator[None]:
+    """Where moves are not atomic, keep a concurrent gc from deleting a blob just written.
+
+    gc moves an old unreferenced blob aside by copy then delete on such storage; a publish that
+    wrote the same content anew between the two loses it to the delete. Leasing the new blobs
+    and then checking them closes that: a delete before the check is seen (the blob is uploaded
+    again), one after it comes after the lease, which gc reads after its moves, and gc puts the
+    blob back. Storage with atomic moves needs neither (a rename never deletes a later write).
+    """
+    if arc.atomic_moves or not stored:
+        yield
+        return
+    with lease(arc, (entry.blob for entry in stored.values())):
+        upload_missing_blobs(arc, sources, stored, workers, progress, hashed_at_ns, stats)
+        yield
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],

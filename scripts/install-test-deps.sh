@@ -11,6 +11,7 @@ command -v ssh-agent >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)   # the web server of the HTTP tests
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)   # the benchmark's hashing anchor
 [ -x /usr/bin/time ] || need_apt+=(time)                      # the benchmark's peak-memory probe
+command -v rclone >/dev/null 2>&1 || need_apt+=(rclone)       # the S3 benchmark's anchor (bench/s3.py)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${need_apt[*]} with apt-get"
@@ -26,6 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# The test extra brings boto3 and moto's S3 server (tests/s3d.py starts it): nothing to apt-install.
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 # npm's reference semver, the oracle of the range property test (node comes from a pip wheel).

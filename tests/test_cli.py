@@ -92,9 +92,10 @@ def test_locations_that_are_not_archives(tmp_path: Path, sample_folder: Path) ->
     assert list((tmp_path / "plain").iterdir()) == []
     one_line_error(run("-a", str(tmp_path / "missing"), "ls"), 1, "is not an archive")
     assert not (tmp_path / "missing").exists()
-    one_line_error(run("-a", "ftp://host/x", "ls"), 1, "unsupported archive location")
+    one_line_error(run("-a", "nfs://host/x", "ls"), 1, "unsupported archive location")
     leaky = run("-a", "gopher://ann:hunter2@host/x", "ls")
-    one_line_error(leaky, 1, "'gopher://ann:***@host/x': use a folder path or a file://, http://, https://, sftp:// URL")
+    one_line_error(leaky, 1, "'gopher://ann:***@host/x': use a folder path or a file://, ftp://, ftps://, http://, https://,"
+                   " s3://, sftp://, webdav://, webdavs:// URL")
     assert "hunter2" not in leaky.stderr
 
 

@@ -14,6 +14,7 @@ from archive import layout
 from archive.errors import IntegrityError, ReleaseExistsError, ReleaseNotFoundError
 from tests.conftest import make_tree
 from tests.httpd import httpd  # noqa: F401 - fixtures
+from tests.s3d import s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures
 from tests.sshd import keyring_file, ssh_home, ssh_key_home, sshd  # noqa: F401 - fixtures
 from tests.test_publish import snapshot
 
@@ -139,3 +140,12 @@ def test_mirror_to_the_folder_of_a_web_server_reads_back_over_http(source, tmp_p
     result = run("mirror", source.location, str(httpd.root / "store"), "--create")
     assert result.returncode == 0, result.stderr
     assert pull_all_and_diff(source, httpd.url("store"), tmp_path) == 9
+
+
+def test_mirror_to_s3_reads_back_byte_identical(source, tmp_path: Path, s3_env, s3_bucket: str) -> None:  # noqa: F811
+    """The way a lab moves a folder archive to object storage: mirror, then read it back from S3."""
+    url = s3_env.location(s3_bucket, "team/archive")
+    result = run("mirror", source.location, url, "--create")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mirrored 9 releases")
+    assert pull_all_and_diff(source, url, tmp_path) == 9

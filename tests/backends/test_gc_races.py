@@ -40,6 +40,7 @@ class Hooked(ArchiveInterface):
         super().__init__(inner.location)
         self.inner = inner
         self.seen = inner.seen
+        self.atomic_moves = inner.atomic_moves
         self._hooks: list[tuple[str, Callable[[str], bool], Callable[[], None]]] = []
 
     def after(self, primitive: str, when: Callable[[str], bool], action: Callable[[], None]) -> None:
@@ -78,18 +79,26 @@ class Hooked(ArchiveInterface):
         self._fire("move_key", source)
 
 
-@pytest.fixture(params=["folder", "sftp"])
+@pytest.fixture(params=["folder", "sftp", "s3"])
 def arc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterable[ArchiveInterface]:
     """An archive on each backend holding release 1.0.0 of one file of SIZE bytes."""
     store = tmp_path / "store"
     if request.param == "folder":
         location = str(store)
-    else:
+    elif request.param == "sftp":
         request.getfixturevalue("ssh_key_home")
         location = request.getfixturevalue("sshd").url(store)
+    else:
+        location = request.getfixturevalue("s3_env").location(request.getfixturevalue("s3_bucket"), "store")
     with archive.get_interface(location, create=True) as backend:
         backend.publish(make_tree(tmp_path / "v1", {"data.bin": b"1" * SIZE}), "calib", "1.0.0", progress=False)
-        backend.store_root = store  # the same folder, seen from this machine
+        if request.param == "s3":
+            from tests.backends.test_s3 import set_mtime
+
+            backend.set_mtime = lambda key, mtime: set_mtime(request.getfixturevalue("s3_env"), backend.bucket,
+                                                             backend, key, mtime)
+        else:  # the same folder, seen from this machine
+            backend.set_mtime = lambda key, mtime: os.utime(store / key, (mtime, mtime))
         yield backend
 
 
@@ -97,8 +106,7 @@ def orphan(arc: ArchiveInterface, data: bytes) -> BlobId:
     """Store ``data`` as a blob no release references, last touched two days ago (a killed publish)."""
     blob = BlobId.of_bytes(data)
     arc.write_key(layout.blob_key(blob), [data])
-    path = arc.store_root / layout.blob_key(blob)
-    os.utime(path, (time.time() - OLD, time.time() - OLD))
+    arc.set_mtime(layout.blob_key(blob), time.time() - OLD)
     return blob
 
 

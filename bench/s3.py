@@ -1,0 +1,202 @@
+"""S3 backend beside ``rclone copy``, on one S3-compatible server: ``python -m bench.s3 [--quick]``.
+
+Starts the S3 server the tests use (:mod:`tests.s3d`: moto's server) on 127.0.0.1, then times, alternating
+each archive command with the rclone command it competes with, ``--repeat`` times:
+
+* push and pull of 1 GiB as 256 files of 4 MiB (16 MiB as 16 x 1 MiB with ``--quick``):
+  ``archive push`` against ``rclone copy DIR remote:bucket/path``, and ``archive pull`` (into
+  an empty cache, and with ``--no-cache``) against ``rclone copy remote:bucket/path DIR``;
+* the same for 10,000 files of 4 KiB (200 with ``--quick``).
+
+Both sides are real commands in child processes, each opening its own connections, against
+the same server in the same run; rclone runs with its defaults (4 transfers, 8 checkers), the
+archive with its own (the backend's ``max_workers``). It prints median seconds, the ratio
+(rclone seconds / archive seconds: above 1 means archive is faster) and the archive command's
+peak RSS. An archive push hashes every byte and writes a record; an rclone copy only moves
+bytes. Numbers vary by machine and with the server: they belong in docs/performance.md,
+never in test asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.datasets import KIB, MIB, make_random_folder
+from bench.measure import RSS_IS_EXACT, Sample, run_timed
+
+REPO = Path(__file__).resolve().parents[1]
+RCLONE_REMOTE = "benchs3"  # configured by environment variables only: no rclone.conf is written
+
+
+@dataclass(frozen=True)
+class DataSet:
+    label: str
+    count: int
+    size: int
+
+
+@dataclass
+class Row:
+    """One archive command beside the rclone command it competes with."""
+
+    label: str
+    ours: list[Sample] = field(default_factory=list)
+    theirs: list[Sample] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """rclone's median seconds over the archive's: above 1, the archive is faster."""
+        return _median(self.theirs) / _median(self.ours)
+
+    def line(self) -> str:
+        rss = max(s.max_rss_kib for s in self.ours) / 1024
+        return (f"{self.label:<48} {_median(self.ours):>9.2f} {_median(self.theirs):>9.2f} {self.ratio:>8.2f}x"
+                f" {rss:>7.0f} MiB")
+
+
+def _median(samples: list[Sample]) -> float:
+    return statistics.median(s.seconds for s in samples)
+
+
+class Runner:
+    """The two commands under test, pointed at one server and bucket."""
+
+    def __init__(self, endpoint: str, bucket: str, env: dict[str, str], work: Path, jobs: int | None) -> None:
+        self.endpoint, self.bucket, self.work, self.jobs = endpoint, bucket, work, jobs
+        self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(endpoint, env)}
+
+    def location(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint={self.endpoint}"
+
+    def archive(self, prefix: str, *args: str, cache: Path | None = None) -> Sample:
+        env = {**self.env, "ARCHIVE_CACHE_DIR": str(cache or self.work / "cache")}
+        jobs = ["--jobs", str(self.jobs)] if self.jobs else []
+        argv = [sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", self.location(prefix), *jobs, *args]
+        return run_timed(argv, env=env)
+
+    def init(self, prefix: str) -> None:
+        run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env=self.env)
+
+    def rclone(self, source: str, target: str) -> Sample:
+        return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
+
+    def remote(self, prefix: str) -> str:
+        return f"{RCLONE_REMOTE}:{self.bucket}/{prefix}"
+
+    def fresh(self, label: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
+
+
+def _rclone_env(endpoint: str, env: dict[str, str]) -> dict[str, str]:
+    """rclone's remote ``benchs3``: the same server and credentials the archive gets."""
+    prefix = f"RCLONE_CONFIG_{RCLONE_REMOTE.upper()}_"
+    return {prefix + "TYPE": "s3", prefix + "PROVIDER": "Other", prefix + "ENDPOINT": endpoint,
+            prefix + "ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+            prefix + "SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"],
+            prefix + "REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"), prefix + "FORCE_PATH_STYLE": "true"}
+
+
+def bench_data_set(runner: Runner, data: DataSet, reps: int) -> list[Row]:
+    """Push, pull (empty cache) and pull --no-cache of ``data``, each beside rclone copy."""
+    src = make_random_folder(runner.work / "src", data.count, data.size, per_folder=100)
+    rows = [Row(f"{data.label} push: archive push vs rclone copy"),
+            Row(f"{data.label} pull: archive pull vs rclone copy"),
+            Row(f"{data.label} pull: pull --no-cache vs rclone copy")]
+    try:
+        for _ in range(reps):
+            prefix = f"run-{uuid.uuid4().hex[:8]}"
+            local = runner.fresh("local")
+            runner.init(f"{prefix}/archive")
+            rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{prefix}/rclone")))
+            rows[0].ours.append(runner.archive(f"{prefix}/archive", "push", str(src), "bench", "1.0.0"))
+            rows[1].theirs.append(runner.rclone(runner.remote(f"{prefix}/rclone"), str(local / "rclone")))
+            rows[1].ours.append(runner.archive(f"{prefix}/archive", "pull", "bench", "1.0.0",
+                                               "--to", str(local / "pulled"), cache=local / "cache"))
+            _same_files(src, local / "rclone", local / "pulled")
+            rows[2].theirs.append(rows[1].theirs[-1])
+            rows[2].ours.append(runner.archive(f"{prefix}/archive", "pull", "bench", "1.0.0", "--no-cache",
+                                               "--to", str(local / "direct"), cache=local / "cache2"))
+            shutil.rmtree(local)
+    finally:
+        shutil.rmtree(src)
+    return rows
+
+
+def _same_files(src: Path, *copies: Path) -> None:
+    """Both sides really moved every file (names and sizes; the archive's own ``.archive/`` aside):
+    a benchmark of a broken copy judges nothing."""
+    def listing(root: Path) -> list[tuple[str, int]]:
+        return sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")
+                      if p.is_file() and p.relative_to(root).parts[0] != ".archive")
+
+    expected = listing(src)
+    for copy in copies:
+        found = listing(copy)
+        if found != expected:
+            raise RuntimeError(f"{copy}: {len(found)} files, expected {len(expected)} (or sizes differ)")
+
+
+def data_sets(quick: bool) -> list[DataSet]:
+    if quick:
+        return [DataSet("16 x 1 MiB", 16, 1 * MIB), DataSet("200 x 4 KiB", 200, 4 * KIB)]
+    return [DataSet("256 x 4 MiB (1 GiB)", 256, 4 * MIB), DataSet("10,000 x 4 KiB", 10_000, 4 * KIB)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.s3", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="16 MiB and 200 files (a smoke run)")
+    parser.add_argument("--repeat", type=int, default=None, help="repetitions, medians shown [3; quick: 1]")
+    parser.add_argument("--jobs", type=int, default=None, help="the archive's parallel transfers [its default]")
+    parser.add_argument("--only", choices=["large", "small"], default=None, help="run one data set only")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    """Start the server, run the chosen data sets against one fresh bucket, stop the server."""
+    from tests.s3d import new_bucket, start_s3_server, stop_s3_server
+
+    reps = args.repeat or (1 if args.quick else 3)
+    chosen = data_sets(args.quick)
+    chosen = chosen[:1] if args.only == "large" else chosen[1:] if args.only == "small" else chosen
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
+        work = Path(tmp)
+        server = start_s3_server(work / "server")
+        try:
+            # a plain-HTTP server on loopback: a CA bundle set for the machine does not apply (and
+            # rclone refuses to start with AWS_CA_BUNDLE set on its transport)
+            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+            env.update(server.env(), AWS_EC2_METADATA_DISABLED="true",
+                       AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
+            runner = Runner(server.endpoint, new_bucket(server), env, work, args.jobs)
+            return [row for data in chosen for row in bench_data_set(runner, data, reps)]
+        finally:
+            stop_s3_server(server)
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(f"{'workload':<48} {'archive s':>9} {'rclone s':>9} {'ratio':>9} {'arc RSS':>11}")
+    for row in rows:
+        print(row.line())
+    exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
+    print(f"ratio: rclone seconds / archive seconds (above 1: archive faster); arc RSS: peak of the archive"
+          f" command ({exact}); load after: {os.getloadavg()[0]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if shutil.which("rclone") is None:
+        raise SystemExit("bench.s3: rclone is not installed (Debian package rclone)")
+    print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
+    print_rows(run(args))
+
+
+if __name__ == "__main__":
+    main()
