@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import InvalidInputError, InvalidPathError
+from .placed import is_reserved
 from .records import Release, check_metadata, check_name, check_path, check_paths
 from .scan import SourceFile, scan_folder
 from .versions import check_release_version
@@ -97,6 +98,9 @@ class ReleaseBuilder:
         """Note one file, refusing a path that is unsafe or clashes with one added before."""
         self._check_open()
         check_path(source.path)
+        if is_reserved(source.path):  # as push leaves a top-level .archive/ out: no pull could place it
+            raise InvalidPathError(f"{source.path!r}: '.archive' at the top of a release is reserved for the record"
+                                   " of what a pull placed")
         if source.path in self._sources:
             raise InvalidPathError(f"{source.path!r} is added twice to {self.name} {self.version}")
         check_paths([*self._sources, source.path])

@@ -70,6 +70,7 @@ def test_the_block_publishes_every_kind_of_addition(folder_archive, tmp_path: Pa
     (lambda rel, f: (rel.add(f, as_="a"), rel.add(f, as_="a/b")), "needs it to be a folder"),
     (lambda rel, f: rel.add(f, as_="../escape"), "unsafe path"),
     (lambda rel, f: rel.add_bytes(b"1", as_="/abs"), "unsafe path"),
+    (lambda rel, f: rel.add(f, as_=".archive/pulled.json"), "reserved"),
 ])
 def test_bad_paths_are_refused_at_the_add_and_nothing_is_published(folder_archive, tmp_path: Path, adding,
                                                                   error: str) -> None:
