@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from . import errors
 from .errors import (ArchiveError, AuthenticationError, BackendError, BackendUnavailableError,
                      BlobNotFoundError, CredentialsError, DestinationConflictError, DestinationError,
-                     FolderProblemsError,                      HostKeyError, IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError,
+                     FileNotInReleaseError, FolderProblemsError, HostKeyError, IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError,
                      InvalidRangeError, InvalidVersionError, KeyExistsError, KeyNotFoundError,
                      NoMatchingVersionError, NotAnArchiveError, NotFoundError, ReadOnlyArchiveError,
                      ReleaseExistsError, ReleaseNotFoundError, StorageFullError,

@@ -26,8 +26,9 @@ from pathlib import Path
 import click
 
 from . import __version__, jsonout
+from .cli_files import part_options, pull_part, shown_with_previous
 from .completion import COMPLETE_VAR, complete_names, complete_remotes, complete_versions
-from .errors import ArchiveError
+from .errors import ArchiveError, ReleaseNotFoundError
 from .terminal import (FiniteFloat, Interrupts, PrintableFormatter, format_size, printable, printable_json,
                        protect_streams, silence_stdout, stdout_closed, stdout_is_unicode)
 
@@ -193,9 +194,11 @@ def _user_name() -> str:
 @click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
               " the cache (needs --to; an archive on a local disk is never cached).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON instead of the folder.")
+@part_options
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, exact: bool, pre: bool,
-         expect: str | None, link: str, no_cache: bool, as_json: bool) -> None:
+         expect: str | None, link: str, no_cache: bool, as_json: bool, include: tuple[str, ...],
+         exclude: tuple[str, ...], prefetch: bool) -> None:
     """Download the highest version of NAME matching RANGE; print the folder.
 
     A summary (the version the range chose, files written and already there) goes to stderr.
@@ -207,7 +210,10 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
     if exact and dest is None:
         raise click.UsageError("--exact needs --to: a folder without --to always equals its release")
     with _open(ctx) as arc:
-        release = arc.resolve(name, range, include_prerelease=pre, expect=expect)
+        release = pull_part(ctx, arc, arc.resolve(name, range, include_prerelease=pre, expect=expect), include,
+                            exclude, prefetch, dest)
+        if release is None:  # --prefetch: the cache is filled, no folder written
+            return
         report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
                               progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
         from .yank import state
@@ -269,6 +275,7 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
     with _open(ctx) as arc:
         release = arc.resolve(name, range, include_prerelease=pre)
         yank = None if as_json else state(arc, release.name, release.version)
+        shared = [] if as_json else shown_with_previous(arc, release)
     if as_json:
         return _echo_json(release.to_json())
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
@@ -277,6 +284,7 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
     if yank is not None:
         lines.append(f"  yanked   {yank.reason} (by {yank.by}, {yank.at})")
     lines.append(f"  files    {len(release.files)}, {format_size(release.total_size)}")
+    lines += shared
     for path, entry in release.files.items():
         lines.append(f"    {format_size(entry.size):>10}  {entry.blob.short}  {path}")
     click.echo("\n".join(printable(line) for line in lines))
@@ -380,6 +388,10 @@ def import_command(ctx: click.Context, source: str, kind: str, dry_run: bool) ->
         _report(f"imported {plural(len(report.imported), 'release')} ({len(report.present)} present already):"
                 f" {plural(report.blobs_read, 'blob')} checked, {plural(report.blobs_stored, 'blob')},"
                 f" {format_size(report.bytes_stored)} stored")
+
+
+from .cli_files import register  # noqa: E402  (cat, diff, stats: archive/cli_files.py)
+register(cli)
 
 
 def _report_phases() -> None:

@@ -37,6 +37,7 @@ from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
 from .records import FileEntry, Release
+from .selection import PartOfRelease
 from .statcache import identity
 from .transfer import make_progress, reporting, run_jobs, with_retries
 
@@ -112,6 +113,8 @@ def pull(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force:
     if not use_cache and (dest is None or link not in INDEPENDENT_MODES):
         raise InvalidInputError("a pull without the cache needs a destination folder and a link mode"
                                 f" that makes independent files ({', '.join(sorted(INDEPENDENT_MODES))})")
+    if dest is None and isinstance(release, PartOfRelease):
+        raise InvalidInputError("a pull of part of a release (--include/--exclude) needs a destination folder (--to)")
     cache.clean_stale()
     if dest is None:
         return _snapshot(arc, release, cache, workers, progress)

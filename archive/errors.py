@@ -53,6 +53,10 @@ class NotFoundError(ArchiveError, LookupError):
     """Something asked for is not in the archive."""
 
 
+class FileNotInReleaseError(NotFoundError):
+    """A release has no file at the path asked for (``open``, ``fetch``, ``cat``)."""
+
+
 class KeyNotFoundError(NotFoundError):
     """A backend has no object under the requested key."""
 

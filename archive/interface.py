@@ -37,7 +37,7 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from . import layout
 from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
@@ -49,6 +49,7 @@ from .versions import parse_range, parse_version, sort_versions
 
 if TYPE_CHECKING:
     from .lock import Lock
+    from .builder import ReleaseBuilder
     from .mirror import MirrorReport
     from .offline import KnownReleases
     from .pins import SeenRecords
@@ -372,11 +373,17 @@ class ArchiveInterface(ABC):
     def download(self, name: str, range: str = "*", dest: str | Path | None = None, *,
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,
                  link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-                 use_cache: bool = True, exact: bool = False) -> Path:
-        """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`."""
+                 use_cache: bool = True, exact: bool = False, include: Iterable[str] = (),
+                 exclude: Iterable[str] = ()) -> Path:
+        """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`.
+
+        ``include``/``exclude``: gitignore patterns; only the matching files are fetched and
+        placed (see :mod:`archive.selection`; needs ``dest``)."""
         from .download import download
+        from .selection import select_files
 
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
+        release = select_files(release, include, exclude)
         return download(self, release, None if dest is None else Path(dest), force=force, link=link,
                         jobs=jobs, progress=progress, use_cache=use_cache, exact=exact)
 
@@ -402,18 +409,35 @@ class ArchiveInterface(ABC):
 
         return collect_garbage(self, grace_hours=grace_hours, dry_run=dry_run)
 
-    @contextmanager
-    def open(self, name: str, path: str, range: str = "*", *,
-             include_prerelease: bool = False) -> Iterator[BinaryIO]:
-        """Open one file of a release for reading, through the verified local cache."""
-        from .cache import default_cache
+    def new_release(self, name: str, version: str, metadata: Mapping[str, Any] | None = None, *,
+                    jobs: int | None = None, progress: bool | None = None) -> "ReleaseBuilder":
+        """A release to fill in a ``with`` block, published all or nothing; see :mod:`archive.builder`."""
+        from .builder import ReleaseBuilder
 
-        release = self.resolve(name, range, include_prerelease=include_prerelease)
-        entry = release.files.get(path)
-        if entry is None:
-            raise ReleaseNotFoundError(f"{release.name} {release.version} has no file {path!r}")
-        with open(default_cache().verified_path(self, entry.blob, entry.size), "rb") as stream:
+        return ReleaseBuilder(self, name, version, metadata, jobs=jobs, progress=progress)
+
+    @contextmanager
+    def open(self, name: str, path: str, range: str = "*", *, encoding: str | None = None,
+             include_prerelease: bool = False) -> Iterator[IO[Any]]:
+        """Open one file of a release, binary (or text with ``encoding``); see :mod:`archive.single`."""
+        from .single import open_file
+
+        with open_file(self, name, path, range, encoding=encoding, include_prerelease=include_prerelease) as stream:
             yield stream
+
+    def fetch(self, name: str, path: str, range: str = "*", *, include_prerelease: bool = False) -> Path:
+        """A verified, read-only local copy of one file of a release; see :func:`archive.single.fetch_file`."""
+        from .single import fetch_file
+
+        return fetch_file(self, name, path, range, include_prerelease=include_prerelease)
+
+    def prefetch(self, name: str, range: str = "*", *, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                 include_prerelease: bool = False, jobs: int | None = None, progress: bool | None = None) -> Release:
+        """Fill the cache with a release's blobs, writing no folder; see :func:`archive.single.prefetch`."""
+        from .single import prefetch
+
+        return prefetch(self, self.resolve(name, range, include_prerelease=include_prerelease), include=include,
+                        exclude=exclude, jobs=jobs, progress=progress)
 
     def mirror_to(self, target: "ArchiveInterface", name: str | None = None, range: str | None = None, *,
                   jobs: int | None = None, progress: bool | None = None) -> "MirrorReport":

@@ -25,6 +25,7 @@ from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsE
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .leases import lease
+from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
 from .records import FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
@@ -83,12 +84,25 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     """
     check_name(name)
     version = check_release_version(version)
+    check_metadata(metadata)  # bad input is refused before the folder is read
+    return publish_sources(arc, scan_folder(folder, exclude), name, version, metadata, jobs=jobs,
+                           progress=progress, stat_cache=stat_cache, stats=stats)
+
+
+def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: str, version: str,
+                    metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
+                    progress: bool | None = None, stat_cache: StatCache | None = None,
+                    stats: PublishStats | None = None) -> Release:
+    """:func:`publish` of files already gathered (by a scan, or by :mod:`archive.builder`)."""
+    check_name(name)
+    version = check_release_version(version)
     check_metadata(metadata)
-    sources = scan_folder(folder, exclude)
     stats = stats if stats is not None else PublishStats()
     stats.files, stats.bytes = len(sources), sum(s.size for s in sources)
+    latest = EarlierRelease(arc, name)
     if arc.has_key(layout.release_key(name, version)):
-        entries = with_modes(hash_sources(sources, progress, stat_cache), sources)
+        same = EarlierRelease(arc, name, version)
+        entries = with_modes(hash_sources(sources, progress, stat_cache), sources, same.files)
         existing = _existing_release(arc, Release.create(name, version, entries, metadata))
         if existing is not None:
             update_indexes(arc, name)
@@ -96,19 +110,40 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
             return existing
     workers = jobs or arc.max_workers
     started = time.time_ns()
-    reusable = reusable_entries(arc, name, sources, progress, stat_cache)
+    reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
         upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
                              started, stats)
         new_sources = [s for s in sources if s.path not in reusable]
         stored = store_new_files(arc, new_sources, workers, progress, stat_cache, stats)
-        release = Release.create(name, version, with_modes({**reusable, **stored}, sources), metadata)
+        release = Release.create(name, version, with_modes({**reusable, **stored}, sources, latest.files),
+                                 metadata)
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
             committed = commit_release(arc, release)
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
     return committed
+
+
+class EarlierRelease:
+    """The files of an earlier release of a name (the latest, or one ``version``), read once and
+    only when first asked: a hint (sizes, media types), so one that cannot be read has none."""
+
+    def __init__(self, arc: "ArchiveInterface", name: str, version: str | None = None) -> None:
+        self._arc, self._name, self._version = arc, name, version
+        self._files: Mapping[str, FileEntry] | None = None
+
+    def files(self) -> Mapping[str, FileEntry]:
+        if self._files is None:
+            self._files = {}
+            try:
+                versions = [self._version] if self._version else self._arc.versions(self._name)
+                if versions:
+                    self._files = self._arc.get_release(self._name, versions[0]).files
+            except ArchiveError as exc:
+                logger.info("not using the latest release of %s as a hint: %s", self._name, exc)
+        return self._files
 
 
 def hash_sources(sources: list[SourceFile], progress: bool | None = None,
@@ -125,10 +160,11 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None,
     try:
         def job(source: SourceFile) -> FileEntry:
             with _opened(source) as stream:
+                media_type = _peek_media_type(stream, source)
                 blob, size = hash_stream(stream, bar.advance)
                 _check_unchanged(source, stream, size)
             bar.file_done()
-            return FileEntry(blob, size)
+            return FileEntry(blob, size, media_type=media_type)
 
         hashed = dict(zip((s.path for s in todo), run_jobs([lambda s=s: job(s) for s in todo], os.cpu_count() or 2)))
     finally:
@@ -138,7 +174,8 @@ def hash_sources(sources: list[SourceFile], progress: bool | None = None,
 
 
 def reusable_entries(arc: "ArchiveInterface", name: str, sources: list[SourceFile],
-                     progress: bool | None = None, known: StatCache | None = None) -> dict[str, FileEntry]:
+                     progress: bool | None = None, known: StatCache | None = None,
+                     latest: "EarlierRelease | None" = None) -> dict[str, FileEntry]:
     """Entries of the files whose blob may be stored already: those the stat cache knows
     unchanged, and those of the same size as a file of the latest release of ``name``.
 
@@ -150,7 +187,8 @@ def reusable_entries(arc: "ArchiveInterface", name: str, sources: list[SourceFil
     """
     remembered = _remembered(sources, known)
     rest = [s for s in sources if s.path not in remembered]
-    seen_sizes = _sizes_of_latest(arc, name) if rest else frozenset()
+    latest = latest or EarlierRelease(arc, name)
+    seen_sizes = frozenset(e.size for e in latest.files().values()) if rest else frozenset()
     likely = [s for s in rest if s.size in seen_sizes]
     return {**remembered, **(hash_sources(likely, progress, known) if likely else {})}
 
@@ -197,22 +235,6 @@ def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[
         known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
 
 
-def _sizes_of_latest(arc: "ArchiveInterface", name: str) -> frozenset[int]:
-    """Sizes of the files in the latest release of ``name``.
-
-    Only a hint (see :func:`reusable_entries`): a release that cannot be read gives none.
-    """
-    try:
-        versions = arc.versions(name)
-        latest = arc.get_release(name, versions[0]) if versions else None
-    except ArchiveError as exc:
-        logger.info("not using the latest release of %s to spare uploads: %s", name, exc)
-        return frozenset()
-    if latest is None:
-        return frozenset()
-    return frozenset(e.size for e in latest.files.values())
-
-
 def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any) -> FileEntry:
     """Hash and store one file, from one read."""
     with _opened(src) as stream:
@@ -220,13 +242,21 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any) -> FileE
             data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
             _check_unchanged(src, stream, len(data))
             bar.advance(len(data))
-            entry = FileEntry(BlobId.of_bytes(data), len(data))
+            entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
             arc.write_key(layout.blob_key(entry.blob), [data])
             return entry
+        media_type = _peek_media_type(stream, src)
         hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
         arc.write_key(lambda: layout.blob_key(hashing.blob_id),
                       _then_unchanged(hashing, src, stream))
-        return FileEntry(hashing.blob_id, hashing.size)
+        return FileEntry(hashing.blob_id, hashing.size, media_type=media_type)
+
+
+def _peek_media_type(stream: BinaryIO, src: SourceFile) -> str:
+    """The media type of an open file from its head, leaving it at its start (no second open)."""
+    media_type = detect_media_type(stream.read(HEAD_BYTES), src.path)
+    stream.seek(0)
+    return media_type
 
 
 @contextmanager

@@ -32,6 +32,7 @@ _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KNOWN_FIELDS = {"format", "name", "version", "created", "metadata", "files"}
+_ENTRY_FIELDS = ("blob", "size", "executable", "media_type")
 
 
 def check_name(name: str) -> str:
@@ -188,15 +189,21 @@ class FileEntry:
 
     ``executable`` is the one mode bit kept, as git keeps it: a pulled ``run.sh`` must run.
     It is stored only when true, so records of other files are what they always were.
+    ``media_type`` (:mod:`archive.media`) is a hint derived from the content and the name, not
+    part of a file's identity: it takes no part in comparisons, so a folder published again
+    matches a release recorded before the field existed.
     """
 
     blob: BlobId
     size: int
     extra: Mapping[str, Any] = field(default_factory=dict)
     executable: bool = False
+    media_type: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         flags = {"executable": True} if self.executable else {}
+        if self.media_type is not None:
+            flags["media_type"] = self.media_type
         return {**self.extra, "blob": str(self.blob), "size": self.size, **flags}
 
 
@@ -319,10 +326,13 @@ def _entry_from_json(obj: Any) -> FileEntry:
     _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, "size is a count of bytes")
     executable = obj.get("executable", False)
     _require(isinstance(executable, bool), "executable is true or false")
-    extra = {key: value for key, value in obj.items() if key not in ("blob", "size", "executable")}
+    media_type = obj.get("media_type")
+    _require(media_type is None or (isinstance(media_type, str) and not _string_problem(media_type)
+                                    and len(media_type) <= 255), "media_type is a short string")
+    extra = {key: value for key, value in obj.items() if key not in _ENTRY_FIELDS}
     if extra:
         _require_json("unknown fields of a file entry", extra)
-    return FileEntry(BlobId.parse(obj["blob"]), size, extra, executable)
+    return FileEntry(BlobId.parse(obj["blob"]), size, extra, executable, media_type)
 
 
 def json_value_problem(value: Any, max_depth: int) -> str | None:

@@ -30,11 +30,12 @@ import stat
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import pathspec
 
 from .errors import FolderProblemsError, InvalidInputError
+from .media import media_type_of_file
 from .records import MAX_RECORD_BYTES, FileEntry, path_problems
 
 logger = logging.getLogger(__name__)
@@ -125,13 +126,31 @@ def scan_folder(folder: Path, exclude: Sequence[str] = ()) -> list[SourceFile]:
     return files
 
 
-def with_modes(entries: Mapping[str, FileEntry], sources: Iterable[SourceFile]) -> dict[str, FileEntry]:
-    """``entries`` with the executable bit of each source file recorded."""
+def with_modes(entries: Mapping[str, FileEntry], sources: Iterable[SourceFile],
+               previous: Callable[[], Mapping[str, FileEntry]] = dict) -> dict[str, FileEntry]:
+    """``entries`` with the executable bit and the media type of each source file recorded.
+
+    Entries hashed just now carry their media type already (detected from the read that
+    hashed them). One the stat cache spared from hashing takes it from the entry of the same
+    path and blob in ``previous()`` (an earlier release, read only if needed), and failing
+    that from one short read of the file's head (:mod:`archive.media`).
+    """
     marked = dict(entries)
     for source in sources:
-        if source.executable:
-            marked[source.path] = replace(marked[source.path], executable=True)
+        entry = marked[source.path]
+        media_type = entry.media_type or _known_media_type(previous(), source.path, entry)
+        if media_type is None:
+            try:
+                media_type = media_type_of_file(str(source.location), source.path)
+            except OSError as exc:
+                raise InvalidInputError(f"cannot read {source.path!r}: {exc.strerror or exc}") from None
+        marked[source.path] = replace(entry, executable=source.executable, media_type=media_type)
     return marked
+
+
+def _known_media_type(previous: Mapping[str, FileEntry], path: str, entry: FileEntry) -> str | None:
+    prior = previous.get(path)
+    return prior.media_type if prior is not None and prior.blob == entry.blob else None
 
 
 def _summary(folder: str, problems: list[str]) -> str:

@@ -281,6 +281,54 @@ class BackendContract:
         out = arc.download("demo", "^1", tmp_path / "out", progress=False)
         assert {p: (out / p).read_bytes() for p in files} == files
 
+    def test_open_of_one_file_fetches_only_its_blob(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        """``open`` of one file of a 200-file release reads, of all the blobs, its record and
+        that file's blob (counted at the backend); a second ``open`` reads no content blob."""
+        from tests.counting import Counting
+
+        files = {f"part/{i:03}.csv": f"row,{i}\n".encode() * (i + 1) for i in range(200)}
+        release = arc.publish(make_tree(tmp_path / "src", files), "demo", "1.0.0", progress=False)
+        counting = Counting(arc)
+        with counting.open("demo", "part/123.csv", "^1") as stream:
+            assert stream.read() == files["part/123.csv"]
+        assert counting.blobs_opened(besides=[release.record_id]) == [
+            layout.blob_key(release.files["part/123.csv"].blob)]
+        counting.opened.clear()
+        with counting.open("demo", "part/123.csv", encoding="utf-8") as text:
+            assert text.read() == files["part/123.csv"].decode()
+        assert counting.blobs_opened(besides=[release.record_id]) == []
+
+    def test_include_fetches_only_matching_blobs(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        from tests.counting import Counting
+
+        files = {"raw/a.bin": b"a" * 100, "raw/b.bin": b"b" * 200, "gains.csv": b"g,1\n", "notes/x.csv": b"x,2\n"}
+        release = arc.publish(make_tree(tmp_path / "src", files), "demo", "1.0.0", progress=False)
+        counting = Counting(arc)
+        out = counting.download("demo", "1.0.0", tmp_path / "out", include=["*.csv"], exclude=["notes/"],
+                                progress=False)
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                      and ".archive" not in p.parts) == ["gains.csv"]
+        assert counting.blobs_opened(besides=[release.record_id]) == [
+            layout.blob_key(release.files["gains.csv"].blob)]
+
+    def test_new_release_is_all_or_nothing(self, arc: ArchiveInterface, tmp_path: Path) -> None:
+        if arc.read_only:
+            pytest.skip("a read-only archive publishes nothing")
+        src = make_tree(tmp_path / "raw", {"one.bin": b"1" * 10, "sub/two.bin": b"2" * 20})
+        with pytest.raises(RuntimeError, match="job failed"):
+            with arc.new_release("built", "1.0.0", metadata={"message": "x"}) as rel:
+                rel.add_dir(src, prefix="raw")
+                rel.add_bytes(b"new content", as_="made.txt")
+                raise RuntimeError("job failed")
+        assert arc.versions("built") == [] and arc.list_keys("blobs/sha256") == []
+        with arc.new_release("built", "1.0.0", metadata={"message": "x"}) as rel:
+            rel.add(src / "one.bin", as_="top/one.bin")
+            rel.add_dir(src, prefix="raw")
+            rel.add_bytes(b"#!/bin/sh\necho hi\n", as_="run.sh")
+        got = arc.resolve("built", "1.0.0")
+        assert got == rel.release and set(got.files) == {"top/one.bin", "raw/one.bin", "raw/sub/two.bin", "run.sh"}
+        assert got.files["run.sh"].media_type == "text/x-sh" and arc.verify("built").ok
+
     def test_download_without_the_cache(self, arc: ArchiveInterface, tmp_path: Path) -> None:
         """``use_cache=False`` writes each file straight from the archive and leaves no blob in
         the cache; a corrupt blob still never reaches the destination."""
