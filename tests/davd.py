@@ -9,16 +9,15 @@ per test: one share ``/`` on a folder, basic auth for one user, symbolic links n
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.servers import stop_process, wait_until_listening
 from tests.sshd import free_port
 
 USER, PASSWORD = "davuser", "dav-s3cret"
@@ -72,27 +71,8 @@ def start_davd(folder: Path, root: Path, users: dict[str, str] | None = None, tl
     process = subprocess.Popen([sys.executable, "-m", "wsgidav.server.server_cli", "-c", str(config)],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"wsgidav failed: {(folder / 'wsgidav.log').read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return DavServer(root, folder, port, tls is not None, process)
-        except OSError:
-            time.sleep(0.05)
-    stop_process(process)
-    raise RuntimeError("wsgidav did not start listening within 20 s")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """Stop the one process started by a fixture (terminate, then kill after 10 s)."""
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    wait_until_listening(process, port, "wsgidav", lambda: (folder / "wsgidav.log").read_text(errors="replace"))
+    return DavServer(root, folder, port, tls is not None, process)
 
 
 def stop_davd(server: DavServer) -> None:

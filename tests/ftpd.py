@@ -10,10 +10,8 @@ process they started.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -76,6 +74,7 @@ def start_ftpd(folder: Path, root: Path, tls=None, users: dict[str, str] | None 
 
     ``tls``: a :class:`~tests.httpd.LocalCA` whose server certificate makes it an FTPS server.
     """
+    from tests.servers import wait_until_listening
     from tests.sshd import free_port
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,30 +86,14 @@ def start_ftpd(folder: Path, root: Path, tls=None, users: dict[str, str] | None 
     with open(folder / "ftpd.log", "wb") as log:
         process = subprocess.Popen([sys.executable, __file__, str(folder / "ftpd.json")],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"pyftpdlib failed: {(folder / 'ftpd.log').read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return FtpServer(root, folder, port, tls is not None, process)
-        except OSError:
-            time.sleep(0.05)
-    stop_ftpd_process(process)
-    raise RuntimeError("pyftpdlib did not start listening within 20 s")
-
-
-def stop_ftpd_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    wait_until_listening(process, port, "pyftpdlib", lambda: (folder / "ftpd.log").read_text(errors="replace"))
+    return FtpServer(root, folder, port, tls is not None, process)
 
 
 def stop_ftpd(server: FtpServer) -> None:
-    stop_ftpd_process(server.process)
+    from tests.servers import stop_process
+
+    stop_process(server.process)
 
 
 @pytest.fixture

@@ -10,15 +10,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.servers import stop_process, wait_until_listening
 from tests.sshd import free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -142,26 +141,12 @@ def start_nginx(folder: Path, root: Path, tls: LocalCA | None = None,
     (folder / "nginx.conf").write_text(_config(folder, root, port, tls, users, extra))
     process = subprocess.Popen([NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx failed: {process.stderr.read().decode(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return WebServer(root, folder, port, tls is not None, process)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("nginx did not start listening within 15 s")
+    wait_until_listening(process, port, "nginx", lambda: process.stderr.read().decode(errors="replace"), 15)
+    return WebServer(root, folder, port, tls is not None, process)
 
 
 def stop_nginx(server: WebServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_process(server.process)
 
 
 @pytest.fixture
