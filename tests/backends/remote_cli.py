@@ -50,7 +50,7 @@ def check_cli_round_trip(url: str, store: Path, tmp_path: Path) -> None:
         pushed = run("-a", url, "push", str(src), "calib", version, "-m", f"v{version}")
         assert pushed.returncode == 0, pushed.stderr
     assert run("-a", url, "ls").stdout.split() == ["calib"]
-    assert run("-a", url, "ls", "calib").stdout.split() == ["1.1.0", "1.0.0"]
+    assert [line.split()[0] for line in run("-a", url, "ls", "calib").stdout.splitlines()] == ["1.1.0", "1.0.0"]
     shown = run("-a", url, "show", "calib", "<1.1")
     assert shown.returncode == 0 and shown.stdout.splitlines()[0] == "calib 1.0.0", shown.stdout + shown.stderr
     assert "data/a.bin" in shown.stdout

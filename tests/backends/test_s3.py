@@ -104,7 +104,7 @@ def test_push_pull_ls_show_verify_gc_through_the_cli(s3_location: str, tmp_path:
     assert push.returncode == 0, push.stderr
     assert run("-a", s3_location, "push", str(src), "demo", "1.1.0").returncode == 0
     assert run("-a", s3_location, "ls").stdout.split() == ["demo"]
-    assert run("-a", s3_location, "ls", "demo").stdout.split() == ["1.1.0", "1.0.0"]
+    assert [line.split()[0] for line in run("-a", s3_location, "ls", "demo").stdout.splitlines()] == ["1.1.0", "1.0.0"]
     shown = run("-a", s3_location, "show", "demo", "<1.1")
     assert shown.returncode == 0 and shown.stdout.splitlines()[0] == "demo 1.0.0" and "sub/b.bin" in shown.stdout
     pull = run("-a", s3_location, "pull", "demo", "^1", "--to", str(tmp_path / "out"))
