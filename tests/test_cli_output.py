@@ -277,7 +277,9 @@ def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: P
     import struct
     import termios
 
-    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
+    # enough that the pull is still writing when the signal lands (40 files once finished first in CI)
+    block = os.urandom(4 << 20)
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": bytes([i, i >> 8]) + block for i in range(120)})
     assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
     out = tmp_path / "out"
     primary, secondary = pty.openpty()
@@ -355,7 +357,9 @@ def test_library_warnings_read_like_the_cli_own(store: str, tmp_path: Path) -> N
 
 def test_interrupted_is_exactly_one_line_on_a_pipe(store: str, tmp_path: Path) -> None:
     """No empty line before the message (click printed one on Ctrl-C)."""
-    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
+    # enough that the pull is still writing when the signal lands (40 files once finished first in CI)
+    block = os.urandom(4 << 20)
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": bytes([i, i >> 8]) + block for i in range(120)})
     assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out),
