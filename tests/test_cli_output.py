@@ -268,6 +268,13 @@ def screen_lines(output: bytes) -> list[str]:
     return [line for line in lines if line]
 
 
+def _as_on_a_terminal() -> None:
+    """The signal dispositions of a command typed in a terminal, whatever the test run inherited:
+    under ``nohup`` SIGHUP is ignored, and the archive rightly keeps it ignored then."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: Path, signum: int, status: int) -> None:
     """SIGTERM behaves like Ctrl-C: the same cleanup (no partial file), one line, the bar erased;
@@ -277,16 +284,15 @@ def test_interrupt_cleans_up_and_leaves_a_clean_terminal(store: str, tmp_path: P
     import struct
     import termios
 
-    # enough that the pull is still writing when the signal lands (40 files once finished first in CI)
-    block = os.urandom(4 << 20)
-    big = make_tree(tmp_path / "src", {f"f{i}.bin": bytes([i, i >> 8]) + block for i in range(120)})
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
     assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
     out = tmp_path / "out"
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out),
                              "--link", "copy"], stdout=subprocess.PIPE, stderr=secondary,
-                            env={**os.environ, "ARCHIVE_CACHE_DIR": str(tmp_path / "fresh-cache")})
+                            env={**os.environ, "ARCHIVE_CACHE_DIR": str(tmp_path / "fresh-cache")},
+                            preexec_fn=_as_on_a_terminal)
     os.close(secondary)
     shown = b""
     while b"writing" not in shown or not (out.exists() and any(out.iterdir())):  # the bar is up, writing began
@@ -357,9 +363,7 @@ def test_library_warnings_read_like_the_cli_own(store: str, tmp_path: Path) -> N
 
 def test_interrupted_is_exactly_one_line_on_a_pipe(store: str, tmp_path: Path) -> None:
     """No empty line before the message (click printed one on Ctrl-C)."""
-    # enough that the pull is still writing when the signal lands (40 files once finished first in CI)
-    block = os.urandom(4 << 20)
-    big = make_tree(tmp_path / "src", {f"f{i}.bin": bytes([i, i >> 8]) + block for i in range(120)})
+    big = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(4 << 20) for i in range(40)})
     assert run("-a", store, "push", str(big), "big", "1.0.0").returncode == 0
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", store, "-j", "1", "pull", "big", "--to", str(out),
