@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Callable
 
 import click
 from click.shell_completion import CompletionItem
 
 from .errors import ArchiveError
+
+if TYPE_CHECKING:
+    from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
 COMPLETE_VAR = "_ARCHIVE_COMPLETE"
@@ -25,34 +29,31 @@ def _location(ctx: click.Context) -> str | None:
     return ctx.find_root().params.get("location") or ctx.params.get("location") or os.environ.get("ARCHIVE_URL")
 
 
-def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """Release names of the archive the command line names, starting with ``incomplete``."""
+def _candidates(ctx: click.Context, incomplete: str, ask: Callable[["ArchiveInterface"], list[str]]) -> list[CompletionItem]:
+    """What ``ask`` reads from the archive the command line names, those starting with
+    ``incomplete``; nothing if the archive cannot answer (never an error in the command line)."""
     from .locations import get_interface
 
     try:
         with get_interface(_location(ctx)) as arc:
-            namespace = incomplete.rpartition("/")[0] or None
-            names = arc.names(namespace)
+            found = ask(arc)
     except ArchiveError as exc:
         logger.debug("no completion: %s", exc)
         return []
-    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+    return [CompletionItem(item) for item in found if item.startswith(incomplete)]
+
+
+def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Release names of the archive the command line names, starting with ``incomplete``."""
+    return _candidates(ctx, incomplete, lambda arc: arc.names(incomplete.rpartition("/")[0] or None))
 
 
 def complete_versions(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Versions of the NAME given before, starting with ``incomplete``, newest first."""
-    from .locations import get_interface
-
     name = ctx.params.get("name")
     if not name:
         return []
-    try:
-        with get_interface(_location(ctx)) as arc:
-            versions = arc.versions(name)
-    except ArchiveError as exc:
-        logger.debug("no completion: %s", exc)
-        return []
-    return [CompletionItem(v) for v in versions if v.startswith(incomplete)]
+    return _candidates(ctx, incomplete, lambda arc: arc.versions(name))
 
 
 def complete_remotes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
