@@ -317,10 +317,20 @@ class FsspecArchive(ArchiveInterface):
                 delay = min(delay * 2, 0.5)
 
     def _release_lock(self, fs: Any, lock: str) -> None:
-        try:
-            fs.rmdir(lock)
-        except Exception as exc:  # the write is done; a lock left behind is reported when it blocks
-            logger.warning("%s: could not remove the lock %s: %s", self.location, lock, exc)
+        """Remove the folder ``lock``, trying again on a refusal: a lock left behind makes every
+        later create-only write of its key wait :data:`LOCK_WAIT` and fail (wsgidav answers 500
+        now and then when requests on one folder race)."""
+        for attempt in range(1, MKDIR_TRIES + 1):
+            try:
+                fs.rmdir(lock)
+                return
+            except FileNotFoundError:
+                return
+            except Exception as exc:  # the write is done; a lock left behind is reported when it blocks
+                if attempt == MKDIR_TRIES:
+                    logger.warning("%s: could not remove the lock %s: %s", self.location, lock, exc)
+                    return
+                time.sleep(0.02 * attempt)
 
     def _exists(self, fs: Any, path: str) -> bool:
         try:
