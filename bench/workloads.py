@@ -242,6 +242,24 @@ def pull_cold_row(ctx: Context, folder: Path, key: str, label: str, *, derived: 
                 measured, (Target("ratio_max", 1.0, "<= 1.0x", derived),), nbytes)
 
 
+def pull_new_folder_row(ctx: Context, folder: Path, key: str, label: str, targets: tuple[Target, ...]) -> Row:
+    """Pull into a new folder with a new user environment (nothing cached, nothing known
+    verified), against ``cp -r``: what a first pull of many small files costs per file."""
+    store = publish_once(ctx, folder, user_env(ctx.path("home")))
+    anchor, measured = [], []
+    for rep in range(ctx.reps):
+        logger.info("pull %s into a new folder: repetition %d of %d", label, rep + 1, ctx.reps)
+        copy, dest, home = ctx.path("copy"), ctx.path("pulled"), ctx.path("home")
+        anchor.append(ctx.timed(["cp", "-r", str(folder), str(copy)]))
+        measured.append(ctx.timed(ctx.archive(store, "pull", NAME, "1.0.0", "--to", str(dest)), user_env(home)))
+        check_same_tree(folder, dest)
+        ctx.discard(copy, dest, home)
+    ctx.discard(store)
+    ctx.empty_trash()
+    return _row(f"pull_new_{key}", f"pull {label} into a new folder, empty user cache", "cp -r", anchor,
+                measured, targets, tree_bytes(folder))
+
+
 def pull_cached_row(ctx: Context, folder: Path, key: str, label: str, *, derived: bool,
                     link: str | None = None) -> Row:
     """Pull a release pulled once before into a new folder, against ``cp -r``: its blobs are
