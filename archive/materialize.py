@@ -171,13 +171,14 @@ def _write_atomically(target: Path, fill: Callable[[BinaryIO], None], file_mode:
 def write_bytes_atomically(target: Path, data: bytes, file_mode: int) -> None:
     """:func:`write_file_atomically` of one buffer, with the fewest system calls (a small file:
     create, write, chmod, link, close)."""
-    fd = _open_unnamed(target.parent, file_mode)
+    path = os.fspath(target)  # strings, not Paths: this runs once per small file
+    fd = _open_unnamed(os.path.dirname(path), file_mode)
     if fd is None:
         return write_file_atomically(target, [data], file_mode)
     try:
         write_all(fd, data)
         os.fchmod(fd, file_mode)
-        link_unnamed(fd, target)
+        link_unnamed(fd, path)
     finally:
         os.close(fd)
 
@@ -200,7 +201,7 @@ _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS, errno.ENOENT}
 
 
-def _open_unnamed(folder: Path, file_mode: int) -> int | None:
+def _open_unnamed(folder: "Path | str", file_mode: int) -> int | None:
     """A new file without a name in ``folder``, open for writing; None where there is no such
     thing (not Linux, no ``/proc`` to name it through, or a filesystem without ``O_TMPFILE``)."""
     if not _can_name_unnamed():
@@ -218,7 +219,7 @@ def _can_name_unnamed() -> bool:
     return bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 
 
-def link_unnamed(fd: int, target: Path) -> None:
+def link_unnamed(fd: int, target: "Path | str") -> None:
     """Give the unnamed file ``fd`` the name ``target``, replacing what is there.
 
     ``linkat`` never replaces, so a new target (the common case) costs one call; an existing
@@ -234,7 +235,7 @@ def link_unnamed(fd: int, target: Path) -> None:
     except FileExistsError:
         pass
     claim_unnamed(fd)
-    tmp = temporary_name(target)
+    tmp = temporary_name(Path(target))
     os.link(source, tmp, src_dir_fd=fd, follow_symlinks=True)
     try:
         os.replace(tmp, target)
