@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,20 +144,39 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
 
 def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements: list[Placement], link: str,
                workers: int, progress: bool | None, use_cache: bool) -> None:
-    """Fetch what the cache lacks, then place every file, in parallel."""
+    """Place every file, in parallel; a blob the cache lacks is fetched by the job of the first
+    file that needs it, just before that file is placed.
+
+    Fetching and placing in the same job overlaps the copy out of the cache (a second write
+    of each byte, by the kernel) with the transfers of the other jobs, instead of running all
+    the copies after the last transfer. Files of one blob wait for its one fetch.
+    """
     writes = [p for p in placements if not p.mode_only]
     sources = _sources(arc, writes, link, use_cache)
-    fetch_blobs(arc, cache, [p.entry for p in writes if sources[p.entry.blob].route is Route.CACHE], workers, progress)
+    sizes = {p.entry.blob: p.entry.size for p in writes}
+    missing = {blob: threading.Lock() for blob, source in sources.items()
+               if source.route is Route.CACHE and not cache.has(blob, sizes[blob])}
     started = time.time_ns()
     _make_parent_folders(root, placements)
-    bar = make_progress("writing", sum(p.entry.size for p in writes), len(writes), progress)
+    bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
+                        progress)
     no_source = Source(Route.CACHE)
     try:
         def job(placement: Placement) -> None:
-            place(arc, cache, placement, sources.get(placement.entry.blob, no_source), link, bar.advance)
+            entry = placement.entry
+            fetching = missing.get(entry.blob)
+            if fetching is not None:
+                with fetching:  # the first job of a blob fetches it (reporting its bytes); the others wait
+                    fetched = not cache.has(entry.blob, entry.size)
+                    if fetched:
+                        cache.fetch(arc, entry.blob, entry.size, bar.advance)
+            else:
+                fetched = False
+            place(arc, cache, placement, sources.get(entry.blob, no_source), link, None if fetched else bar.advance)
             bar.file_done()
 
-        run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, sources, workers))
+        run_jobs([lambda p=p: job(p) for p in placements],
+                 workers if missing else _placing_workers(placements, sources, workers))
     finally:
         bar.close()
     _remember_placed(cache, placements, started, link)

@@ -132,3 +132,41 @@ def test_killed_pull_of_many_files_leaves_only_whole_files_and_no_temporary(fold
     assert all(files[path] == content for path, content in placed.items())
     out2 = folder_archive.download("lots", "1.0.0", out, progress=False)
     assert snapshot(out2) == files and leftovers(out2) == []
+
+
+class _NamesOpened:
+    """Counts opens by the last part of the name (the archive opens blobs by name within their
+    folder, ``dir_fd``); an audit hook cannot be removed, so it counts only while active."""
+
+    active: "dict[str, int] | None" = None
+    installed = False
+
+    def __enter__(self) -> "dict[str, int]":
+        if not _NamesOpened.installed:
+            sys.addaudithook(_NamesOpened._hook)
+            _NamesOpened.installed = True
+        _NamesOpened.active = {}
+        return _NamesOpened.active
+
+    def __exit__(self, *exc: object) -> None:
+        _NamesOpened.active = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        counts = _NamesOpened.active
+        if event == "open" and counts is not None and isinstance(args[0], str):
+            name = os.path.basename(args[0])
+            counts[name] = counts.get(name, 0) + 1
+
+
+def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path) -> None:
+    """Through the cache, with eight jobs: the files of one blob wait for its one fetch (each
+    blob is opened once in the archive, and once more in the cache per file placed)."""
+    folder_archive.local = False
+    folder_archive.publish(make_tree(tmp_path / "src", MANY), "many", "1.0.0", progress=False)
+    with _NamesOpened() as opened:
+        out = folder_archive.download("many", "1.0.0", tmp_path / "out", jobs=8, progress=False)
+    assert snapshot(out) == MANY
+    shared = BlobId.of_bytes(MANY["same/0.txt"]).hexdigest
+    copies = sum(1 for content in MANY.values() if content == MANY["same/0.txt"])
+    assert opened[shared] == 1 + copies  # fetched once, then read from the cache for each file
