@@ -119,6 +119,7 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
     root = Path(os.path.realpath(dest))
+    fresh = not os.path.lexists(root)
     previous = read_marker(root) if marker else None
     old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
     removing = set(old.remove) if old else set()
@@ -127,7 +128,8 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
     remove_files(root, early)
     remove_files(root, [p for p in in_the_way if p not in removing])
-    remove_stale_parts(placements)
+    if not fresh:  # a folder that did not exist holds no leftover of a killed pull
+        remove_stale_parts(placements)
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
@@ -197,10 +199,11 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> None:
     each again (once) just before the writes: none may have become a link leading outside."""
     root.mkdir(parents=True, exist_ok=True)
     made: set[str] = set()
-    for placement in placements:
-        make_folders(root, placement.path.rpartition("/")[0], made)
-    for parent in {p.target.parent for p in placements}:
-        check_inside(root, parent, str(parent.relative_to(root)))
+    folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
+    for folder in folders:
+        make_folders(root, folder, made)
+    for folder in folders:
+        check_inside(root, root.joinpath(*folder.split("/")) if folder else root, folder or ".")
 
 
 def _placing_workers(placements: list[Placement], sources: dict[BlobId, Source], workers: int) -> int:
