@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 SNAPSHOTS_DIR = "snapshots"
 BUILDING_DIR = ".building"  # in SNAPSHOTS_DIR: snapshots being built, renamed into place when whole
+#: Blobs up to this size are hashed again whenever they are used, never looked up in the stat
+#: cache nor remembered there: hashing 64 KiB costs about what one lookup does.
+REHASH_BELOW = 64 * 1024
 #: The temporary files of :class:`FileSystemArchive` writes (``tmp/<uuid hex>.part``).
 _STORE_TEMPORARY = re.compile(r"[0-9a-f]{32}\.part")
 
@@ -74,7 +77,8 @@ class BlobCache:
         logger.debug("fetching blob %s (%d bytes) from %s", blob.short, size, arc.location)
         self._use.share()
         with_retries(lambda: arc.copy_blob_to(blob, size, self.store, on_bytes), f"download of blob {blob.short}")
-        self._remember_verified(blob)
+        if size > REHASH_BELOW:  # a small one is hashed again when used (see REHASH_BELOW)
+            self._remember_verified(blob)
 
     def verified_path(self, arc: "ArchiveInterface", blob: BlobId, size: int) -> Path:
         """The cache file of ``blob``, known to be intact: fetched if missing; re-hashed unless

@@ -20,42 +20,30 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable
+from typing import TYPE_CHECKING
 
-from . import layout
 from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
-from .errors import DestinationError, IntegrityError, InvalidInputError, InvalidPathError, KeyNotFoundError
-from .hashing import iter_chunks, verified_chunks
-from .materialize import (INDEPENDENT_MODES, check_link_mode, place_file, remove_stale_temporaries, wanted_mode,
-                          write_file_atomically)
+from .errors import InvalidInputError, InvalidPathError
+from .materialize import INDEPENDENT_MODES, check_link_mode, remove_stale_temporaries
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
+from .hashing import BlobId
 from .records import FileEntry, Release
 from .selection import PartOfRelease
-from .statcache import identity
-from .transfer import make_progress, reporting, run_jobs, with_retries
+from .placing import Placement, Route, Source, place, source_of
+from .transfer import make_progress, run_jobs
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Placement:
-    """One file to write (or, with ``mode_only``, only to make executable or not)."""
-
-    path: str
-    entry: FileEntry
-    target: Path
-    mode_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +119,7 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
     root = Path(os.path.realpath(dest))
+    fresh = not os.path.lexists(root)
     previous = read_marker(root) if marker else None
     old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
     removing = set(old.remove) if old else set()
@@ -139,7 +128,8 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     early = sorted(p for p in removing if p in in_the_way)  # leftovers where folders must go
     remove_files(root, early)
     remove_files(root, [p for p in in_the_way if p not in removing])
-    remove_stale_parts(placements)
+    if not fresh:  # a folder that did not exist holds no leftover of a killed pull
+        remove_stale_parts(placements)
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
     _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
@@ -156,22 +146,52 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
 
 def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements: list[Placement], link: str,
                workers: int, progress: bool | None, use_cache: bool) -> None:
-    """Fetch what the cache lacks, then place every file, in parallel."""
-    routes = {p.path: _route(arc, p.entry, link, use_cache) for p in placements}
+    """Place every file, in parallel; a blob the cache lacks is fetched by the job of the first
+    file that needs it, just before that file is placed.
+
+    Fetching and placing in the same job overlaps the copy out of the cache (a second write
+    of each byte, by the kernel) with the transfers of the other jobs, instead of running all
+    the copies after the last transfer. Files of one blob wait for its one fetch.
+    """
     writes = [p for p in placements if not p.mode_only]
-    fetch_blobs(arc, cache, [p.entry for p in writes if routes[p.path] is Route.CACHE], workers, progress)
+    sources = _sources(arc, writes, link, use_cache)
+    sizes = {p.entry.blob: p.entry.size for p in writes}
+    missing = {blob: threading.Lock() for blob, source in sources.items()
+               if source.route is Route.CACHE and not cache.has(blob, sizes[blob])}
     started = time.time_ns()
     _make_parent_folders(root, placements)
-    bar = make_progress("writing", sum(p.entry.size for p in writes), len(writes), progress)
+    bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
+                        progress)
+    no_source = Source(Route.CACHE)
     try:
         def job(placement: Placement) -> None:
-            place(arc, cache, placement, routes[placement.path], link, bar.advance)
+            entry = placement.entry
+            fetching = missing.get(entry.blob)
+            if fetching is not None:
+                with fetching:  # the first job of a blob fetches it (reporting its bytes); the others wait
+                    fetched = not cache.has(entry.blob, entry.size)
+                    if fetched:
+                        cache.fetch(arc, entry.blob, entry.size, bar.advance)
+            else:
+                fetched = False
+            place(arc, cache, placement, sources.get(entry.blob, no_source), link, None if fetched else bar.advance)
             bar.file_done()
 
-        run_jobs([lambda p=p: job(p) for p in placements], _placing_workers(placements, routes, workers))
+        run_jobs([lambda p=p: job(p) for p in placements],
+                 workers if missing else _placing_workers(placements, sources, workers))
     finally:
         bar.close()
-    _remember_placed(cache, placements, started)
+    _remember_placed(cache, placements, started, link)
+
+
+def _sources(arc: "ArchiveInterface", writes: list[Placement], link: str, use_cache: bool) -> dict[BlobId, Source]:
+    """Where each distinct blob comes from (asked once per blob, not once per file)."""
+    sources: dict[BlobId, Source] = {}
+    for placement in writes:
+        blob = placement.entry.blob
+        if blob not in sources:
+            sources[blob] = source_of(arc, placement.entry, link, use_cache)
+    return sources
 
 
 def _make_parent_folders(root: Path, placements: list[Placement]) -> None:
@@ -179,19 +199,20 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> None:
     each again (once) just before the writes: none may have become a link leading outside."""
     root.mkdir(parents=True, exist_ok=True)
     made: set[str] = set()
-    for placement in placements:
-        make_folders(root, placement.path.rpartition("/")[0], made)
-    for parent in {p.target.parent for p in placements}:
-        check_inside(root, parent, str(parent.relative_to(root)))
+    folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
+    for folder in folders:
+        make_folders(root, folder, made)
+    for folder in folders:
+        check_inside(root, root.joinpath(*folder.split("/")) if folder else root, folder or ".")
 
 
-def _placing_workers(placements: list[Placement], routes: dict[str, "Route"], workers: int) -> int:
+def _placing_workers(placements: list[Placement], sources: dict[BlobId, Source], workers: int) -> int:
     """Threads for placing files: all of them when files stream from the archive (each waits on
     the network) or are large (the kernel copies without the GIL); one for small local files,
     where per-file Python work dominates and threads only contend."""
     if not placements:
         return 1
-    if any(route is Route.STREAM for route in routes.values()):
+    if any(source.route is Route.STREAM for source in sources.values()):
         return workers
     average = sum(p.entry.size for p in placements) / len(placements)
     return workers if average >= SMALL_FILE else 1
@@ -254,104 +275,17 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
         bar.close()
 
 
-class Route(Enum):
-    """Where a file's bytes come from."""
+def _remember_placed(cache: BlobCache, placements: list[Placement], started: int, link: str) -> None:
+    """Remember what was placed, so the next pull into this folder need not re-hash it.
 
-    LOCAL = "the archive's own blob file, on a local disk"
-    CACHE = "the user's cache, filled from the archive first"
-    STREAM = "the archive, streamed straight into the destination"
-
-
-def _route(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool) -> Route:
-    """How to place a file. A link (hard or symbolic) must point into the cache, never into the
-    archive, where an edit of a pulled file would corrupt the only copy; an independent file
-    is copied from a local archive directly (caching it would only double the bytes written),
-    and streamed from a remote one when the cache is not wanted."""
-    if link not in INDEPENDENT_MODES:
-        return Route.CACHE
-    if arc.local_file(layout.blob_key(entry.blob)) is not None:
-        return Route.LOCAL
-    return Route.CACHE if use_cache else Route.STREAM
-
-
-def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, route: Route, link: str,
-          on_bytes: Callable[[int], None] | None = None) -> None:
-    """Place one file, atomically, by ``route``, with its executable bit; ``on_bytes`` hears of
-    the bytes written. In a linking mode an executable is a read-only copy: the cache file a
-    link would share is never made executable."""
-    entry, target = placement.entry, placement.target
-    linked = link not in INDEPENDENT_MODES
-    file_mode = wanted_mode(entry.executable) & (~0o222 if linked else 0o7777)
-    try:
-        if placement.mode_only:
-            os.chmod(target, file_mode)
-            return
-        source = cache.verified_path(arc, entry.blob, entry.size) if route is Route.CACHE else None
-        if route is Route.LOCAL:
-            _place_from_local_archive(arc, cache, placement, link, file_mode, on_bytes)
-        elif route is Route.STREAM:
-            with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
-                         f"download of {placement.path}")
-        else:
-            place_file(source, target, "copy" if linked and entry.executable else link, file_mode)
-            if on_bytes is not None:
-                on_bytes(entry.size)
-    except OSError as exc:
-        raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
-
-
-def _verified_copy(arc: "ArchiveInterface", stream: BinaryIO, placement: Placement, file_mode: int,
-                   on_bytes: Callable[[int], None] | None) -> None:
-    """Write ``stream`` (a blob) to the placement's target, checked against its id and size as
-    it goes: a corrupt blob raises :class:`IntegrityError` before the target appears."""
-    entry = placement.entry
-    chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), entry.blob, entry.size,
-                             f"blob {entry.blob.short} in {arc.location}")
-    write_file_atomically(placement.target, chunks, file_mode)
-
-
-def _stream_from_archive(arc: "ArchiveInterface", placement: Placement, file_mode: int,
-                         on_bytes: Callable[[int], None] | None) -> None:
-    try:
-        with arc.open_key(layout.blob_key(placement.entry.blob)) as stream:
-            _verified_copy(arc, stream, placement, file_mode, on_bytes)
-    except KeyNotFoundError:
-        raise IntegrityError(f"blob {placement.entry.blob.short} is missing from {arc.location}") from None
-
-
-def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, link: str,
-                              file_mode: int, on_bytes: Callable[[int], None] | None) -> None:
-    """Copy a blob file of a local archive to its target, verified.
-
-    A blob file hashed before and unchanged since (the stat cache knows its identity, ctime
-    included) is copied by the kernel (or reflinked); any other is read once, hashed as it is
-    written, and then remembered. Blob files are read-only and replaced only by a rename (a
-    new inode), never written in place, so like the cache's own files they need no
-    racily-clean margin.
+    Only files whose content is older than this pull can be remembered (the racily-clean rule
+    of :mod:`archive.statcache`): links to the cache's files, and files only made executable or
+    not. A file this pull wrote is newer than ``started``, so it is not even looked at.
     """
-    entry = placement.entry
-    blob_file = arc.local_file(layout.blob_key(entry.blob))
-    assert blob_file is not None
-    try:
-        info = os.stat(blob_file)
-    except FileNotFoundError:
-        raise IntegrityError(f"blob {entry.blob.short} is missing from {arc.location}") from None
-    if cache.stat_cache.lookup(blob_file, info) == entry.blob:
-        place_file(blob_file, placement.target, link, file_mode)
-        if on_bytes is not None:
-            on_bytes(entry.size)
-        return
-    with open(blob_file, "rb") as stream:
-        _verified_copy(arc, stream, placement, file_mode, on_bytes)
-        unchanged = identity(os.fstat(stream.fileno())) == identity(info)
-    if unchanged:
-        cache.stat_cache.remember([(blob_file, info, entry.blob)], hashed_at_ns=None)
-
-
-def _remember_placed(cache: BlobCache, placements: list[Placement], started: int) -> None:
-    """Remember what was written, so the next pull into this folder need not re-hash it."""
     entries = []
     for placement in placements:
+        if link in INDEPENDENT_MODES and not placement.mode_only:
+            continue
         try:
             entries.append((placement.target, os.stat(placement.target), placement.entry.blob))
         except OSError:

@@ -8,10 +8,13 @@ two pulls into one folder would otherwise do to each other.
 Liveness is an ``flock``, which the kernel drops when its holder dies, however it dies:
 
 - A writer takes a shared lock on each temporary file (or folder) it creates and holds it until
-  the rename that ends it. A cleaner removes a temporary only when it can take an exclusive lock
-  on it without waiting, and unlinks it while holding that lock. A writer whose lock is granted
+  the rename that ends it. A cleaner removes a temporary only when it can take an exclusive
+  lock on it without waiting, and unlinks it while holding that lock. A writer whose lock is granted
   on a file already unlinked (a cleaner came between its create and its lock) starts again under
   a new name (:func:`claim`), so that window cannot lose a file either.
+- A file written unnamed (Linux ``O_TMPFILE``) needs no lock while it is written: no other
+  process can see it, it gets its final name whole, and a killed writer's vanishes with it.
+  Only when it must replace a file does it get a temporary name first, locked before it has one.
 - Temporaries that are links (the ``hard`` and ``symlink`` link modes: alive for two system
   calls), and all temporaries on a filesystem without locks, are stale by age instead: unchanged
   for :data:`STALE_AGE_S`.
@@ -44,13 +47,19 @@ except ImportError:  # Windows: no flock; age alone decides
 def claim(fd: int) -> bool:
     """Take the writer's shared lock on a temporary just created; False if a cleaner removed it
     before the lock was granted (the caller then creates another)."""
+    claim_unnamed(fd)
+    return os.fstat(fd).st_nlink > 0
+
+
+def claim_unnamed(fd: int) -> None:
+    """Take the writer's shared lock on a file not named yet (``O_TMPFILE``), before it gets a
+    temporary name: no cleaner can have seen it, so none can have removed it."""
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError as exc:
             if exc.errno not in _NO_LOCKS:
                 raise
-    return os.fstat(fd).st_nlink > 0
 
 
 def remove_if_stale(path: Path, remove=os.unlink, now: float | None = None) -> bool:

@@ -1,9 +1,12 @@
 """Putting a verified cached blob at a path: by reflink, hard link, symbolic link or copy.
 
-Every mode writes a temporary file beside the target and renames it over the target, so the
-target is never seen partial. The temporary is held locked while it is written, so that no
-other download takes it for a leftover (:mod:`archive.inflight`), and its name keeps at most
-:data:`TEMP_NAME_KEEP` bytes of the target's, so that any name the filesystem allows has one.
+No mode lets the target be seen partial. A file is written unnamed (Linux ``O_TMPFILE``) and
+linked as the target once whole, which costs no more system calls than writing the target in
+place, and leaves nothing if the process is killed. Where that is not possible, and for links,
+a temporary beside the target is renamed over it; a temporary is held locked while it is
+written, so that no other download takes it for a leftover (:mod:`archive.inflight`), and its
+name keeps at most :data:`TEMP_NAME_KEEP` bytes of the target's, so that any name the
+filesystem allows has one.
 The modes trade speed for independence from the cache:
 
 - ``copy``: an independent file (the kernel copies: ``sendfile``/``copy_file_range``).
@@ -19,6 +22,7 @@ The modes trade speed for independence from the cache:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from .errors import InvalidInputError
-from .inflight import claim, remove_if_stale
+from .inflight import claim, claim_unnamed, remove_if_stale
 
 logger = logging.getLogger(__name__)
 LINK_MODES = ("auto", "reflink", "hard", "symlink", "copy")
@@ -141,15 +145,100 @@ def remove_stale_temporaries(folder: Path, names: "set[str]") -> None:
 
 
 def _write_atomically(target: Path, fill: Callable[[BinaryIO], None], file_mode: int) -> None:
-    """Let ``fill`` write a new, locked temporary file, then rename it over ``target`` while the
-    lock still says it is alive; the temporary is removed on any error."""
-    tmp, out = _new_temporary(target)
+    """Let ``fill`` write a new file, then give it the name ``target`` whole.
+
+    Where the filesystem can (Linux: ``O_TMPFILE``), the file has no name until it is linked
+    as ``target``: a killed download leaves nothing behind, and nothing needs a lock. Elsewhere
+    it is a named temporary, locked while written, renamed over ``target`` while the lock still
+    says it is alive, and removed on any error.
+    """
+    fd = _open_unnamed(target.parent, file_mode)
+    if fd is None:
+        tmp, out = _new_temporary(target)
+        try:
+            with out:
+                _fill_and_seal(out, fill, file_mode)
+                os.replace(tmp, target)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return
+    with open(fd, "wb") as out:
+        _fill_and_seal(out, fill, file_mode)
+        link_unnamed(fd, target)
+
+
+def write_bytes_atomically(target: Path, data: bytes, file_mode: int) -> None:
+    """:func:`write_file_atomically` of one buffer, with the fewest system calls (a small file:
+    create, write, chmod, link, close)."""
+    path = os.fspath(target)  # strings, not Paths: this runs once per small file
+    fd = _open_unnamed(os.path.dirname(path), file_mode)
+    if fd is None:
+        return write_file_atomically(target, [data], file_mode)
     try:
-        with out:
-            fill(out)
-            out.flush()
-            os.fchmod(out.fileno(), file_mode)
-            os.replace(tmp, target)
+        write_all(fd, data)
+        os.fchmod(fd, file_mode)
+        link_unnamed(fd, path)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a short write is rare, not impossible)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fill_and_seal(out: BinaryIO, fill: Callable[[BinaryIO], None], file_mode: int) -> None:
+    fill(out)
+    out.flush()
+    os.fchmod(out.fileno(), file_mode)  # exactly these bits, whatever the umask or a default ACL did
+
+
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+#: Why an ``O_TMPFILE`` open fails where the filesystem (or kernel) cannot make unnamed files.
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS, errno.ENOENT}
+
+
+def _open_unnamed(folder: "Path | str", file_mode: int) -> int | None:
+    """A new file without a name in ``folder``, open for writing; None where there is no such
+    thing (not Linux, no ``/proc`` to name it through, or a filesystem without ``O_TMPFILE``)."""
+    if not _can_name_unnamed():
+        return None
+    try:
+        return os.open(folder, _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, file_mode)
+    except OSError as exc:
+        if exc.errno in _NO_TMPFILE and os.path.isdir(folder):
+            return None
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def _can_name_unnamed() -> bool:
+    return bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+
+
+def link_unnamed(fd: int, target: "Path | str") -> None:
+    """Give the unnamed file ``fd`` the name ``target``, replacing what is there.
+
+    ``linkat`` never replaces, so a new target (the common case) costs one call; an existing
+    one (a file replaced, or written meanwhile by another pull of the same release) gets a
+    locked temporary name first, then a rename over it, so that no cleaner takes it for a
+    leftover in between.
+    """
+    source = f"/proc/self/fd/{fd}"
+    try:
+        # src_dir_fd only makes Python call linkat (AT_SYMLINK_FOLLOW); the path is absolute
+        os.link(source, target, src_dir_fd=fd, follow_symlinks=True)
+        return
+    except FileExistsError:
+        pass
+    claim_unnamed(fd)
+    tmp = temporary_name(Path(target))
+    os.link(source, tmp, src_dir_fd=fd, follow_symlinks=True)
+    try:
+        os.replace(tmp, target)
     except BaseException:
         _unlink_quietly(tmp)
         raise

@@ -152,8 +152,8 @@ def test_tampered_record_is_refused(published, tmp_path: Path) -> None:
 
 def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch) -> None:
     """Interrupt the copy midway through a file: the target path never holds a partial file."""
-    import archive.download as download_module
     import archive.materialize as materialize
+    import archive.placing as placing
 
     def dying_copy(source, out):
         out.write(source.read(10))
@@ -163,8 +163,13 @@ def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, 
         yield stream.read(10)
         raise KeyboardInterrupt
 
+    def dying_write(fd, data):
+        os.write(fd, data[:2])
+        raise KeyboardInterrupt
+
     monkeypatch.setattr(materialize, "copy_bytes", dying_copy)  # a copy from the cache
-    monkeypatch.setattr(download_module, "iter_chunks", dying_chunks)  # a verified copy from the archive
+    monkeypatch.setattr(placing, "iter_chunks", dying_chunks)  # a verified copy from the archive
+    monkeypatch.setattr(materialize, "write_all", dying_write)  # a small file, written from memory
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         published.download("calib", "^1", out, jobs=1, link="copy", progress=False)

@@ -73,11 +73,71 @@ def wait_until_stopped(pid: int) -> None:
         time.sleep(0.0002)
 
 
+def unnamed_files(pid: int, folder: Path) -> list[str]:
+    """The files without a name (Linux ``O_TMPFILE``) that ``pid`` has open in ``folder``."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith(f"{folder}/#") and link.endswith(" (deleted)"):
+            found.append(link)
+    return found
+
+
+def hold_while_writing_unnamed(proc: subprocess.Popen, folder: Path) -> None:
+    """Stop ``proc`` at a moment it is writing a file not yet named in ``folder``."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process ended before it could be held mid-file"
+        if folder.exists() and unnamed_files(proc.pid, folder):
+            proc.send_signal(signal.SIGSTOP)
+            wait_until_stopped(proc.pid)
+            if unnamed_files(proc.pid, folder):
+                return
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.0005)
+    raise AssertionError("no file was written unnamed")
+
+
+#: ``archive`` as a user runs it, but writing through named temporaries (as on a filesystem
+#: without O_TMPFILE, or off Linux): the path those filesystems take, on this one.
+NAMED_TEMPORARIES = r"""
+import sys
+import archive.materialize
+from archive.cli import main
+archive.materialize._open_unnamed = lambda folder, mode: None
+sys.argv[0] = "archive"
+main()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "O_TMPFILE"), reason="Linux only")
+def test_two_pulls_into_one_folder_both_succeed_unnamed(big_release, tmp_path: Path) -> None:
+    """A pull held while it writes a file still without a name, while a second pull into the
+    same folder runs from start to end and places every file: the first then finds its targets
+    taken, replaces them (same content), and both succeed with nothing left behind."""
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1",
+                              "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        hold_while_writing_unnamed(first, out)
+        second = run("-a", big_release.location, "pull", "big", "--to", str(out))
+        assert second.returncode == 0, second.stderr
+        assert snapshot(out) == BIG
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert snapshot(out) == BIG and parts_in(out, ".archive-part") == []
+
+
 def test_two_pulls_into_one_folder_both_succeed(big_release, tmp_path: Path) -> None:
     """A pull held in the middle of a file while a second pull into the same folder runs from
     start to end: the second must leave the first's temporary alone, and both succeed."""
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1",
+    first = subprocess.Popen([sys.executable, "-c", NAMED_TEMPORARIES, "-q", "-a", big_release.location, "-j", "1",
                               "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         held = hold_while_writing(first, out, ".archive-part", locked=True)
@@ -187,6 +247,7 @@ def test_a_cleaner_between_create_and_lock_costs_nothing(tmp_path: Path, monkeyp
         return claim(fd)
 
     monkeypatch.setattr(materialize, "claim", clean_first)
+    monkeypatch.setattr(materialize, "_open_unnamed", lambda folder, mode: None)  # the named path
     materialize.write_file_atomically(tmp_path / "f.txt", [b"whole"], 0o644)
     assert len(cleaned) == 1 and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
     assert (tmp_path / "f.txt").read_bytes() == b"whole"
