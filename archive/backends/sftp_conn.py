@@ -34,6 +34,7 @@ from ..credentials import SSHConnector, SSHTarget
 from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits
+from .sftp_proto import SFTPClient
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Endpoint:
 class Connection:
     """One SFTP session on one SSH connection, used by one thread at a time."""
 
-    def __init__(self, link: Link, sftp: paramiko.SFTPClient, host: str) -> None:
+    def __init__(self, link: Link, sftp: SFTPClient, host: str) -> None:
         self.link, self.sftp, self.host = link, sftp, host
         self.read_size, self.write_size = server_limits(sftp)
 
@@ -79,12 +80,12 @@ class Connection:
         A request left unanswered (:class:`TimeoutError`) counts: its reply may still come, so
         the session is out of step and cannot serve another request.
         """
-        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, paramiko.SFTPError)
+        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError)
         return isinstance(exc, lost) or not self.alive()
 
     @contextmanager
     def errors(self, key: str) -> Iterator[None]:
-        """Turn paramiko, pipe and socket errors into the archive's errors for ``key``.
+        """Turn SFTP, paramiko, pipe and socket errors into the archive's errors for ``key``.
 
         A broken connection is closed here, so the pool drops it and a retry reconnects.
         """
@@ -94,7 +95,7 @@ class Connection:
             raise KeyNotFoundError(key) from None
         except ArchiveError:
             raise
-        except (EOFError, paramiko.SSHException, paramiko.SFTPError, OSError) as exc:
+        except (EOFError, paramiko.SSHException, OSError) as exc:
             if self.broken(exc):
                 raise BackendUnavailableError(f"cannot reach {self.host}: {self._lost_reason(exc)}") from exc
             if isinstance(exc, PermissionError):
@@ -177,7 +178,7 @@ class Connector:
                 channel = transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
                 channel.settimeout(timeout)
                 channel.invoke_subsystem("sftp")
-                conn = Connection(transport, paramiko.SFTPClient(channel), host)
+                conn = Connection(transport, SFTPClient(channel).start(), host)
         except BaseException as exc:
             transport.close()
             if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
@@ -240,7 +241,7 @@ class ConnectionPool:
         """Lend a connection for the duration of the block.
 
         An interrupt (Ctrl-C) inside the block closes the connection without waiting for
-        anything: it may have stopped paramiko halfway through a packet, so the session is out
+        anything: it may have stopped a request or reply halfway through a packet, so the session is out
         of step and a reply awaited on it might never come.
         """
         conn = self._take()
@@ -254,7 +255,7 @@ class ConnectionPool:
             self._give_back(conn)
 
     @contextmanager
-    def session(self, key: str) -> Iterator[paramiko.SFTPClient]:
+    def session(self, key: str) -> Iterator[SFTPClient]:
         """Borrow an SFTP client; errors inside are mapped to archive errors for ``key``."""
         with self.borrow() as conn, conn.errors(key):
             yield conn.sftp
