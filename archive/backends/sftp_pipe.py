@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..credentials import SSHTarget, probe_host_key, ssh_dir
 from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError, HostKeyError
-from .sftp_proto import SFTPClient
+from .sftp_proto import SFTPClient, SFTPConnectionLost
 
 logger = logging.getLogger(__name__)
 #: The key files ssh tries by default (``ssh(1)``, ``-i``), looked up in ``$HOME/.ssh``.
@@ -293,7 +293,13 @@ def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, SFTPCli
         pipe.close()
         raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: no SFTP session within"
                                       f" {pipe.timeout:g} s") from exc
-    except (EOFError, OSError) as exc:  # ConnectionError: ssh exited before SFTP started
+    except SFTPConnectionLost as exc:
+        if not pipe.is_active():  # ssh exited: its stderr says why
+            pipe.close()
+            raise startup_error(pipe.stderr_text(), target) from exc
+        pipe.close()
+        raise BackendUnavailableError(f"cannot reach {target.hostname}: {exc}") from exc
+    except (EOFError, OSError) as exc:
         pipe.close()
         raise startup_error(pipe.stderr_text(), target) from exc
     except BaseException:

@@ -234,8 +234,9 @@ class SFTPClient:
 
     def _read_packet(self) -> memoryview:
         size = _U32.unpack(self._read_exactly(4))[0]
-        if size > MAX_ACCEPTED_PACKET:
-            raise SFTPConnectionLost(f"a malformed SFTP reply (a packet of {size} bytes)")
+        if size > MAX_ACCEPTED_PACKET:  # e.g. text a login script printed: never allocate for it
+            raise SFTPConnectionLost(f"the server's replies are not SFTP (a packet of {size} bytes); does a"
+                                     f" login script print text?")
         return memoryview(self._read_exactly(size))
 
     def _read_exactly(self, n: int) -> bytes:

@@ -281,3 +281,16 @@ def _drop_connections(arc: SFTPArchive) -> None:
             except OSError:  # a transport of an earlier test whose socket is gone already
                 continue
     assert dropped
+
+
+def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path, transport: str) -> None:
+    """A folder of more names than one READDIR reply holds (OpenSSH sends about 100): every
+    name comes back once, with one request kept ahead of the one being read."""
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        folder = store / "releases" / "many"
+        folder.mkdir(parents=True)
+        names = {f"{i}.0.0" for i in range(1234)}
+        for name in names:
+            (folder / name).write_bytes(b"x")
+        assert sorted(arc.list_keys("releases/many")) == sorted(names)
+        assert arc.read_key("releases/many/7.0.0", 10) == b"x"  # the session is still in step
