@@ -93,7 +93,7 @@ class SFTPArchive(ArchiveInterface):
     def open_key(self, key: str) -> Iterator[BinaryIO]:
         """See :meth:`ArchiveInterface.open_key`: ``lstat`` first, a round trip more, because
         OpenSSH's server would block (and hang the session) opening a FIFO."""
-        with self._pool.borrow() as conn:
+        with self._pool.borrow(transfer=True) as conn:
             with conn.errors(key):
                 self._lstat(conn.sftp, key)
                 raw = WindowedReader.open(conn.sftp, self.remote_path(key), conn.read_size, lambda: conn.errors(key))
@@ -111,7 +111,7 @@ class SFTPArchive(ArchiveInterface):
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")
         shown = shown_key(key)
-        with self._pool.borrow() as conn, conn.errors(shown):
+        with self._pool.borrow(transfer=True) as conn, conn.errors(shown):
             sftp = conn.sftp
             self._folders.check(sftp, layout.TMP_DIR, create=True)
             self._partials.sweep(sftp)

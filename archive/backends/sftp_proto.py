@@ -183,6 +183,7 @@ class SFTPClient:
         self._replies: dict[int, Reply] = {}
         self._ignored: set[int] = set()
         self.extensions: dict[str, bytes] = {}
+        self.moved = 0  # bytes of packets sent and received: how much a borrower moved
 
     def start(self) -> "SFTPClient":
         """Say ``INIT`` (version 3) and read the server's ``VERSION`` and extensions."""
@@ -203,8 +204,9 @@ class SFTPClient:
         """Send one request now (its fields already encoded); return its id for :meth:`reply`."""
         num = self._next_id
         self._next_id = num + 1 if num < 0xFFFFFFFF else 1
-        header = _HEADER.pack(5 + sum(len(field) for field in fields), kind, num)
-        self._write(header, *fields)
+        size = 5 + sum(len(field) for field in fields)
+        self._write(_HEADER.pack(size, kind, num), *fields)
+        self.moved += size
         return num
 
     def reply(self, num: int) -> Reply:
@@ -237,6 +239,7 @@ class SFTPClient:
         if size > MAX_ACCEPTED_PACKET:  # e.g. text a login script printed: never allocate for it
             raise SFTPConnectionLost(f"the server's replies are not SFTP (a packet of {size} bytes); does a"
                                      f" login script print text?")
+        self.moved += size
         return memoryview(self._read_exactly(size))
 
     def _read_exactly(self, n: int) -> bytes:
