@@ -36,7 +36,7 @@ from ..credentials import SSHConnector, SSHTarget
 from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits
-from .sftp_proto import SFTPClient
+from .sftp_proto import SFTPClient, SFTPConnectionLost
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ class Connection:
             raise BackendError(f"{key}: {sftp_reason(exc)} on {self.host}") from exc
 
     def _lost_reason(self, exc: BaseException) -> str:
-        if isinstance(self.link, SSHPipe) and not isinstance(exc, TimeoutError):
+        """ssh's own words when the session ended; ours for a timeout or a reply that is no SFTP."""
+        garbled = isinstance(exc, SFTPConnectionLost) and self.alive()
+        if isinstance(self.link, SSHPipe) and not isinstance(exc, TimeoutError) and not garbled:
             return self.link.reason()
         self.close()
         return sftp_reason(exc)
