@@ -8,7 +8,9 @@ command with the OpenSSH command it competes with, ``--repeat`` times:
   and ``scp``;
 * the raw backend primitives (``write_key``/``open_key``) on the same file: what the backend
   costs without publish's hashing pass and download's copy out of the cache;
-* push and pull of many 4 KiB files (10,000; 1,000 with ``--quick``) against ``scp -r``.
+* push and pull of many 4 KiB files (10,000; 1,000 with ``--quick``) against ``scp -r``;
+* push and pull of a folder of large files (64 x 4 MiB; 16 with ``--quick``) against ``scp -r``:
+  the target of issue 14 (each byte hashed once and copied as little as possible).
 
 Every archive command opens its own connections and closes them, as the OpenSSH commands do. It prints median seconds, the speed ratio (OpenSSH seconds / archive
 seconds: above 1 means archive is faster) and the CPU seconds each side burnt in all processes
@@ -210,6 +212,35 @@ def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Ro
     return [push_row, pull_row, direct_row]
 
 
+def make_large_files(folder: Path, count: int, size: int) -> Path:
+    """``count`` distinct files of ``size`` bytes (a shared random block, each with its own head)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(size)
+    for i in range(count):
+        (folder / f"f{i:03d}.bin").write_bytes(i.to_bytes(8, "big") + block[8:])
+    return folder
+
+
+def bench_many_large(bench: Bench, cli: ArchiveCLI, count: int, size: int, reps: int) -> list[Row]:
+    """Push and pull of a folder of large files: archive publish/download vs ``scp -r``."""
+    src = make_large_files(bench.work / "many", count, size)
+    label = f"{count} x {size // MIB} MiB"
+    push_row, pull_row = Row(f"{label} push: publish vs scp -r"), Row(f"{label} pull: --no-cache vs scp -r")
+    for _ in range(reps):
+        remote, local = bench.fresh("remote-many"), bench.fresh("local-many")
+        url = bench.server.url(remote / "store")
+        archive.get_interface(url, create=True).close()
+        push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
+        push_row.ours.append(bench.measure(lambda: cli.push(url, src), cli))
+        pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
+                                                               str(local / "scp"))))
+        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "direct", local / "cache", "--no-cache"),
+                                           cli))
+        shutil.rmtree(remote)
+        shutil.rmtree(local)
+    return [push_row, pull_row]
+
+
 def _file_chunks(path: Path):
     with open(path, "rb") as stream:
         while chunk := stream.read(MIB):
@@ -235,7 +266,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None, help="parallel transfers for the small files")
     parser.add_argument("--size-mib", type=int, default=None, help="size of the large file")
     parser.add_argument("--files", type=int, default=None, help="number of small files")
-    parser.add_argument("--only", choices=["large", "small"], default=None, help="run one half only")
+    parser.add_argument("--large-files", type=int, default=None, help="number of 4 MiB files in the folder rows")
+    parser.add_argument("--only", choices=["large", "small", "many"], default=None,
+                        help="run one part only: one large file, many small files, a folder of large files")
     return parser.parse_args(argv)
 
 
@@ -253,8 +286,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             setup_home(server, work / "home")
             bench, cli = Bench(server, proc.pid, work), ArchiveCLI(work / "home", args.jobs)
-            rows = [] if args.only == "small" else bench_large(bench, cli, size, reps)
-            rows += [] if args.only == "large" else bench_small(bench, cli, count, reps)
+            rows = bench_large(bench, cli, size, reps) if args.only in (None, "large") else []
+            rows += bench_small(bench, cli, count, reps) if args.only in (None, "small") else []
+            many = args.large_files or (16 if args.quick else 64)
+            rows += bench_many_large(bench, cli, many, 4 * MIB, reps) if args.only in (None, "many") else []
         finally:
             stop_process(proc)
     print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}"

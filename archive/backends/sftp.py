@@ -39,8 +39,6 @@ from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-import paramiko
-
 from .. import layout
 from ..credentials import resolve_target
 from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
@@ -50,6 +48,7 @@ from ..locations import password_of, redact
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_paths import CheckedFolders, list_names
+from .sftp_proto import Attributes, SFTPClient
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class SFTPArchive(ArchiveInterface):
             attrs = self._lstat(sftp, key)
         return KeyInfo(attrs.st_size or 0, float(attrs.st_mtime or 0))
 
-    def _lstat(self, sftp: paramiko.SFTPClient, key: str) -> paramiko.SFTPAttributes:
+    def _lstat(self, sftp: SFTPClient, key: str) -> Attributes:
         """The ``lstat`` of ``key``, which must be a regular file in real folders below the root."""
         return self._folders.lstat(sftp, key)
 
@@ -94,14 +93,14 @@ class SFTPArchive(ArchiveInterface):
     def open_key(self, key: str) -> Iterator[BinaryIO]:
         """See :meth:`ArchiveInterface.open_key`: ``lstat`` first, a round trip more, because
         OpenSSH's server would block (and hang the session) opening a FIFO."""
-        with self._pool.borrow() as conn:
+        with self._pool.borrow(transfer=True) as conn:
             with conn.errors(key):
                 self._lstat(conn.sftp, key)
                 raw = WindowedReader.open(conn.sftp, self.remote_path(key), conn.read_size, lambda: conn.errors(key))
             try:  # only the reads are translated: the caller's own errors pass as they are
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
             except BaseException as exc:
-                if not isinstance(exc, Exception):  # Ctrl-C may have stopped paramiko mid-packet
+                if not isinstance(exc, Exception):  # Ctrl-C may have stopped a reply mid-packet
                     conn.close()
                 raise
             finally:
@@ -112,7 +111,7 @@ class SFTPArchive(ArchiveInterface):
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")
         shown = shown_key(key)
-        with self._pool.borrow() as conn, conn.errors(shown):
+        with self._pool.borrow(transfer=True) as conn, conn.errors(shown):
             sftp = conn.sftp
             self._folders.check(sftp, layout.TMP_DIR, create=True)
             self._partials.sweep(sftp)
@@ -172,7 +171,7 @@ class SFTPArchive(ArchiveInterface):
         (a retry resumes a blob's), else remove it (a full disk is checked first, while full).
 
         Nothing here may wait on a connection that was interrupted: it is closed at once (Ctrl-C
-        may have stopped paramiko mid-packet, and no reply would ever come)."""
+        may have stopped a request mid-packet, and no reply would ever come)."""
         if interrupted(exc):
             conn.close()
         if interrupted(exc) or conn.broken(exc):
@@ -183,7 +182,7 @@ class SFTPArchive(ArchiveInterface):
         if full:
             raise StorageFullError(f"no space left on {conn.host} for {key}") from exc
 
-    def _move_into_place(self, sftp: paramiko.SFTPClient, tmp: str, target: str, key: str, exclusive: bool,
+    def _move_into_place(self, sftp: SFTPClient, tmp: str, target: str, key: str, exclusive: bool,
                          size: int) -> None:
         """Rename ``tmp`` to ``target``; a folder removed meanwhile is created again once."""
         for attempt in (1, 2):
@@ -231,7 +230,7 @@ def _blob_hex(key: str) -> str | None:
         return None
 
 
-def _check_taken_over(sftp: paramiko.SFTPClient, target: str, key: str, exclusive: bool, size: int) -> None:
+def _check_taken_over(sftp: SFTPClient, target: str, key: str, exclusive: bool, size: int) -> None:
     """Our temporary file vanished before its rename: fine only if the blob is in place whole.
 
     That happens when another process took over this upload as an idle partial one and
@@ -261,7 +260,7 @@ def _finish_reading(conn: Connection, raw: WindowedReader, key: str) -> None:
         logger.debug("closing %s after reading failed: %s", key, exc)
 
 
-def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
+def _exists(sftp: SFTPClient, path: str) -> bool:
     try:
         sftp.lstat(path)
     except FileNotFoundError:

@@ -24,6 +24,8 @@ import errno
 import logging
 import os
 import threading
+import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -34,12 +36,17 @@ from ..credentials import SSHConnector, SSHTarget
 from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits
+from .sftp_proto import SFTPClient, SFTPConnectionLost
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
 
 logger = logging.getLogger(__name__)
 TRANSPORT_ENV = "ARCHIVE_SFTP_TRANSPORT"
 WINDOW_SIZE = 8 * 1024 * 1024  # paramiko's SSH channel window: enough in flight to fill a fast link
 MAX_CONNECTING = 4  # below sshd's MaxStartups (10), which drops extra handshakes
+BULK_CONNECTIONS = 2  # enough for streaming large files on loopback with 2 cores (measured: 8 took twice the CPU)
+BULK_BYTES = 512 * 1024  # transfers moving more than this each are streaming, not waiting on round trips
+RECENT_TRANSFERS = 4  # how many transfers tell small files from large ones
+BULK_WAIT = 2.0  # seconds a transfer waits for a connection before opening one anyway (never a deadlock)
 
 
 class Link(Protocol):
@@ -63,7 +70,7 @@ class Endpoint:
 class Connection:
     """One SFTP session on one SSH connection, used by one thread at a time."""
 
-    def __init__(self, link: Link, sftp: paramiko.SFTPClient, host: str) -> None:
+    def __init__(self, link: Link, sftp: SFTPClient, host: str) -> None:
         self.link, self.sftp, self.host = link, sftp, host
         self.read_size, self.write_size = server_limits(sftp)
 
@@ -79,12 +86,12 @@ class Connection:
         A request left unanswered (:class:`TimeoutError`) counts: its reply may still come, so
         the session is out of step and cannot serve another request.
         """
-        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError, paramiko.SFTPError)
+        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError)
         return isinstance(exc, lost) or not self.alive()
 
     @contextmanager
     def errors(self, key: str) -> Iterator[None]:
-        """Turn paramiko, pipe and socket errors into the archive's errors for ``key``.
+        """Turn SFTP, paramiko, pipe and socket errors into the archive's errors for ``key``.
 
         A broken connection is closed here, so the pool drops it and a retry reconnects.
         """
@@ -94,7 +101,7 @@ class Connection:
             raise KeyNotFoundError(key) from None
         except ArchiveError:
             raise
-        except (EOFError, paramiko.SSHException, paramiko.SFTPError, OSError) as exc:
+        except (EOFError, paramiko.SSHException, OSError) as exc:
             if self.broken(exc):
                 raise BackendUnavailableError(f"cannot reach {self.host}: {self._lost_reason(exc)}") from exc
             if isinstance(exc, PermissionError):
@@ -102,7 +109,9 @@ class Connection:
             raise BackendError(f"{key}: {sftp_reason(exc)} on {self.host}") from exc
 
     def _lost_reason(self, exc: BaseException) -> str:
-        if isinstance(self.link, SSHPipe) and not isinstance(exc, TimeoutError):
+        """ssh's own words when the session ended; ours for a timeout or a reply that is no SFTP."""
+        garbled = isinstance(exc, SFTPConnectionLost) and self.alive()
+        if isinstance(self.link, SSHPipe) and not isinstance(exc, TimeoutError) and not garbled:
             return self.link.reason()
         self.close()
         return sftp_reason(exc)
@@ -177,7 +186,7 @@ class Connector:
                 channel = transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
                 channel.settimeout(timeout)
                 channel.invoke_subsystem("sftp")
-                conn = Connection(transport, paramiko.SFTPClient(channel), host)
+                conn = Connection(transport, SFTPClient(channel).start(), host)
         except BaseException as exc:
             transport.close()
             if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
@@ -223,27 +232,41 @@ def _requested_transport(endpoint: Endpoint) -> str:
 class ConnectionPool:
     """Connections lent to one thread at a time.
 
-    A connection is opened when every open one is busy and kept for reuse afterwards, so the
-    pool grows to the number of threads that use it at once. A connection that broke is
-    dropped; the next borrower gets a fresh one.
+    A connection is opened when every open one is busy and kept for reuse afterwards; one that
+    broke is dropped, and the next borrower gets a fresh one. How far the pool grows depends
+    on what the transfers move (see :meth:`borrow`): a connection costs about 0.15 s of CPU to
+    open (ssh and sshd together, measured on loopback), which pays off only while transfers
+    wait on round trips and the server (many small files: one connection per thread), not
+    while they stream (large files: :data:`BULK_CONNECTIONS` keep ssh's crypto busy on every
+    core; more only compete for the same cores).
     """
 
     def __init__(self, connector: Connector, location: str) -> None:
         self.connector, self._location = connector, location
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
         self._connecting = threading.BoundedSemaphore(MAX_CONNECTING)
         self._closed = False
+        self._open = 0  # connections open or being opened
+        self._recent: deque[int] = deque(maxlen=RECENT_TRANSFERS)  # bytes each of the last transfers moved
 
     @contextmanager
-    def borrow(self) -> Iterator[Connection]:
+    def borrow(self, transfer: bool = False) -> Iterator[Connection]:
         """Lend a connection for the duration of the block.
 
+        ``transfer``: the block moves a file's data (a write or read of a key). While one of
+        the last :data:`RECENT_TRANSFERS` transfers moved more than :data:`BULK_BYTES` (or
+        fewer were seen yet), a transfer waits up to :data:`BULK_WAIT` seconds for a connection
+        to come back rather than open one beyond :data:`BULK_CONNECTIONS`; anything else never
+        waits.
+
         An interrupt (Ctrl-C) inside the block closes the connection without waiting for
-        anything: it may have stopped paramiko halfway through a packet, so the session is out
-        of step and a reply awaited on it might never come.
+        anything: it may have stopped a request or reply halfway through a packet, so the
+        session is out of step and a reply awaited on it might never come.
         """
-        conn = self._take()
+        conn = self._take(transfer)
+        moved = conn.sftp.moved
         try:
             yield conn
         except BaseException as exc:
@@ -251,10 +274,10 @@ class ConnectionPool:
                 conn.close()
             raise
         finally:
-            self._give_back(conn)
+            self._give_back(conn, conn.sftp.moved - moved if transfer else None)
 
     @contextmanager
-    def session(self, key: str) -> Iterator[paramiko.SFTPClient]:
+    def session(self, key: str) -> Iterator[SFTPClient]:
         """Borrow an SFTP client; errors inside are mapped to archive errors for ``key``."""
         with self.borrow() as conn, conn.errors(key):
             yield conn.sftp
@@ -265,24 +288,62 @@ class ConnectionPool:
         for conn in idle:
             conn.close()
 
-    def _take(self) -> Connection:
+    def _take(self, transfer: bool) -> Connection:
+        dead: list[Connection] = []
         with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.alive():
-                    return conn
-                conn.close()
-        with self._connecting:
-            conn = self.connector.open()
+            conn = self._idle_or_permit(transfer, dead)
+        for stale in dead:
+            stale.close()
+        if conn is not None:
+            return conn
+        try:
+            with self._connecting:
+                conn = self.connector.open()
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+                self._returned.notify()
+            raise
         logger.debug("opened an SFTP connection to %s over %s (requests of %d/%d bytes)", self._location,
                      self.connector.transport, conn.read_size, conn.write_size)
         return conn
 
-    def _give_back(self, conn: Connection) -> None:
+    def _idle_or_permit(self, transfer: bool, dead: list[Connection]) -> Connection | None:
+        """An idle connection, or None once this thread may open one (counted already).
+        Called with the lock held; connections found dead go to ``dead`` to be closed."""
+        deadline = None
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.alive():
+                    return conn
+                self._open -= 1
+                dead.append(conn)
+            if not (transfer and self._open >= BULK_CONNECTIONS and self._streaming()):
+                break
+            deadline = deadline or time.monotonic() + BULK_WAIT
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._returned.wait(left)
+        self._open += 1
+        return None
+
+    def _streaming(self) -> bool:
+        return len(self._recent) < RECENT_TRANSFERS or max(self._recent) > BULK_BYTES
+
+    def _give_back(self, conn: Connection, moved: int | None) -> None:
         with self._lock:
+            if moved is not None:
+                streaming = self._streaming()
+                self._recent.append(moved)
+                if streaming and not self._streaming():  # every waiting transfer may open one now
+                    self._returned.notify_all()
+            self._returned.notify()
             if conn.alive() and not self._closed:
                 self._idle.append(conn)
                 return
+            self._open -= 1
         conn.close()
 
 

@@ -3,8 +3,8 @@
 This is how restic and borg reach SSH servers, and how OpenSSH's own ``sftp`` works: the
 system ``ssh`` client does the network, the crypto (in C, on its own core) and everything
 ``ssh_config`` can say (ProxyJump, ControlMaster, IdentityFile, agent, known_hosts), and this
-process only frames SFTP packets on the child's stdin and stdout. paramiko's SFTP client code
-speaks the protocol; :class:`SSHPipe` gives it the socket-like object it expects.
+process only frames SFTP packets on the child's stdin and stdout: our own SFTP client
+(:mod:`archive.backends.sftp_proto`) speaks the protocol over :class:`SSHPipe`.
 
 ``ssh`` runs with ``BatchMode=yes`` (it never prompts: passwords are left to paramiko's own
 transport, see :mod:`archive.backends.sftp_conn`) and ``StrictHostKeyChecking=yes`` (an
@@ -26,10 +26,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import paramiko
-
 from ..credentials import SSHTarget, probe_host_key, ssh_dir
 from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError, HostKeyError
+from .sftp_proto import SFTPClient, SFTPConnectionLost
 
 logger = logging.getLogger(__name__)
 #: The key files ssh tries by default (``ssh(1)``, ``-i``), looked up in ``$HOME/.ssh``.
@@ -103,10 +102,10 @@ def _quoted(path: str) -> str:
 
 
 class SSHPipe:
-    """The socket-like end of an ``ssh -s sftp`` child that :class:`paramiko.SFTPClient` talks to.
+    """The byte stream of an ``ssh -s sftp`` child that :class:`~archive.backends.sftp_proto.SFTPClient` talks over.
 
-    paramiko needs ``send``, ``recv``, ``close`` and ``get_name``; its pipelined writes also
-    ask ``recv_ready``. ``is_active`` and ``close`` match :class:`paramiko.Transport`, so a
+    The client needs ``recv`` and ``send_parts``. ``is_active`` and ``close`` match
+    :class:`paramiko.Transport`, so a
     connection treats both transports alike. ssh runs in a session of its own, so a Ctrl-C at
     the terminal reaches this process only and a write can still remove its temporary file.
 
@@ -137,19 +136,15 @@ class SSHPipe:
         self._stderr_tail = ""
         logger.debug("started ssh (pid %d) for %s", self._proc.pid, name)
 
-    def send(self, data: bytes) -> int:
-        """Queue ``data``; it goes out with the next :meth:`recv` or once enough has queued.
-
-        Requests sent before a reply is awaited (write, fstat, close of a small file; a
-        window of reads) then reach ssh in one write: one SSH packet instead of several, and
-        fewer wake-ups of ssh and sshd, which is most of the cost of many small files.
-        """
-        self.send_parts(data)
-        return len(data)
-
     def send_parts(self, *parts: bytes | memoryview) -> None:
         """Send ``parts`` as one message; a large one goes straight out with ``writev``, so the
-        data of a write request is never copied in this process."""
+        data of a write request is never copied in this process.
+
+        A small one is queued and goes out with the next :meth:`recv` or once enough has
+        queued: requests sent before a reply is awaited (write, fsync, fstat, close of a small
+        file; a window of reads) then reach ssh in one write, one SSH packet instead of
+        several, and fewer wake-ups of ssh and sshd, which is most of the cost of many small files.
+        """
         size = sum(len(part) for part in parts)
         if len(self._queued) + size <= SEND_BLOCK:
             for part in parts:
@@ -168,7 +163,7 @@ class SSHPipe:
             self._write_all([memoryview(queued)])
 
     def recv(self, n: int) -> bytes:
-        """Up to ``n`` bytes (paramiko loops for the rest); a large ``n`` is read whole, in one
+        """Up to ``n`` bytes (the caller loops for the rest); a large ``n`` is read whole, in one
         join, so a data packet is not pieced together by repeated concatenation."""
         self._flush()
         if self._pos >= len(self._buffer) and n < READ_BLOCK:
@@ -223,13 +218,6 @@ class SSHPipe:
         if not any(ready):
             raise TimeoutError(f"no reply from the server in {self.timeout:g} s")
 
-    def recv_ready(self) -> bool:
-        self._flush()
-        return self._pos < len(self._buffer) or bool(select.select([self._out], [], [], 0)[0])
-
-    def get_name(self) -> str:
-        return self.name
-
     @property
     def pid(self) -> int:
         """The process id of the ssh child."""
@@ -282,7 +270,7 @@ def _grow_pipe(fd: int) -> None:
         logger.debug("cannot grow a pipe to ssh: %s", exc)
 
 
-def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, paramiko.SFTPClient]:
+def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, SFTPClient]:
     """Start ssh and the SFTP session over it; failures become one-line archive errors.
 
     ssh's ``ConnectTimeout`` bounds reaching the server; login and the start of SFTP get as
@@ -300,12 +288,18 @@ def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, paramik
     """
     pipe = SSHPipe(argv, f"ssh:{target.account}", timeout=2 * target.connect_timeout)
     try:
-        return pipe, paramiko.SFTPClient(pipe)
+        return pipe, SFTPClient(pipe).start()
     except TimeoutError as exc:
         pipe.close()
         raise BackendUnavailableError(f"cannot reach {target.hostname}:{target.port}: no SFTP session within"
                                       f" {pipe.timeout:g} s") from exc
-    except (paramiko.SSHException, EOFError, OSError) as exc:
+    except SFTPConnectionLost as exc:
+        if not pipe.is_active():  # ssh exited: its stderr says why
+            pipe.close()
+            raise startup_error(pipe.stderr_text(), target) from exc
+        pipe.close()
+        raise BackendUnavailableError(f"cannot reach {target.hostname}: {exc}") from exc
+    except (EOFError, OSError) as exc:
         pipe.close()
         raise startup_error(pipe.stderr_text(), target) from exc
     except BaseException:

@@ -27,10 +27,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-import paramiko
-
-from .sftp_io import EXISTING_FILE, PipelinedWriter, WindowedReader, open_handle, remove_quietly, truncate_handle
+from .sftp_io import EXISTING_FILE, PipelinedWriter, WindowedReader, remove_quietly
 from .sftp_paths import list_names
+from .sftp_proto import SFTPClient
 
 logger = logging.getLogger(__name__)
 PARTIAL_NAME = re.compile(r"(?P<hex>[0-9a-f]{64})\.[0-9a-f]{32}\.part")
@@ -65,14 +64,14 @@ class PartialUploads:
             else:
                 self._own[hexdigest] = path
 
-    def sweep(self, sftp: paramiko.SFTPClient) -> None:
+    def sweep(self, sftp: SFTPClient) -> None:
         """Remove the files noted by :meth:`remember` that no retry will continue."""
         with self._lock:
             orphans, self._orphans = self._orphans, []
         for path in orphans:
             remove_quietly(sftp, path)
 
-    def claim(self, sftp: paramiko.SFTPClient, hexdigest: str, new_path: str) -> Partial | None:
+    def claim(self, sftp: SFTPClient, hexdigest: str, new_path: str) -> Partial | None:
         """Take over a partial upload of ``hexdigest`` by renaming it to ``new_path``; None if none."""
         for path, own in self._candidates(sftp, hexdigest):
             try:
@@ -95,7 +94,7 @@ class PartialUploads:
             return Partial(new_path, size)
         return None
 
-    def _candidates(self, sftp: paramiko.SFTPClient, hexdigest: str) -> Iterator[tuple[str, bool]]:
+    def _candidates(self, sftp: SFTPClient, hexdigest: str) -> Iterator[tuple[str, bool]]:
         with self._lock:
             own = self._own.pop(hexdigest, None)
         if own is not None:
@@ -108,7 +107,7 @@ class PartialUploads:
             yield path, False
 
 
-def _list_partials(sftp: paramiko.SFTPClient, tmp_dir: str) -> dict[str, list[str]]:
+def _list_partials(sftp: SFTPClient, tmp_dir: str) -> dict[str, list[str]]:
     try:
         names = list_names(sftp, tmp_dir)
     except FileNotFoundError:
@@ -121,7 +120,7 @@ def _list_partials(sftp: paramiko.SFTPClient, tmp_dir: str) -> dict[str, list[st
     return found
 
 
-def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[bytes], read_size: int,
+def resume_upload(sftp: SFTPClient, partial: Partial, chunks: Iterable[bytes], read_size: int,
                   write_size: int) -> tuple[int, int]:
     """Continue ``partial`` with ``chunks`` (the whole content); return the bytes in all and the
     size the server reports.
@@ -129,13 +128,13 @@ def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[
     The bytes on the server are compared with the chunks first; writing starts at the first
     difference (or where the server's bytes end), and the file is cut there.
     """
-    handle = open_handle(sftp, partial.path, EXISTING_FILE)
+    handle = sftp.open(partial.path, EXISTING_FILE)
     writer = PipelinedWriter(sftp, handle, write_size)
     try:
         offset, rest = _skip_matching_prefix(sftp, handle, partial.size, chunks, read_size)
         logger.info("resuming an upload: %d of %d bytes on the server match", offset, partial.size)
         if offset < partial.size:
-            truncate_handle(sftp, handle, offset)
+            sftp.truncate(handle, offset)
     except BaseException as exc:
         writer.abort(exc)
         raise
@@ -143,11 +142,11 @@ def resume_upload(sftp: paramiko.SFTPClient, partial: Partial, chunks: Iterable[
     stored = writer.write_all(rest)
     # A new object's mtime is the time of its write (gc takes an old one for an abandoned blob,
     # see archive.gc); a partial that was already whole got no write, so its time is set here.
-    sftp.utime(partial.path, None)
+    sftp.touch(partial.path)
     return writer.offset, stored
 
 
-def _skip_matching_prefix(sftp: paramiko.SFTPClient, handle: bytes, size: int, chunks: Iterable[bytes],
+def _skip_matching_prefix(sftp: SFTPClient, handle: bytes, size: int, chunks: Iterable[bytes],
                           read_size: int) -> tuple[int, Iterator[bytes]]:
     """Consume the chunks the server holds already; return where they stop matching and the rest."""
     raw = WindowedReader(sftp, handle, size, read_size, nullcontext)

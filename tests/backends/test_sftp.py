@@ -24,6 +24,7 @@ from tests.conftest import make_tree
 from tests.sshd import LocalUser, SSHServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
 
 
 @pytest.fixture(params=["ssh", "paramiko"])
@@ -281,3 +282,32 @@ def _drop_connections(arc: SFTPArchive) -> None:
             except OSError:  # a transport of an earlier test whose socket is gone already
                 continue
     assert dropped
+
+
+def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path, transport: str) -> None:
+    """A folder of more names than one READDIR reply holds (OpenSSH sends about 100): every
+    name comes back once, with one request kept ahead of the one being read."""
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        folder = store / "releases" / "many"
+        folder.mkdir(parents=True)
+        names = {f"{i}.0.0" for i in range(1234)}
+        for name in names:
+            (folder / name).write_bytes(b"x")
+        assert sorted(arc.list_keys("releases/many")) == sorted(names)
+        assert arc.read_key("releases/many/7.0.0", 10) == b"x"  # the session is still in step
+
+
+def test_connections_follow_the_size_of_transfers(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
+    """Large files stream over two connections (more would only add handshakes and compete for
+    the same cores); many small files get one connection per thread, to wait on the server side
+    by side. Counted by the logins the sshd accepted."""
+    large, small = tmp_path / "large", tmp_path / "small"
+    make_tree(large, {f"f{i}.bin": os.urandom(8) + bytes(MIB) for i in range(12)})
+    make_tree(small, {f"d{i % 4}/f{i}.txt": f"file {i}".encode() for i in range(240)})
+    logins = sshd.log().count("Accepted publickey")
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        arc.publish(large, "large", "1.0.0", jobs=8)
+        assert sshd.log().count("Accepted publickey") - logins <= 3  # two and the first, which read the marker
+        arc.publish(small, "small", "1.0.0", jobs=8)
+        assert sshd.log().count("Accepted publickey") - logins > 3
+    assert (tmp_path / "store").is_dir()

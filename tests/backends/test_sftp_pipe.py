@@ -138,3 +138,21 @@ def _live_pipes() -> list[SSHPipe]:
 def _needs_ssh() -> None:
     if shutil.which("ssh") is None:
         unavailable("no ssh client (scripts/install-test-deps.sh installs openssh-client)")
+
+
+# ------------------------------------------------------------------ our own SFTP framing
+def test_text_before_sftp_is_refused_in_one_line(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login script that prints text ahead of the SFTP stream (a classic on real servers):
+    its first four bytes read as a packet length of about 1.4 GB, which is refused, not allocated."""
+    wrapper = tmp_path / "bin" / "ssh"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"#!/bin/sh\nprintf 'Welcome to lab!\\n'\nexec {shutil.which('ssh')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(TRANSPORT_ENV, "ssh")
+    with pytest.raises(BackendUnavailableError) as info:
+        archive.get_interface(sshd.url(tmp_path / "store"), create=True)
+    assert "not SFTP" in str(info.value) and "\n" not in str(info.value)
+    assert not _live_pipes()  # the ssh child was ended
+    assert not (tmp_path / "store").exists()
