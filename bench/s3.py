@@ -9,7 +9,8 @@ each archive command with the rclone command it competes with, ``--repeat`` time
 * the same for 10,000 files of 4 KiB (200 with ``--quick``).
 
 Both sides are real commands in child processes, each opening its own connections, against
-the same server in the same run; rclone runs with its defaults (4 transfers, 8 checkers), the
+the same server in the same run, each into a bucket of its own, removed after each repetition
+(moto scans every key of a bucket for each listing, which S3 does not); rclone runs with its defaults (4 transfers, 8 checkers), the
 archive with its own (the backend's ``max_workers``). It prints median seconds, the ratio
 (rclone seconds / archive seconds: above 1 means archive is faster), the archive command's
 median CPU seconds (user + sys, steadier than wall time on a shared machine) and peak RSS.
@@ -33,12 +34,15 @@ import shutil
 import statistics
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.datasets import KIB, MIB, make_random_folder
 from bench.measure import RSS_IS_EXACT, Sample, run_timed
+
+if TYPE_CHECKING:
+    from tests.s3d import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 RCLONE_REMOTE = "benchs3"  # configured by environment variables only: no rclone.conf is written
@@ -87,14 +91,28 @@ def _median(samples: list[Sample]) -> float:
 
 
 class Runner:
-    """The two commands under test, pointed at one server and bucket."""
+    """The commands under test, pointed at one server; a path is ``BUCKET/PREFIX``."""
 
-    def __init__(self, endpoint: str, bucket: str, env: dict[str, str], work: Path, jobs: int | None) -> None:
-        self.endpoint, self.bucket, self.work, self.jobs = endpoint, bucket, work, jobs
-        self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(endpoint, env)}
+    def __init__(self, server: "S3Server", env: dict[str, str], work: Path, jobs: int | None) -> None:
+        self.server, self.endpoint, self.work, self.jobs = server, server.endpoint, work, jobs
+        self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(server.endpoint, env)}
 
     def location(self, prefix: str) -> str:
-        return f"s3://{self.bucket}/{prefix}?endpoint={self.endpoint}"
+        return f"s3://{prefix}?endpoint={self.endpoint}"
+
+    def new_bucket(self) -> str:
+        from tests.s3d import new_bucket
+
+        return new_bucket(self.server)
+
+    def drop_bucket(self, bucket: str) -> None:
+        """Delete ``bucket`` and all it holds (moto keeps every object in memory)."""
+        client = self.server.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
 
     def archive(self, prefix: str, *args: str, cache: Path | None = None,
                 tree: Path = REPO) -> tuple[Sample, float]:
@@ -114,7 +132,7 @@ class Runner:
         return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
 
     def remote(self, prefix: str) -> str:
-        return f"{RCLONE_REMOTE}:{self.bucket}/{prefix}"
+        return f"{RCLONE_REMOTE}:{prefix}"
 
     def fresh(self, label: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
@@ -139,15 +157,21 @@ def bench_data_set(runner: Runner, data: DataSet, reps: int, anchor: Path | None
     trees = [("ours", REPO)] + ([("anchor", anchor)] if anchor else [])
     try:
         for rep in range(reps):
-            prefix = f"run-{uuid.uuid4().hex[:8]}"
+            # each command gets a bucket of its own: moto scans every key of a bucket for each
+            # listing, which S3 does not, so keys of other runs would slow the listings of both
+            buckets = {side: runner.new_bucket() for side in ["rclone", *dict(trees)]}
             local = runner.fresh("local")
-            rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{prefix}/rclone")))
-            rows[1].theirs.append(runner.rclone(runner.remote(f"{prefix}/rclone"), str(local / "rclone")))
-            rows[2].theirs.append(rows[1].theirs[-1])
-            for side, tree in trees[rep % 2:] + trees[:rep % 2]:
-                _bench_archive(runner, src, f"{prefix}/{side}", local / side, rows, side, tree)
-                _same_files(src, local / "rclone", local / side / "pulled", local / side / "direct")
-            shutil.rmtree(local)
+            try:
+                rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{buckets['rclone']}/data")))
+                rows[1].theirs.append(runner.rclone(runner.remote(f"{buckets['rclone']}/data"), str(local / "rclone")))
+                rows[2].theirs.append(rows[1].theirs[-1])
+                for side, tree in trees[rep % 2:] + trees[:rep % 2]:
+                    _bench_archive(runner, src, f"{buckets[side]}/archive", local / side, rows, side, tree)
+                    _same_files(src, local / "rclone", local / side / "pulled", local / side / "direct")
+            finally:
+                shutil.rmtree(local)
+                for bucket in buckets.values():
+                    runner.drop_bucket(bucket)
     finally:
         shutil.rmtree(src)
     return rows
@@ -197,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Start the server, run the chosen data sets against one fresh bucket, stop the server."""
-    from tests.s3d import new_bucket, start_s3_server, stop_s3_server
+    from tests.s3d import start_s3_server, stop_s3_server
 
     reps = args.repeat or (1 if args.quick else 3)
     chosen = data_sets(args.quick)
@@ -211,7 +235,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             env.update(server.env(), AWS_EC2_METADATA_DISABLED="true",
                        AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
-            runner = Runner(server.endpoint, new_bucket(server), env, work, args.jobs)
+            runner = Runner(server, env, work, args.jobs)
             return [row for data in chosen for row in bench_data_set(runner, data, reps, args.anchor)]
         finally:
             stop_s3_server(server)
