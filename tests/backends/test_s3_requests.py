@@ -90,3 +90,19 @@ def test_endpoint_rules_are_evaluated_once_per_operation_not_once_per_key(arc: S
     assert arc.list_keys("tmp") == sorted(k.rsplit("/", 1)[1] for k in keys)
     assert len(evaluated) <= 3  # PUT, GET, list (the ones before this test are cached)
     assert not any("Key" in params for params in evaluated)
+
+
+def test_times_of_answers_are_those_the_server_sent(arc: S3Archive, s3_env: S3Server) -> None:
+    """Answers' times are parsed by the backend's own parser; an object written by another tool
+    (no write time in its metadata) has the server's Last-Modified as its mtime."""
+    s3_env.client().put_object(Bucket=arc.bucket, Key=arc.object_key("tmp/foreign"), Body=b"x")
+    answer = s3_env.client().head_object(Bucket=arc.bucket, Key=arc.object_key("tmp/foreign"))
+    assert arc.stat_key("tmp/foreign").mtime == answer["LastModified"].timestamp()
+    listed = arc.client.list_objects_v2(Bucket=arc.bucket, Prefix=arc.object_key("tmp/foreign"))["Contents"]
+    assert [item["LastModified"] for item in listed] == [answer["LastModified"]]
+
+
+def test_the_user_agent_names_the_archive_and_botocore(arc: S3Archive) -> None:
+    sent = record_sent(arc)
+    arc.has_key("tmp/none")
+    assert sent[0]["user-agent"].startswith(f"archive/{archive.__version__} Botocore/")
