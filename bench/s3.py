@@ -121,12 +121,13 @@ class Runner:
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         argv = [sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", self.location(prefix), *jobs, *args]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        sample = run_timed(argv, env=env)
+        sample = run_timed(argv, env=env, cwd=tree)  # python -m looks in the working folder first
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return sample, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
     def init(self, prefix: str, tree: Path = REPO) -> None:
-        run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env={**self.env, "PYTHONPATH": str(tree)})
+        run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env={**self.env, "PYTHONPATH": str(tree)},
+                  cwd=tree)
 
     def rclone(self, source: str, target: str) -> Sample:
         return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
