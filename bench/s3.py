@@ -9,28 +9,40 @@ each archive command with the rclone command it competes with, ``--repeat`` time
 * the same for 10,000 files of 4 KiB (200 with ``--quick``).
 
 Both sides are real commands in child processes, each opening its own connections, against
-the same server in the same run; rclone runs with its defaults (4 transfers, 8 checkers), the
+the same server in the same run, each into a bucket of its own, removed after each repetition
+(moto scans every key of a bucket for each listing, which S3 does not); rclone runs with its defaults (4 transfers, 8 checkers), the
 archive with its own (the backend's ``max_workers``). It prints median seconds, the ratio
-(rclone seconds / archive seconds: above 1 means archive is faster) and the archive command's
-peak RSS. An archive push hashes every byte and writes a record; an rclone copy only moves
-bytes. Numbers vary by machine and with the server: they belong in docs/performance.md,
-never in test asserts.
+(rclone seconds / archive seconds: above 1 means archive is faster), the archive command's
+median CPU seconds (user + sys, steadier than wall time on a shared machine) and peak RSS.
+``--anchor TREE`` times a second archive source tree too (a ``git worktree`` of an earlier
+commit), alternating with this one in the same run, so that a change is measured against the
+code before it under the same load.
+
+What each side checks: an archive push hashes every byte (sha256, the blob's name) and writes
+a record, and its pull verifies the sha256 of every byte; rclone hashes each file it uploads
+with MD5 (sent as ``Content-MD5``, checked by the server) and checks the MD5 of each download
+against the object's ETag. Numbers vary by machine and with the server: they belong in
+docs/performance.md, never in test asserts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.datasets import KIB, MIB, make_random_folder
 from bench.measure import RSS_IS_EXACT, Sample, run_timed
+
+if TYPE_CHECKING:
+    from tests.s3d import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 RCLONE_REMOTE = "benchs3"  # configured by environment variables only: no rclone.conf is written
@@ -50,6 +62,8 @@ class Row:
     label: str
     ours: list[Sample] = field(default_factory=list)
     theirs: list[Sample] = field(default_factory=list)
+    anchor: list[Sample] = field(default_factory=list)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # "ours"/"anchor" -> CPU seconds
 
     @property
     def ratio(self) -> float:
@@ -58,8 +72,18 @@ class Row:
 
     def line(self) -> str:
         rss = max(s.max_rss_kib for s in self.ours) / 1024
-        return (f"{self.label:<48} {_median(self.ours):>9.2f} {_median(self.theirs):>9.2f} {self.ratio:>8.2f}x"
-                f" {rss:>7.0f} MiB")
+        cpu = statistics.median(self.cpu["ours"])
+        text = (f"{self.label:<48} {_median(self.ours):>9.2f} {_median(self.theirs):>9.2f} {self.ratio:>8.2f}x"
+                f" {cpu:>7.2f} {rss:>7.0f} MiB")
+        if self.anchor:
+            text += (f" | anchor {_median(self.anchor):.2f} s ({_median(self.theirs) / _median(self.anchor):.2f}x),"
+                     f" cpu {statistics.median(self.cpu['anchor']):.2f}")
+        return text
+
+    def add(self, side: str, timed: tuple[Sample, float]) -> None:
+        """Keep one archive command's sample and CPU seconds (``side``: "ours" or "anchor")."""
+        getattr(self, side).append(timed[0])
+        self.cpu.setdefault(side, []).append(timed[1])
 
 
 def _median(samples: list[Sample]) -> float:
@@ -67,29 +91,49 @@ def _median(samples: list[Sample]) -> float:
 
 
 class Runner:
-    """The two commands under test, pointed at one server and bucket."""
+    """The commands under test, pointed at one server; a path is ``BUCKET/PREFIX``."""
 
-    def __init__(self, endpoint: str, bucket: str, env: dict[str, str], work: Path, jobs: int | None) -> None:
-        self.endpoint, self.bucket, self.work, self.jobs = endpoint, bucket, work, jobs
-        self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(endpoint, env)}
+    def __init__(self, server: "S3Server", env: dict[str, str], work: Path, jobs: int | None) -> None:
+        self.server, self.endpoint, self.work, self.jobs = server, server.endpoint, work, jobs
+        self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(server.endpoint, env)}
 
     def location(self, prefix: str) -> str:
-        return f"s3://{self.bucket}/{prefix}?endpoint={self.endpoint}"
+        return f"s3://{prefix}?endpoint={self.endpoint}"
 
-    def archive(self, prefix: str, *args: str, cache: Path | None = None) -> Sample:
-        env = {**self.env, "ARCHIVE_CACHE_DIR": str(cache or self.work / "cache")}
+    def new_bucket(self) -> str:
+        from tests.s3d import new_bucket
+
+        return new_bucket(self.server)
+
+    def drop_bucket(self, bucket: str) -> None:
+        """Delete ``bucket`` and all it holds (moto keeps every object in memory)."""
+        client = self.server.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+
+    def archive(self, prefix: str, *args: str, cache: Path | None = None,
+                tree: Path = REPO) -> tuple[Sample, float]:
+        """Run the archive of source ``tree``: its sample and CPU seconds (user + sys)."""
+        env = {**self.env, "ARCHIVE_CACHE_DIR": str(cache or self.work / "cache"), "PYTHONPATH": str(tree)}
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         argv = [sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", self.location(prefix), *jobs, *args]
-        return run_timed(argv, env=env)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sample = run_timed(argv, env=env, cwd=tree)  # python -m looks in the working folder first
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return sample, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
-    def init(self, prefix: str) -> None:
-        run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env=self.env)
+    def init(self, prefix: str, tree: Path = REPO) -> None:
+        run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env={**self.env, "PYTHONPATH": str(tree)},
+                  cwd=tree)
 
     def rclone(self, source: str, target: str) -> Sample:
         return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
 
     def remote(self, prefix: str) -> str:
-        return f"{RCLONE_REMOTE}:{self.bucket}/{prefix}"
+        return f"{RCLONE_REMOTE}:{prefix}"
 
     def fresh(self, label: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.work))
@@ -104,30 +148,45 @@ def _rclone_env(endpoint: str, env: dict[str, str]) -> dict[str, str]:
             prefix + "REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"), prefix + "FORCE_PATH_STYLE": "true"}
 
 
-def bench_data_set(runner: Runner, data: DataSet, reps: int) -> list[Row]:
-    """Push, pull (empty cache) and pull --no-cache of ``data``, each beside rclone copy."""
+def bench_data_set(runner: Runner, data: DataSet, reps: int, anchor: Path | None = None) -> list[Row]:
+    """Push, pull (empty cache) and pull --no-cache of ``data``, each beside rclone copy (and the
+    ``anchor`` tree's archive, if given, in turns with this one: first one, then the other)."""
     src = make_random_folder(runner.work / "src", data.count, data.size, per_folder=100)
     rows = [Row(f"{data.label} push: archive push vs rclone copy"),
             Row(f"{data.label} pull: archive pull vs rclone copy"),
             Row(f"{data.label} pull: pull --no-cache vs rclone copy")]
+    trees = [("ours", REPO)] + ([("anchor", anchor)] if anchor else [])
     try:
-        for _ in range(reps):
-            prefix = f"run-{uuid.uuid4().hex[:8]}"
+        for rep in range(reps):
+            # each command gets a bucket of its own: moto scans every key of a bucket for each
+            # listing, which S3 does not, so keys of other runs would slow the listings of both
+            buckets = {side: runner.new_bucket() for side in ["rclone", *dict(trees)]}
             local = runner.fresh("local")
-            runner.init(f"{prefix}/archive")
-            rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{prefix}/rclone")))
-            rows[0].ours.append(runner.archive(f"{prefix}/archive", "push", str(src), "bench", "1.0.0"))
-            rows[1].theirs.append(runner.rclone(runner.remote(f"{prefix}/rclone"), str(local / "rclone")))
-            rows[1].ours.append(runner.archive(f"{prefix}/archive", "pull", "bench", "1.0.0",
-                                               "--to", str(local / "pulled"), cache=local / "cache"))
-            _same_files(src, local / "rclone", local / "pulled")
-            rows[2].theirs.append(rows[1].theirs[-1])
-            rows[2].ours.append(runner.archive(f"{prefix}/archive", "pull", "bench", "1.0.0", "--no-cache",
-                                               "--to", str(local / "direct"), cache=local / "cache2"))
-            shutil.rmtree(local)
+            try:
+                rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{buckets['rclone']}/data")))
+                rows[1].theirs.append(runner.rclone(runner.remote(f"{buckets['rclone']}/data"), str(local / "rclone")))
+                rows[2].theirs.append(rows[1].theirs[-1])
+                for side, tree in trees[rep % 2:] + trees[:rep % 2]:
+                    _bench_archive(runner, src, f"{buckets[side]}/archive", local / side, rows, side, tree)
+                    _same_files(src, local / "rclone", local / side / "pulled", local / side / "direct")
+            finally:
+                shutil.rmtree(local)
+                for bucket in buckets.values():
+                    runner.drop_bucket(bucket)
     finally:
         shutil.rmtree(src)
     return rows
+
+
+def _bench_archive(runner: Runner, src: Path, prefix: str, local: Path, rows: list[Row], side: str,
+                   tree: Path) -> None:
+    """Push, pull and pull --no-cache with the archive of ``tree`` into a fresh prefix."""
+    runner.init(prefix, tree)
+    rows[0].add(side, runner.archive(prefix, "push", str(src), "bench", "1.0.0", tree=tree))
+    rows[1].add(side, runner.archive(prefix, "pull", "bench", "1.0.0", "--to", str(local / "pulled"),
+                                     cache=local / "cache", tree=tree))
+    rows[2].add(side, runner.archive(prefix, "pull", "bench", "1.0.0", "--no-cache", "--to", str(local / "direct"),
+                                     cache=local / "cache2", tree=tree))
 
 
 def _same_files(src: Path, *copies: Path) -> None:
@@ -156,12 +215,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=None, help="repetitions, medians shown [3; quick: 1]")
     parser.add_argument("--jobs", type=int, default=None, help="the archive's parallel transfers [its default]")
     parser.add_argument("--only", choices=["large", "small"], default=None, help="run one data set only")
+    parser.add_argument("--anchor", type=Path, default=None,
+                        help="also time the archive of this source tree (e.g. a git worktree of an earlier commit)")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Start the server, run the chosen data sets against one fresh bucket, stop the server."""
-    from tests.s3d import new_bucket, start_s3_server, stop_s3_server
+    from tests.s3d import start_s3_server, stop_s3_server
 
     reps = args.repeat or (1 if args.quick else 3)
     chosen = data_sets(args.quick)
@@ -175,19 +236,19 @@ def run(args: argparse.Namespace) -> list[Row]:
             env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             env.update(server.env(), AWS_EC2_METADATA_DISABLED="true",
                        AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
-            runner = Runner(server.endpoint, new_bucket(server), env, work, args.jobs)
-            return [row for data in chosen for row in bench_data_set(runner, data, reps)]
+            runner = Runner(server, env, work, args.jobs)
+            return [row for data in chosen for row in bench_data_set(runner, data, reps, args.anchor)]
         finally:
             stop_s3_server(server)
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"{'workload':<48} {'archive s':>9} {'rclone s':>9} {'ratio':>9} {'arc RSS':>11}")
+    print(f"{'workload':<48} {'archive s':>9} {'rclone s':>9} {'ratio':>9} {'arc CPU':>7} {'arc RSS':>11}")
     for row in rows:
         print(row.line())
     exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
-    print(f"ratio: rclone seconds / archive seconds (above 1: archive faster); arc RSS: peak of the archive"
-          f" command ({exact}); load after: {os.getloadavg()[0]:.2f}")
+    print(f"ratio: rclone seconds / archive seconds (above 1: archive faster); arc CPU: user + sys seconds;"
+          f" arc RSS: peak of the archive command ({exact}); load after: {os.getloadavg()[0]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -176,11 +176,15 @@ class S3Archive(ArchiveInterface):
             self.remove_quietly(temporary)
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
-        """Store ``data`` at ``key`` in one PUT; ``exclusive``: only if nothing is there."""
+        """Store ``data`` at ``key`` in one PUT; ``exclusive``: only if nothing is there.
+
+        The PUT carries the sha256 of ``data`` (:func:`.s3_io.payload_checksum`: free for a blob).
+        """
         name = self.object_key(key)
         extra = self._conditional.put_condition(key) if exclusive else {}
+        checksum = s3_io.payload_checksum(key, data)
         self._send(key, exclusive, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=name, Body=data, Metadata=_metadata(None), **extra))
+            Bucket=self.bucket, Key=name, Body=data, Metadata=_metadata(None), ChecksumSHA256=checksum, **extra))
         logger.debug("%s: put %s (%d bytes)", self.location, key, len(data))
 
     def _send(self, key: str, exclusive: bool, write: Callable[[], object]) -> None:

@@ -18,6 +18,8 @@ spent is sent (or fetched) in the caller's own thread instead, so memory stays b
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import itertools
 import logging
@@ -26,7 +28,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from ..errors import BackendError, BackendUnavailableError
+from .. import layout
+from ..errors import BackendError, BackendUnavailableError, InvalidInputError
 from .s3_client import error_code
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,27 @@ COPY_LIMIT = 5 * 1024 * MiB  # the largest CopyObject S3 accepts
 COPY_PART = 512 * MiB
 MAX_PARTS = 10_000  # parts of one multipart upload, at most
 BODY_ATTEMPTS = 3  # reads of one part body (botocore retries the request, not the body)
+
+
+def payload_checksum(key: str, data: bytes) -> str:
+    """The base64 sha256 of ``data``, sent as ``x-amz-checksum-sha256`` with its PUT.
+
+    A blob's key names the sha256 of its content, which the publish has checked before the
+    write, so for a blob the checksum is known without reading a byte; other keys hold small
+    objects (pointers, records, indexes) and are hashed here. The server checks the body
+    against it (a mismatch is refused, not stored), and since the header is signed, the body
+    itself need not be hashed a second time for the signature (see
+    :func:`.s3_client.make_client`).
+    """
+    try:
+        blob = layout.blob_id_from_key(key)
+    except InvalidInputError:
+        blob = None
+    if blob is not None and layout.blob_key(blob) == key:
+        digest = bytes.fromhex(blob.hexdigest)
+    else:
+        digest = hashlib.sha256(data).digest()
+    return base64.b64encode(digest).decode("ascii")
 
 
 def part_size(number: int) -> int:
