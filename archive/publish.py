@@ -112,10 +112,11 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
     started = time.time_ns()
     reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
-        upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
-                             started, stats)
         new_sources = [s for s in sources if s.path not in reusable]
-        stored = store_new_files(arc, new_sources, workers, progress, stat_cache, stats)
+        with arc.batched_writes():  # the blobs' own keys are read by none of this; all exist after it
+            upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
+                                 started, stats)
+            stored = store_new_files(arc, new_sources, workers, progress, stat_cache, stats)
         release = Release.create(name, version, with_modes({**reusable, **stored}, sources, latest.files),
                                  metadata)
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
@@ -206,9 +207,10 @@ def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers:
     """
     started = time.time_ns()
     bar = make_progress("uploading", sum(s.size for s in sources), len(sources), progress)
+    written = _Claims()
     try:
         def job(source: SourceFile) -> FileEntry:
-            entry = with_retries(lambda: _store_new_file(arc, source, bar), f"upload of {source.path}")
+            entry = with_retries(lambda: _store_new_file(arc, source, bar, written), f"upload of {source.path}")
             if stats is not None:
                 stats.uploaded(entry.blob, entry.size)
             bar.file_done()
@@ -235,15 +237,45 @@ def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[
         known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
 
 
-def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any) -> FileEntry:
-    """Hash and store one file, from one read."""
+class _Claims:
+    """The blobs a publish has written or is writing: duplicate content is written once.
+
+    A writer claims a blob before it writes it and gives the claim back if the write fails
+    (so its retry, or another file, writes it). Another file with that content skips the
+    write: its blob is stored by the claimer's job, which must succeed for the publish to.
+    """
+
+    def __init__(self) -> None:
+        self._blobs: set[BlobId] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, blob: BlobId) -> bool:
+        """True if ``blob`` was not claimed before (the caller now writes it)."""
+        with self._lock:
+            if blob in self._blobs:
+                return False
+            self._blobs.add(blob)
+            return True
+
+    def give_back(self, blob: BlobId) -> None:
+        with self._lock:
+            self._blobs.discard(blob)
+
+
+def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any, written: _Claims) -> FileEntry:
+    """Hash and store one file, from one read (no write if this publish stores its content already)."""
     with _opened(src) as stream:
         if src.size <= BUFFERED_FILE:
             data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
             _check_unchanged(src, stream, len(data))
             bar.advance(len(data))
             entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
-            arc.write_key(layout.blob_key(entry.blob), [data])
+            if written.claim(entry.blob):
+                try:
+                    arc.write_key(layout.blob_key(entry.blob), [data])
+                except BaseException:
+                    written.give_back(entry.blob)
+                    raise
             return entry
         media_type = _peek_media_type(stream, src)
         hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
