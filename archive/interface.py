@@ -201,6 +201,17 @@ class ArchiveInterface(ABC):
         """
         yield
 
+    def write_workers(self, size: int) -> int:
+        """Threads worth running for new objects of ``size`` bytes inside :meth:`batched_writes`.
+
+        The default is :attr:`max_workers`: a write waits for the storage, and threads overlap
+        the waits. Where a batched write waits for nothing until its flush (a small file on a
+        local disk), it is only interpreter work, and more threads only contend for the
+        interpreter's lock (10,000 files of 4 KiB: 1.4 s of CPU on one thread, 3 to 4 s on two
+        or eight): such a backend says 1.
+        """
+        return self.max_workers
+
     def flush_writes(self) -> None:
         """Make every write of the current :meth:`batched_writes` block visible and durable now.
 

@@ -158,6 +158,33 @@ def test_a_temporary_file_taken_by_gc_fails_the_flush_loudly(folder_archive: Fil
     assert folder_archive.list_keys(layout.TMP_DIR) == []
 
 
+_CREATED: list[str] = []  # "on" first while counting
+_HOOKED: list[bool] = []
+
+
+def _count_creations(event: str, args: tuple) -> None:
+    """Audit hook: the names of files created for writing (``os.open`` with ``O_CREAT``)."""
+    if event == "open" and _CREATED[:1] == ["on"] and isinstance(args[0], str) and isinstance(args[2], int) \
+            and args[2] & os.O_CREAT:
+        _CREATED.append(args[0])
+
+
+def test_content_repeated_in_one_publish_is_written_once(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
+    source = make_tree(tmp_path / "src", {**{f"empty/{i}": b"" for i in range(200)},
+                                          **{f"same/{i}": b"same" for i in range(100)}, "other": b"other"})
+    if not _HOOKED:
+        sys.addaudithook(_count_creations)
+        _HOOKED.append(True)
+    _CREATED[:] = ["on"]
+    try:
+        release = folder_archive.publish(source, "dups", "1.0.0", progress=False, jobs=4)
+    finally:
+        created, _CREATED[:] = [name for name in _CREATED[1:] if name.endswith(".part")], ["off"]
+    assert len(release.files) == 301
+    assert len(created) == 3 + 1 + 1 + 2  # three contents, the record, the pointer, the two index files
+    assert snapshot(folder_archive.download("dups", "1.0.0", tmp_path / "out", progress=False)) == snapshot(source)
+
+
 # ------------------------------------------------------------------ the real system calls, in order
 STRACE = shutil.which("strace")
 _LINE = re.compile(r"^(\d+) +(?:<\.\.\. (\w+) resumed>(.*)|(\w+)\((.*))$")

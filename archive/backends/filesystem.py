@@ -16,6 +16,7 @@ This needs the POSIX ``*at`` calls (``dir_fd``): Linux, macOS, the BSDs.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -39,6 +40,16 @@ FILE_MODE = 0o444
 WRITE_SIZE = 1024 * 1024
 #: Up to this many folders to make durable are synced one by one; more, by one ``syncfs``.
 SYNC_EACH_FOLDER = 8
+#: Temporary names ``tmp/<32 hex>.part``: 16 random hex digits per process (drawn again in a
+#: forked child) and a counter, for one random draw per process instead of one per file.
+_temporary = {"prefix": uuid.uuid4().hex[:16], "numbers": itertools.count()}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _temporary.update(prefix=uuid.uuid4().hex[:16]))
+
+
+def _temporary_name() -> str:
+    return f"{_temporary['prefix']}{next(_temporary['numbers']):016x}.part"  # type: ignore[call-overload]
+
 #: Reading a key: never through a link, never waiting for a FIFO's writer (checked once open).
 READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -171,7 +182,7 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
         under ``tmp/``: it is synced with the rest of its batch, then renamed, by a flush
         (see :mod:`~archive.backends.filesystem_batch`), so this returns before the key exists.
         """
-        name = f"{uuid.uuid4().hex}.part"
+        name = _temporary_name()
         batch = self._batch() if not exclusive else None
         with self._errors(shown_key(key), writing=True):
             fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
@@ -322,19 +333,17 @@ def _write_file(fd: int, chunks: Iterable[bytes], durable: bool, deferred_up_to:
     much slower than four of 1 MiB (pushing 256 such files: 2.7 s of system time against 0.9 s).
     """
     size = 0
-    with open(fd, "wb") as stream:
+    try:
         for chunk in chunks:
             size += len(chunk)
-            if len(chunk) <= WRITE_SIZE:
-                stream.write(chunk)
-                continue
             view = memoryview(chunk)
-            for start in range(0, len(view), WRITE_SIZE):
-                stream.write(view[start:start + WRITE_SIZE])
-        stream.flush()
+            while view:  # unbuffered: no file object (its isatty, lseek and fstat per file)
+                view = view[os.write(fd, view[:WRITE_SIZE]):]
         os.fchmod(fd, FILE_MODE)
         if durable and size > deferred_up_to:
             os.fsync(fd)
+    finally:
+        os.close(fd)
     return size
 
 

@@ -126,6 +126,7 @@ class BatchedWrites:
     root: Any
     _folders: Any
     _dirty_lock: threading.Lock
+    max_workers: int
     _dirty_dirs: set[str]
     _move: Callable[[str, str], None]
     _errors: Callable[..., Any]
@@ -148,6 +149,12 @@ class BatchedWrites:
         finally:
             CURRENT.reset(token)
         self._flush(batch)
+
+    def write_workers(self, size: int) -> int:
+        """See :meth:`ArchiveInterface.write_workers`: one thread for the files a batch takes."""
+        if self.durable and syncfs_available() and size <= MAX_BATCHED_FILE:
+            return 1
+        return self.max_workers
 
     def flush_writes(self) -> None:
         """See :meth:`ArchiveInterface.flush_writes`."""
