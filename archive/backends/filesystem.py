@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FILE_MODE = 0o444
 WRITE_SIZE = 1024 * 1024
+#: Chunks smaller than this are gathered into writes of up to :data:`WRITE_SIZE` bytes.
+GATHERED_CHUNK = 64 * 1024
 #: Up to this many folders to make durable are synced one by one; more, by one ``syncfs``.
 SYNC_EACH_FOLDER = 8
 #: Temporary names ``tmp/<32 hex>.part``: 16 random hex digits per process (drawn again in a
@@ -332,19 +334,33 @@ def _write_file(fd: int, chunks: Iterable[bytes], durable: bool, deferred_up_to:
     A chunk may be a whole small file read into memory; on Linux one ``write`` of 4 MiB was
     much slower than four of 1 MiB (pushing 256 such files: 2.7 s of system time against 0.9 s).
     """
-    size = 0
+    size, small = 0, bytearray()  # no file object (its isatty, lseek and fstat per file): small chunks gathered here
     try:
         for chunk in chunks:
             size += len(chunk)
-            view = memoryview(chunk)
-            while view:  # unbuffered: no file object (its isatty, lseek and fstat per file)
-                view = view[os.write(fd, view[:WRITE_SIZE]):]
+            if len(chunk) < GATHERED_CHUNK:
+                small += chunk
+                if len(small) < WRITE_SIZE:
+                    continue
+                chunk, small = small, bytearray()
+            elif small:
+                _write_all(fd, small)
+                small = bytearray()
+            _write_all(fd, chunk)
+        if small:
+            _write_all(fd, small)
         os.fchmod(fd, FILE_MODE)
         if durable and size > deferred_up_to:
             os.fsync(fd)
     finally:
         os.close(fd)
     return size
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:WRITE_SIZE]):]
 
 
 def _move_into_place(source_fd: int, source: str, target_fd: int, target: str, key: str, exclusive: bool) -> None:
