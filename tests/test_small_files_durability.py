@@ -35,6 +35,7 @@ from archive.backends.filesystem_batch import MAX_BATCHED_FILE, syncfs_available
 from archive.errors import BackendError
 from archive.transfer import run_jobs
 from tests.conftest import make_tree
+from tests.needs import unavailable
 from tests.test_publish import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,8 +222,9 @@ def _rename(args: str) -> tuple[str, str]:
 
 
 @needs_syncfs
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed")  # it is in the project's test image
 def test_data_is_synced_before_each_rename_and_renames_before_the_pointer(tmp_path: Path) -> None:
+    if STRACE is None:
+        unavailable("strace is not installed (Debian package strace)")
     rng = random.Random(7)
     files = {f"big/{i}.bin": rng.randbytes(250_000) for i in range(300)}  # 75 MB: a batch fills by bytes
     files.update({f"big/large{i}.bin": rng.randbytes(2 * MAX_BATCHED_FILE) for i in range(2)})  # synced alone
