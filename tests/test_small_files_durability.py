@@ -375,5 +375,6 @@ def test_a_publish_of_many_small_files_killed_at_random_is_sound(tmp_path: Path)
 def test_a_publish_of_many_small_files_killed_at_random_100_times(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if "slow" not in (request.config.getoption("-m") or ""):
         pytest.skip("a force test of 100 runs: run with -m slow")
-    tally = killed_at_random(tmp_path, int(os.environ.get("ARCHIVE_KILL_RUNS", "100")))
-    assert tally["killed"] >= 25, tally  # enough kills land mid-publish for the test to mean something
+    runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
+    tally = killed_at_random(tmp_path, runs)
+    assert tally["killed"] >= runs // 4, tally  # enough kills land mid-publish for the test to mean something
