@@ -2,7 +2,10 @@
 
 Only what is older than a grace period (24 hours by default) is removed, so a publish in
 flight, whose new blobs are not referenced until its record is committed at the very end, is
-never harmed. If any release cannot be read, nothing is removed: an unreadable record might
+never harmed. The same holds for its temporary files: those a folder archive keeps for a batch
+of small writes (:mod:`archive.backends.filesystem_batch`) are flushed within seconds, younger
+than the publish's new blobs; one taken anyway (a grace shorter than the publish) fails that
+publish's flush with an error instead of leaving a release without it. If any release cannot be read, nothing is removed: an unreadable record might
 reference any blob, and deleting data on a guess is the one mistake an archive cannot undo.
 
 A publish may also *reuse* an old unreferenced blob (left by a publish killed days ago) while

@@ -19,6 +19,10 @@ backend keeps this contract (``tests/backends/conformance.py`` proves it on each
 * **Listings are the same everywhere:** hidden names (``.*``) and names that are not UTF-8
   are skipped, the latter with a logged warning (:func:`archive.keys.usable_name`); the archive itself
   writes only ASCII names.
+* **Writes may be batched** inside :meth:`ArchiveInterface.batched_writes`: a write there
+  may return before its key exists, and appears by the next :meth:`~ArchiveInterface.flush_writes`,
+  create-only write or the end of the block (a publish reads none of its new keys before).
+  A backend without a cheaper way to make many writes durable keeps the default: no batch.
 * **Each failure maps to one exception** of :mod:`archive.errors` at the backend boundary:
   :class:`~archive.errors.KeyNotFoundError` (nothing there),
   :class:`~archive.errors.KeyExistsError` (a create-only write lost),
@@ -175,6 +179,43 @@ class ArchiveInterface(ABC):
         unreferenced blob aside, then reads its mtime to see whether a writer refreshed it
         meanwhile). Creates target's folders as needed. :class:`KeyNotFoundError` if ``source``
         is missing; :class:`UnsafeObjectError` if it is not a regular object.
+        """
+
+    @contextmanager
+    def batched_writes(self) -> Iterator[None]:
+        """A block in which :meth:`write_key` may make its writes visible and durable in batches.
+
+        Storage where a durable write costs a sync of its own (a local disk: a journal commit
+        per file) may make many small writes durable together. Inside the block a write that is
+        not ``exclusive`` may therefore **return before its key exists**: its object appears
+        (whole, its data durable) at the latest when :meth:`flush_writes` is called, before any
+        ``exclusive`` write through this archive, or when the block ends, in that order of
+        steps: data durable, then the key visible, then (as for any write) the rename durable
+        before the next ``exclusive`` write. Nothing may read such a key before one of these.
+        If the block ends with an exception, writes not yet flushed never appear.
+
+        The batch belongs to the block's context (a :class:`contextvars.ContextVar`): threads of
+        :func:`archive.transfer.run_jobs` started inside it join it; other threads do not.
+        Blocks nest (the outermost flushes). The default batches nothing: every write is
+        visible when it returns, as outside a block.
+        """
+        yield
+
+    def write_workers(self, size: int) -> int:
+        """Threads worth running for new objects of ``size`` bytes inside :meth:`batched_writes`.
+
+        The default is :attr:`max_workers`: a write waits for the storage, and threads overlap
+        the waits. Where a batched write waits for nothing until its flush (a small file on a
+        local disk), it is only interpreter work, and more threads only contend for the
+        interpreter's lock (10,000 files of 4 KiB: 1.4 s of CPU on one thread, 3 to 4 s on two
+        or eight): such a backend says 1.
+        """
+        return self.max_workers
+
+    def flush_writes(self) -> None:
+        """Make every write of the current :meth:`batched_writes` block visible and durable now.
+
+        The default has nothing to flush.
         """
 
     def local_file(self, key: str) -> Path | None:

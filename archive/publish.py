@@ -30,6 +30,7 @@ from .namespaces import prepare_for_name
 from .records import FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
+from .storing import WrittenOnce, by_workers, read_whole
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -112,10 +113,11 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
     started = time.time_ns()
     reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
-        upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
-                             started, stats)
         new_sources = [s for s in sources if s.path not in reusable]
-        stored = store_new_files(arc, new_sources, workers, progress, stat_cache, stats)
+        with arc.batched_writes():  # the blobs' own keys are read by none of this; all exist after it
+            upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
+                                 started, stats)
+            stored = store_new_files(arc, new_sources, jobs, progress, stat_cache, stats)
         release = Release.create(name, version, with_modes({**reusable, **stored}, sources, latest.files),
                                  metadata)
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
@@ -193,7 +195,7 @@ def reusable_entries(arc: "ArchiveInterface", name: str, sources: list[SourceFil
     return {**remembered, **(hash_sources(likely, progress, known) if likely else {})}
 
 
-def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers: int,
+def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers: int | None,
                     progress: bool | None = None, known: StatCache | None = None,
                     stats: PublishStats | None = None) -> dict[str, FileEntry]:
     """Store files whose blob is not known to be stored, each read once: its hash and its
@@ -203,18 +205,24 @@ def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers:
       uploaded from memory;
     - a larger file is uploaded as it is hashed, under a name given only at the end by the
       hash (see :meth:`ArchiveInterface.write_key`).
+
+    ``workers`` threads (None: as many as the archive finds worth it for each size, see
+    :meth:`ArchiveInterface.write_workers`; files needing more threads go first).
     """
     started = time.time_ns()
     bar = make_progress("uploading", sum(s.size for s in sources), len(sources), progress)
+    written = WrittenOnce()
     try:
         def job(source: SourceFile) -> FileEntry:
-            entry = with_retries(lambda: _store_new_file(arc, source, bar), f"upload of {source.path}")
+            entry = with_retries(lambda: _store_new_file(arc, source, bar, written), f"upload of {source.path}")
             if stats is not None:
                 stats.uploaded(entry.blob, entry.size)
             bar.file_done()
             return entry
 
-        stored = dict(zip((s.path for s in sources), run_jobs([lambda s=s: job(s) for s in sources], workers)))
+        stored: dict[str, FileEntry] = {}
+        for threads, group in by_workers(arc, sources, workers):
+            stored.update(zip((s.path for s in group), run_jobs([lambda s=s: job(s) for s in group], threads)))
     finally:
         bar.close()
     _remember(known, sources, stored, started)
@@ -235,16 +243,20 @@ def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[
         known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
 
 
-def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any) -> FileEntry:
-    """Hash and store one file, from one read."""
+def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any, written: WrittenOnce) -> FileEntry:
+    """Hash and store one file, from one read (no write if this publish stores its content already)."""
+    if src.size <= BUFFERED_FILE:
+        data = read_whole(src, _check_unchanged)
+        bar.advance(len(data))
+        entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
+        if written.claim(entry.blob):
+            try:
+                arc.write_key(layout.blob_key(entry.blob), [data])
+            except BaseException:
+                written.give_back(entry.blob)
+                raise
+        return entry
     with _opened(src) as stream:
-        if src.size <= BUFFERED_FILE:
-            data = stream.read(src.size + 1)  # + 1: a file that grew since the scan is caught
-            _check_unchanged(src, stream, len(data))
-            bar.advance(len(data))
-            entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
-            arc.write_key(layout.blob_key(entry.blob), [data])
-            return entry
         media_type = _peek_media_type(stream, src)
         hashing = HashingChunks(reporting(iter_chunks(stream), bar.advance))
         arc.write_key(lambda: layout.blob_key(hashing.blob_id),
@@ -274,13 +286,15 @@ def _opened(src: SourceFile) -> Iterator[BinaryIO]:
             raise InvalidInputError(f"cannot read {src.path!r}: {exc.strerror}") from None
 
 
-def _check_unchanged(src: SourceFile, stream: BinaryIO, size_read: int) -> None:
-    """Raise unless the open file is still the one scanned: same size, same identity.
+def _check_unchanged(src: SourceFile, stream: BinaryIO | int, size_read: int) -> None:
+    """Raise unless the open file (a stream or a descriptor) is still the one scanned: same
+    size, same identity.
 
     Any write to a file changes its mtime or ctime, so a file whose identity did not change
     from the scan to the end of a read gave that read the content it had when scanned.
     """
-    if size_read != src.size or identity(os.fstat(stream.fileno())) != identity(src.info):
+    fd = stream if isinstance(stream, int) else stream.fileno()
+    if size_read != src.size or identity(os.fstat(fd)) != identity(src.info):
         raise InvalidInputError(f"{src.path!r} changed while being published; publish again when it is stable")
 
 

@@ -34,6 +34,13 @@ def hashed(monkeypatch) -> list[str]:
         return real(source)
 
     monkeypatch.setattr(publish_module, "_opened", counting)
+    real_whole = publish_module.read_whole  # a new small file is read whole, without a file object
+
+    def counting_whole(source, check):
+        seen.append(source.location.name)
+        return real_whole(source, check)
+
+    monkeypatch.setattr(publish_module, "read_whole", counting_whole)
     return seen
 
 

@@ -16,6 +16,7 @@ This needs the POSIX ``*at`` calls (``dir_fd``): Linux, macOS, the BSDs.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -30,17 +31,30 @@ from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsEr
                       StorageFullError, UnsafeObjectError)
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, check_regular, usable_name
+from .filesystem_batch import MAX_BATCHED_FILE, BatchedWrites
 from .filesystem_folders import Folders
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 FILE_MODE = 0o444
 WRITE_SIZE = 1024 * 1024
+#: Chunks smaller than this are gathered into writes of up to :data:`WRITE_SIZE` bytes.
+GATHERED_CHUNK = 64 * 1024
+#: Temporary names ``tmp/<32 hex>.part``: 16 random hex digits per process (drawn again in a
+#: forked child) and a counter, for one random draw per process instead of one per file.
+_temporary = {"prefix": uuid.uuid4().hex[:16], "numbers": itertools.count()}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _temporary.update(prefix=uuid.uuid4().hex[:16]))
+
+
+def _temporary_name() -> str:
+    return f"{_temporary['prefix']}{next(_temporary['numbers']):016x}.part"  # type: ignore[call-overload]
+
 #: Reading a key: never through a link, never waiting for a FIFO's writer (checked once open).
 READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-class FileSystemArchive(ArchiveInterface):
+class FileSystemArchive(BatchedWrites, ArchiveInterface):
     """An archive rooted at a folder; ``location`` is shown in messages."""
 
     max_workers = 8  # measured: parallel fsyncs keep the disk busy (1 GiB push: 4 -> 1.21 s, 8 -> 1.11 s)
@@ -163,18 +177,28 @@ class FileSystemArchive(ArchiveInterface):
         synced; that is deferred and done once per folder before the next create-only write
         (a release pointer, the commit point of a publish), so a pointer is never durable before
         the blobs its record names, at one folder sync per fan-out folder instead of per blob.
+
+        Inside :meth:`batched_writes` a small file is written without its own sync and left
+        under ``tmp/``: it is synced with the rest of its batch, then renamed, by a flush
+        (see :mod:`~archive.backends.filesystem_batch`), so this returns before the key exists.
         """
-        name = f"{uuid.uuid4().hex}.part"
+        name = _temporary_name()
+        batch = self._batch() if not exclusive else None
         with self._errors(shown_key(key), writing=True):
             fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
             try:
-                _write_file(fd, chunks, self.durable)
+                size = _write_file(fd, chunks, self.durable, MAX_BATCHED_FILE if batch else -1)
                 final = key_of(key)
+                if batch is not None and size <= MAX_BATCHED_FILE:
+                    name = self._defer(batch, name, check_key(final), size)  # the batch owns the file now
+                    return
                 if exclusive:
+                    self._flush_current()
                     self._sync_pending_dirs()
                 self._move(f"{layout.TMP_DIR}/{name}", final, exclusive)
             finally:
-                self._remove_temporary(name)
+                if name:
+                    self._remove_temporary(name)
         self._mark_dirty(final.rpartition("/")[0], now=exclusive)
 
     def _remove_temporary(self, name: str) -> None:
@@ -205,6 +229,12 @@ class FileSystemArchive(ArchiveInterface):
                 self._dirty_dirs.add(folder)
 
     def _sync_pending_dirs(self) -> None:
+        """Sync the folders renamed into since the last time, each one.
+
+        Not one ``syncfs`` even after a batch that filled the whole blob fan-out: once the first
+        folder's sync committed the journal the others cost little, while a ``syncfs`` also
+        waits for every other writer of the filesystem (0.9 s seen on a busy machine).
+        """
         if not self.durable:
             return
         with self._dirty_lock:
@@ -290,24 +320,41 @@ def _create(folder: int, name: str) -> int:
     return os.open(name, flags, FILE_MODE | 0o200, dir_fd=folder)
 
 
-def _write_file(fd: int, chunks: Iterable[bytes], durable: bool) -> None:
-    """Write ``chunks`` to a file just created, in pieces of at most :data:`WRITE_SIZE` bytes.
+def _write_file(fd: int, chunks: Iterable[bytes], durable: bool, deferred_up_to: int) -> int:
+    """Write ``chunks`` to a file just created, in pieces of at most :data:`WRITE_SIZE` bytes;
+    return its size. Synced if ``durable``, unless it is no larger than ``deferred_up_to``
+    (a batch syncs it later).
 
     A chunk may be a whole small file read into memory; on Linux one ``write`` of 4 MiB was
     much slower than four of 1 MiB (pushing 256 such files: 2.7 s of system time against 0.9 s).
     """
-    with open(fd, "wb") as stream:
+    size, small = 0, bytearray()  # no file object (its isatty, lseek and fstat per file): small chunks gathered here
+    try:
         for chunk in chunks:
-            if len(chunk) <= WRITE_SIZE:
-                stream.write(chunk)
-                continue
-            view = memoryview(chunk)
-            for start in range(0, len(view), WRITE_SIZE):
-                stream.write(view[start:start + WRITE_SIZE])
-        stream.flush()
+            size += len(chunk)
+            if len(chunk) < GATHERED_CHUNK:
+                small += chunk
+                if len(small) < WRITE_SIZE:
+                    continue
+                chunk, small = small, bytearray()
+            elif small:
+                _write_all(fd, small)
+                small = bytearray()
+            _write_all(fd, chunk)
+        if small:
+            _write_all(fd, small)
         os.fchmod(fd, FILE_MODE)
-        if durable:
+        if durable and size > deferred_up_to:
             os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:WRITE_SIZE]):]
 
 
 def _move_into_place(source_fd: int, source: str, target_fd: int, target: str, key: str, exclusive: bool) -> None:

@@ -45,6 +45,18 @@ class BackendContract:
         arc.write_key("releases/n/1.0.0", [b"ptr"], exclusive=True)
         assert arc.read_key("releases/n/1.0.0", 100) == b"ptr"
 
+    def test_batched_writes_exist_after_a_flush_and_when_the_block_ends(self, arc: ArchiveInterface) -> None:
+        with arc.batched_writes():
+            arc.write_key("blobs/sha256/ab/one", [b"one"])
+            arc.flush_writes()
+            assert arc.read_key("blobs/sha256/ab/one", 10) == b"one"
+            arc.write_key("blobs/sha256/ab/two", [b"two"])
+            arc.write_key("releases/n/1.0.0", [b"ptr"], exclusive=True)  # flushes what came before
+            assert arc.read_key("blobs/sha256/ab/two", 10) == b"two"
+            arc.write_key("blobs/sha256/cd/three", [b"three"])
+        assert arc.read_key("blobs/sha256/cd/three", 10) == b"three"
+        assert sorted(arc.list_keys("blobs/sha256/ab")) == ["one", "two"]
+
     def test_missing_key_raises_not_found(self, arc: ArchiveInterface) -> None:
         with pytest.raises(KeyNotFoundError):
             arc.stat_key("blobs/sha256/00/missing")

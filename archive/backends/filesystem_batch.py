@@ -1,0 +1,230 @@
+"""Small writes of a local archive made durable together: one ``syncfs`` for many files.
+
+A durable write of one small file costs a ``fsync`` (a journal commit on most filesystems:
+about a millisecond even on a fast disk) before its rename. Inside
+:meth:`~archive.interface.ArchiveInterface.batched_writes` a local archive instead writes each
+small file under ``tmp/`` without a ``fsync`` and notes it here. A flush then makes the data of
+all of them durable with one ``syncfs(2)`` of the archive's filesystem, and only then renames
+each into place. So a name still never points at data a crash could lose: the order per file
+is the same as before (data durable, then rename, then the folder synced before the next
+create-only write), only the syncs are shared.
+
+``syncfs`` is Linux's (since 2.6.39; it reports write-back errors since 5.8). Where it is
+missing the batch is not used and each write is synced as it is made (:func:`syncfs_available`).
+``syncfs`` flushes the data of every writer of that filesystem, so a flush may wait for other
+programs' writes too; a flush per :data:`MAX_FILES` files or :data:`MAX_BYTES` bytes keeps
+the amount it writes bounded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
+
+from .. import layout
+from ..errors import BackendError, KeyNotFoundError
+from ..transfer import run_jobs
+
+logger = logging.getLogger(__name__)
+
+#: Files up to this size join a batch; a larger file is synced on its own as it is written
+#: (its data costs more than the ``fsync``, and large files are synced from many threads at once).
+MAX_BATCHED_FILE = 256 * 1024
+#: A batch is flushed when it holds this many files, or this many bytes, or when its oldest
+#: file is older than :data:`MAX_AGE` seconds at the next write.
+MAX_FILES = 4096
+MAX_BYTES = 64 * 1024 * 1024
+MAX_AGE = 30.0
+#: Threads that move a flushed batch into place (renames in different folders run in parallel).
+RENAME_THREADS = 4
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux, or a C library without it
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs_available() -> bool:
+    """Whether :func:`sync_filesystem` can make a whole filesystem durable in one call."""
+    return _SYNCFS is not None
+
+
+def sync_filesystem(fd: int) -> None:
+    """``syncfs(fd)``: make all data and metadata of the filesystem holding ``fd`` durable.
+
+    Raises ``OSError`` on failure (an I/O error while writing back, for one).
+    """
+    if _SYNCFS is None:
+        raise OSError(0, "syncfs is not available here")
+    if _SYNCFS(fd) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+class PendingWrites:
+    """Files written under ``tmp/`` and not yet durable nor moved into place, in write order.
+
+    Thread safe: writers :meth:`add` from many threads; the one whose file fills the batch is
+    told so and flushes what :meth:`take` gives it.
+    """
+
+    def __init__(self, archive: object) -> None:
+        #: The archive whose writes this batch holds (a batch is found through :data:`CURRENT`).
+        self.archive = archive
+        #: Held for a whole flush, so a create-only write waits for a flush in another thread.
+        self.flush_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._files: list[tuple[str, str]] = []  # (temporary name, key)
+        self._bytes = 0
+        self._oldest = 0.0
+
+    def add(self, name: str, key: str, size: int) -> bool:
+        """Note ``tmp/name`` for ``key``; True when the batch should be flushed now."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._files:
+                self._oldest = now
+            self._files.append((name, key))
+            self._bytes += size
+            return (len(self._files) >= MAX_FILES or self._bytes >= MAX_BYTES
+                    or now - self._oldest >= MAX_AGE)
+
+    def take(self) -> list[tuple[str, str]]:
+        """Every file noted so far, now the caller's to flush (or to remove)."""
+        with self._lock:
+            files, self._files, self._bytes = self._files, [], 0
+        return files
+
+
+#: The batch of the ``batched_writes`` block this code runs in. A context variable, not a
+#: thread-local: the worker threads of :func:`archive.transfer.run_jobs` run in a copy of the
+#: context of the thread that started them, so a publish's uploads join its batch, while a
+#: write made elsewhere (another thread of the program, outside the block) is never deferred.
+CURRENT: ContextVar["PendingWrites | None"] = ContextVar("archive_pending_writes", default=None)
+
+
+class BatchedWrites:
+    """The batch part of :class:`~archive.backends.filesystem.FileSystemArchive` (a mixin, kept
+    apart to keep each module small): it uses the archive's ``_move``, ``_errors``,
+    ``_folders``, ``_remove_temporary``, ``durable`` and the set of folders to sync."""
+
+    durable: bool
+    root: Any
+    _folders: Any
+    _dirty_lock: threading.Lock
+    max_workers: int
+    _dirty_dirs: set[str]
+    _move: Callable[[str, str], None]
+    _errors: Callable[..., Any]
+    _remove_temporary: Callable[[str], None]
+
+    @contextmanager
+    def batched_writes(self) -> Iterator[None]:
+        """See :meth:`ArchiveInterface.batched_writes`: small files are synced together, by one
+        ``syncfs`` per batch, where that call exists and the archive is durable."""
+        if not (self.durable and syncfs_available()) or self._batch() is not None:
+            yield  # nothing to share, or already in a batch of this archive (flushed at its end)
+            return
+        batch = PendingWrites(self)
+        token = CURRENT.set(batch)
+        try:
+            yield
+        except BaseException:
+            self._discard(batch.take())
+            raise
+        finally:
+            CURRENT.reset(token)
+        self._flush(batch)
+
+    def write_workers(self, size: int) -> int:
+        """See :meth:`ArchiveInterface.write_workers`: one thread for the files a batch takes."""
+        if self.durable and syncfs_available() and size <= MAX_BATCHED_FILE:
+            return 1
+        return self.max_workers
+
+    def flush_writes(self) -> None:
+        """See :meth:`ArchiveInterface.flush_writes`."""
+        self._flush_current()
+
+    def _batch(self) -> PendingWrites | None:
+        batch = CURRENT.get()
+        return batch if batch is not None and batch.archive is self else None
+
+    def _defer(self, batch: PendingWrites, name: str, key: str, size: int) -> str:
+        """Hand ``tmp/name`` to ``batch`` (flushing it if that filled it); the empty name left
+        to the caller says the file is no longer its to remove."""
+        if batch.add(name, key, size):
+            self._flush(batch)
+        return ""
+
+    def _flush_current(self) -> None:
+        batch = self._batch()
+        if batch is not None:
+            self._flush(batch)
+
+    def _flush(self, batch: PendingWrites) -> None:
+        """Make the files of ``batch`` durable (one ``syncfs``), then move each into place.
+
+        The renames become durable with the folders synced before the next create-only write.
+        A temporary file gone before its rename (taken by a gc whose grace was shorter than the
+        batch) fails the flush, and with it the publish: its key would be missing.
+        """
+        with batch.flush_lock:
+            files = batch.take()
+            if not files:
+                return
+            try:
+                with self._errors("new objects", writing=True):
+                    self._folders.within(layout.TMP_DIR, False, sync_filesystem)
+                parts = [files[i::RENAME_THREADS] for i in range(RENAME_THREADS)]
+                run_jobs([lambda part=part: self._rename_all(part) for part in parts if part], RENAME_THREADS)
+            except BaseException:
+                self._discard(files)  # those moved already are no longer there
+                raise
+            with self._dirty_lock:
+                self._dirty_dirs.update(key.rpartition("/")[0] for _, key in files)
+        logger.debug("flushed a batch of %d small writes", len(files))
+
+    def _rename_all(self, files: list[tuple[str, str]]) -> None:
+        """Move files of a batch into place: one ``renameat`` each, between folders kept open
+        (a folder not kept, or removed since, is walked and made again by ``_move``)."""
+        with self._errors("new objects", writing=True), self._folders.folder(layout.TMP_DIR, create=False) as tmp:
+            for name, key in files:
+                folder, _, target = key.rpartition("/")
+                fd = self._folders.kept(folder)
+                try:
+                    if fd is None:
+                        raise FileNotFoundError(key)
+                    os.replace(name, target, src_dir_fd=tmp, dst_dir_fd=fd)
+                except FileNotFoundError:
+                    self._move_batched(name, key)
+                except OSError as exc:
+                    with self._errors(key, writing=True):
+                        raise exc
+
+    def _move_batched(self, name: str, key: str) -> None:
+        try:
+            self._move(f"{layout.TMP_DIR}/{name}", key)
+        except KeyNotFoundError:
+            raise BackendError(f"cannot write {key} in {self.root}: its temporary file {layout.TMP_DIR}/{name}"
+                               " vanished before it was moved into place") from None
+
+    def _discard(self, files: list[tuple[str, str]]) -> None:
+        """Remove the temporary files of a batch that will not be flushed."""
+        for name, _ in files:
+            self._remove_temporary(name)
+
