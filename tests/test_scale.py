@@ -52,6 +52,26 @@ def test_record_bytes_are_the_canonical_json_of_the_record() -> None:
     assert {p: e.media_type for p, e in parsed.files.items()} == {p: e.media_type for p, e in files.items()}
 
 
+def test_a_created_record_knows_its_id_without_serializing_again() -> None:
+    files = entries_of_every_shape()
+    release = Release.create("n", "1.0.0", files, {"message": "m", "t": (1, 2.5, None)})
+    data = release.to_bytes()
+    assert release.record_id == BlobId.of_bytes(data) == parse_record(data).record_id
+    assert release.metadata["t"] == [1, 2.5, None] and release.files == dict(sorted(files.items()))
+
+
+@pytest.mark.parametrize("files, problem", [
+    ({"a": FileEntry(BLOB, -1)}, "size is a count of bytes"),
+    ({"a": FileEntry(BLOB, True)}, "size is a count of bytes"),
+    ({"a": FileEntry(BLOB, 1, media_type="x" * 300)}, "media_type is a short string"),
+    ({"a/../b": FileEntry(BLOB, 1)}, "unsafe path"),
+    ({"a": FileEntry(BLOB, 1), "A": FileEntry(BLOB, 1)}, "case-insensitive"),
+])
+def test_create_refuses_what_a_reader_would(files: dict, problem: str) -> None:
+    with pytest.raises(IntegrityError, match=problem):
+        Release.create("n", "1.0.0", files)
+
+
 def test_a_record_that_is_not_canonical_still_gets_the_strict_parse() -> None:
     release = Release.create("n", "1.0.0", {"a": FileEntry(BLOB, 1)})
     canonical = release.to_bytes()
