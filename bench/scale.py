@@ -28,10 +28,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.measure import RSS_IS_EXACT, Sample, run_timed
+from bench.measure import GNU_TIME, RSS_IS_EXACT, CommandFailed, Sample
 from bench.workloads import remove, user_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,38 @@ PER_FOLDER = 1_000
 RESOLVE = "import sys, archive; archive.get_interface(sys.argv[1]).resolve(sys.argv[2], '*')"
 
 
+@dataclass(frozen=True)
+class Timed(Sample):
+    """A :class:`Sample` with the CPU seconds (user + system) of the command and its children:
+    steadier than the clock on a shared machine."""
+
+    cpu_seconds: float = 0.0
+
+
+def run_measured(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Timed:
+    """Run ``argv`` under GNU time; its wall time, peak RSS and CPU time (as bench.measure.run_timed,
+    plus the CPU time that the benchmark's rows need beside the clock)."""
+    if not RSS_IS_EXACT:
+        raise SystemExit(f"bench.scale: needs GNU time at {GNU_TIME} (Debian package time)")
+    with tempfile.NamedTemporaryFile(prefix="bench-time-") as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.run([GNU_TIME, "-f", "%M %U %S", "-o", out.name, *argv], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise CommandFailed(argv, proc.returncode, err.read().decode("utf-8", "replace"))
+        rss, user, system = Path(out.name).read_text().strip().splitlines()[-1].split()
+    return Timed(seconds, int(rss), float(user) + float(system))
+
+
 @dataclass
 class Row:
     """One archive command, beside its anchor when it has one."""
 
     label: str
-    ours: list[Sample] = field(default_factory=list)
-    anchor: list[Sample] = field(default_factory=list)
+    ours: list[Timed] = field(default_factory=list)
+    anchor: list[Timed] = field(default_factory=list)
     anchor_label: str = "-"
     target: float | None = None
 
@@ -61,12 +87,17 @@ class Row:
         anchor = f"{_median(self.anchor):>9.2f}" if self.anchor else f"{'-':>9}"
         ratio = f"{self.ratio:>7.3f}x" if self.ratio is not None else f"{'-':>8}"
         met = "" if self.target is None or self.ratio is None else ("met" if self.ratio <= self.target else "NOT met")
-        return (f"{self.label:<44} {_median(self.ours):>9.2f} {anchor} {ratio} {_peak_mib(self.ours):>7.0f} MiB"
-                f"  {self.anchor_label:<30} {met}")
+        cpu = f"{_median_cpu(self.ours):>7.2f}" + (f" /{_median_cpu(self.anchor):>6.2f}" if self.anchor else " " * 8)
+        return (f"{self.label:<44} {_median(self.ours):>9.2f} {anchor} {ratio} {cpu} {_peak_mib(self.ours):>7.0f} MiB"
+                f"  {self.anchor_label:<24} {met}")
 
 
-def _median(samples: list[Sample]) -> float:
+def _median(samples: list[Timed]) -> float:
     return statistics.median(s.seconds for s in samples)
+
+
+def _median_cpu(samples: list[Timed]) -> float:
+    return statistics.median(s.cpu_seconds for s in samples)
 
 
 def _peak_mib(samples: list[Sample]) -> float:
@@ -107,11 +138,11 @@ class Bench:
         self._homes += 1
         return {**user_env(self.work / f"home-{self._homes}"), "PYTHONPATH": str(REPO)}
 
-    def timed(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Sample:
+    def timed(self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Timed:
         os.sync()
-        return run_timed(argv, env=env, cwd=cwd)
+        return run_measured(argv, env=env, cwd=cwd)
 
-    def archive(self, env: dict[str, str], store: Path, *args: str) -> Sample:
+    def archive(self, env: dict[str, str], store: Path, *args: str) -> Timed:
         return self.timed([*self.cli, "--no-progress", "-q", "--archive", str(store), *args], env)
 
     def new_store(self, label: str) -> Path:
@@ -135,8 +166,9 @@ def small_file_rows(bench: Bench, count: int, folders: int, reps: int) -> list[R
             hashed = bench.timed(anchor_hash, cwd=src)
             copied = bench.timed(["cp", "-r", str(src), str(copy)])
             synced = bench.timed(["sync"])
-            push.anchor.append(Sample(hashed.seconds + copied.seconds + synced.seconds,
-                                      max(hashed.max_rss_kib, copied.max_rss_kib)))
+            push.anchor.append(Timed(hashed.seconds + copied.seconds + synced.seconds,
+                                     max(hashed.max_rss_kib, copied.max_rss_kib),
+                                     hashed.cpu_seconds + copied.cpu_seconds + synced.cpu_seconds))
             env = bench.home()
             push.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.0"))
             again.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.1"))
@@ -190,6 +222,7 @@ def per_entry_lines(rows: list[Row]) -> list[str]:
     for row in rows:
         count = int(row.label.split(" entries")[0].replace(",", ""))
         lines.append(f"{row.label:<44} {_median(row.ours) / count * 1e6:>9.1f} us/entry"
+                     f" {_median_cpu(row.ours) / count * 1e6:>9.1f} us CPU/entry"
                      f" {_peak_mib(row.ours) * 1024 / count:>8.2f} KiB/entry")
     return lines
 
@@ -221,13 +254,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Row]]:
 
 
 def print_rows(small: list[Row], large: list[Row]) -> None:
-    print(f"{'workload':<44} {'archive s':>9} {'anchor s':>9} {'ratio':>8} {'peak RSS':>11}  anchor")
+    print(f"{'workload':<44} {'archive s':>9} {'anchor s':>9} {'ratio':>8} {'CPU s (ours / anchor)':>15}"
+          f" {'peak RSS':>11}  anchor")
     for row in small + large:
         print(row.line())
     if large:
         print("\n".join(per_entry_lines(large)))
     exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
-    print(f"ratio: archive seconds / anchor seconds (medians); peak RSS of the archive command ({exact});"
+    print(f"ratio: archive seconds / anchor seconds (medians); CPU: user + system seconds of the command and"
+          f" its children; peak RSS of the archive command ({exact});"
           f" load after: {os.getloadavg()[0]:.2f}")
 
 
