@@ -276,8 +276,10 @@ def show(ctx: click.Context, name: str, range: str, as_json: bool, pre: bool) ->
         release = arc.resolve(name, range, include_prerelease=pre)
         yank = None if as_json else state(arc, release.name, release.version)
         shared = [] if as_json else shown_with_previous(arc, release)
-    if as_json:
-        return _echo_json(release.to_json())
+    if as_json:  # in pieces: a record may list a million files
+        for chunk in jsonout.record_json_chunks(release, ensure_ascii=not stdout_is_unicode()):
+            click.echo(printable_json(chunk), nl=False)
+        return click.echo()
     lines = [f"{release.name} {release.version}", f"  record   {release.record_id}", f"  created  {release.created}"]
     for key, value in sorted(release.metadata.items()):
         lines.append(f"  {key:<8} {value if isinstance(value, str) else json.dumps(value)}")

@@ -21,7 +21,7 @@ ALGORITHM = "sha256"
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class BlobId:
     """The content address of a blob: its sha256 as lowercase hex.
 

@@ -233,7 +233,7 @@ def _remembered(sources: list[SourceFile], known: StatCache | None) -> dict[str,
     """Entries of the files whose hash the stat cache knows, by release path."""
     if known is None:
         return {}
-    found = ((s, known.lookup(s.location, s.info)) for s in sources)
+    found = zip(sources, known.lookup_many((s.location, s.info) for s in sources))
     return {s.path: FileEntry(blob, s.size) for s, blob in found if blob is not None}
 
 

@@ -10,29 +10,34 @@ version does not know are kept, so an older client never drops what a newer one 
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import IntegrityError, InvalidInputError, InvalidNameError, InvalidPathError
 from .hashing import BlobId
+from .record_codec import (MAX_METADATA_VALUES, MAX_RECORD_BYTES, encode_record, gc_paused,  # noqa: F401
+                           json_value_problem, load_canonical, load_json, paths_are_fine,
+                           string_problem as _string_problem)
 from .versions import parse_version
 
 RECORD_FORMAT = 1
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 MAX_METADATA_DEPTH = 16
-#: The most values (objects, arrays, strings, numbers...) metadata may hold, counted as
-#: serialized: a bound that a structure sharing one list many times cannot escape.
-MAX_METADATA_VALUES = 1_000_000
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KNOWN_FIELDS = {"format", "name", "version", "created", "metadata", "files"}
 _ENTRY_FIELDS = ("blob", "size", "executable", "media_type")
+_ENTRY_KEYS = frozenset(_ENTRY_FIELDS)
+#: The ``extra`` of every entry that has none: one shared, read-only empty mapping instead of a
+#: new dict per entry (a million entries would hold a million empty dicts).
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 def check_name(name: str) -> str:
@@ -183,7 +188,7 @@ def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     return metadata
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file of a release: its content address, size in bytes, and whether it is executable.
 
@@ -191,12 +196,13 @@ class FileEntry:
     It is stored only when true, so records of other files are what they always were.
     ``media_type`` (:mod:`archive.media`) is a hint derived from the content and the name, not
     part of a file's identity: it takes no part in comparisons, so a folder published again
-    matches a release recorded before the field existed.
+    matches a release recorded before the field existed. Slotted: a release may hold a
+    million of them.
     """
 
     blob: BlobId
     size: int
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
     executable: bool = False
     media_type: str | None = field(default=None, compare=False)
 
@@ -221,10 +227,21 @@ class Release:
     @classmethod
     def create(cls, name: str, version: str, files: Mapping[str, FileEntry],
                metadata: Mapping[str, Any] | None = None) -> "Release":
-        """A new record stamped with the current UTC time, checked like a stored one."""
+        """A new record stamped with the current UTC time, checked like a stored one.
+
+        A record whose every entry has the known fields of the right types is checked as it
+        is (:func:`_is_plainly_valid`); any other is read back from its bytes by
+        :func:`parse_record`, which names the problem. Either way the record writes its bytes
+        again unchanged (the canonical form is a fixed point), so their id is its
+        :attr:`record_id` at no second serialization (a million entries take seconds).
+        """
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        release = cls(name, version, created, check_metadata(metadata), dict(sorted(files.items())))
-        return parse_record(release.to_bytes())
+        metadata = json.loads(canonical_json(check_metadata(metadata)))  # as a reader will see it
+        release = cls(name, version, created, metadata, dict(sorted(files.items())))
+        data = release.to_bytes()
+        checked = release if len(data) <= MAX_RECORD_BYTES and _is_plainly_valid(release) else parse_record(data)
+        checked.__dict__["record_id"] = BlobId.of_bytes(data)  # the cached_property's own slot
+        return checked
 
     @property
     def total_size(self) -> int:
@@ -242,11 +259,15 @@ class Release:
         }
 
     def to_bytes(self) -> bytes:
-        """The canonical JSON form; its sha256 is the record's id."""
-        return canonical_json(self.to_json())
+        """The canonical JSON form (``canonical_json(self.to_json())``, written without building
+        a dict per entry); its sha256 is the record's id."""
+        head = {**self.extra, "format": RECORD_FORMAT, "name": self.name, "version": self.version,
+                "created": self.created, "metadata": dict(self.metadata)}
+        return encode_record(head, self.files)
 
-    @property
+    @cached_property
     def record_id(self) -> BlobId:
+        """The sha256 of :meth:`to_bytes`, computed once (a record is immutable)."""
         return BlobId.of_bytes(self.to_bytes())
 
     def same_content(self, other: "Release") -> bool:
@@ -255,42 +276,43 @@ class Release:
             other.name, other.version, other.files, dict(other.metadata))
 
 
+def _is_plainly_valid(release: Release) -> bool:
+    """True when :func:`parse_record` of the release's bytes would give the release itself:
+    valid name and canonical version, safe paths, plain entries (no fields of a newer version).
+    False means "parse it to know", not necessarily a defect."""
+    try:
+        check_name(release.name)
+        if str(parse_version(release.version)) != release.version:
+            return False
+    except (InvalidInputError, ValueError):
+        return False
+    if not paths_are_fine(list(release.files)):
+        return False
+    return all(type(entry) is FileEntry and type(entry.blob) is BlobId and type(entry.size) is int
+               and entry.size >= 0 and type(entry.executable) is bool and not entry.extra
+               and (entry.media_type is None or _is_media_type(entry.media_type))
+               for entry in release.files.values())
+
+
 def canonical_json(value: Any) -> bytes:
     """Serialize deterministically: sorted keys, no whitespace, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise IntegrityError(f"duplicate JSON key {key!r}")
-        result[key] = value
-    return result
-
-
-def load_json(data: bytes, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """Parse JSON strictly: bounded size, UTF-8, no duplicate keys, no NaN; else IntegrityError."""
-    if len(data) > max_bytes:
-        raise IntegrityError(f"{what}: {len(data)} bytes, over the {max_bytes} byte limit")
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys,
-                          parse_constant=_reject_constant)
-    except IntegrityError as exc:
-        raise IntegrityError(f"{what}: {exc}") from None
-    except RecursionError:  # the C parser's own guard, about 1000 levels deep
-        raise IntegrityError(f"{what}: not valid JSON (nested more than this reader can parse)") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
-
-
-def _reject_constant(name: str) -> None:
-    raise IntegrityError(f"non-standard JSON constant {name}")
-
-
 def parse_record(data: bytes, what: str = "release record") -> Release:
-    """Parse and validate a stored record; any defect raises :class:`IntegrityError`."""
-    obj = load_json(data, what)
+    """Parse and validate a stored record; any defect raises :class:`IntegrityError`.
+
+    A canonical record (every record this project writes) is parsed without a Python hook per
+    object (:func:`archive.record_codec.load_canonical`); any other text gets the strict parse.
+    """
+    with gc_paused():
+        obj = load_canonical(data) if len(data) <= MAX_RECORD_BYTES else None
+        if obj is None:
+            obj = load_json(data, what)
+        return _release_from_checked_json(obj, what)
+
+
+def _release_from_checked_json(obj: Any, what: str) -> Release:
     try:
         return _release_from_json(obj)
     except (InvalidNameError, InvalidPathError) as exc:
@@ -313,7 +335,9 @@ def _release_from_json(obj: Any) -> Release:
     _require_json("created", created)
     files_obj = obj["files"]
     _require(isinstance(files_obj, dict), "files is an object")
-    check_paths(list(files_obj))
+    paths = list(files_obj)
+    if not paths_are_fine(paths):
+        check_paths(paths)
     files = {path: _entry_from_json(entry) for path, entry in sorted(files_obj.items())}
     extra = {key: value for key, value in obj.items() if key not in _KNOWN_FIELDS}
     _require_json("unknown fields", extra)
@@ -321,65 +345,35 @@ def _release_from_json(obj: Any) -> Release:
 
 
 def _entry_from_json(obj: Any) -> FileEntry:
+    """A file entry, checked: the known fields of the right types (fast), else the full check."""
+    if type(obj) is dict and obj.keys() <= _ENTRY_KEYS:
+        blob, size = obj.get("blob"), obj.get("size")
+        executable, media_type = obj.get("executable", False), obj.get("media_type")
+        if (type(blob) is str and type(size) is int and size >= 0 and type(executable) is bool
+                and (media_type is None or _is_media_type(media_type))):
+            return FileEntry(BlobId.parse(blob), size, NO_EXTRA, executable, media_type)
+    return _checked_entry(obj)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_media_type(value: Any) -> bool:
+    """True for a short string that is valid UTF-8 (remembered: a record holds few distinct ones)."""
+    return isinstance(value, str) and not _string_problem(value) and len(value) <= 255
+
+
+def _checked_entry(obj: Any) -> FileEntry:
+    """A file entry of any shape, each field checked with a message naming the problem."""
     _require(isinstance(obj, dict), "a file entry is an object")
     size = obj["size"]
     _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0, "size is a count of bytes")
     executable = obj.get("executable", False)
     _require(isinstance(executable, bool), "executable is true or false")
     media_type = obj.get("media_type")
-    _require(media_type is None or (isinstance(media_type, str) and not _string_problem(media_type)
-                                    and len(media_type) <= 255), "media_type is a short string")
+    _require(media_type is None or _is_media_type(media_type), "media_type is a short string")
     extra = {key: value for key, value in obj.items() if key not in _ENTRY_FIELDS}
     if extra:
         _require_json("unknown fields of a file entry", extra)
-    return FileEntry(BlobId.parse(obj["blob"]), size, extra, executable, media_type)
-
-
-def json_value_problem(value: Any, max_depth: int) -> str | None:
-    """Why ``value`` cannot be part of a record, or None when it can.
-
-    A value can when it is JSON (objects with string keys, arrays, strings encodable as UTF-8,
-    finite numbers, booleans, null), nested at most ``max_depth`` deep, with at most
-    :data:`MAX_METADATA_VALUES` values. The walk is iterative and stops at the first problem,
-    so a value nested a million deep, a structure that refers to itself, or one that shares a
-    list so often that it would serialize to terabytes, is refused in time linear in what is
-    looked at (at most that many values), never with a RecursionError.
-    """
-    budget = MAX_METADATA_VALUES
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return f"has more than {MAX_METADATA_VALUES} values"
-        if isinstance(item, (dict, list, tuple)):
-            if depth >= max_depth:
-                return f"is nested more than {max_depth} deep"
-            children = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in children:
-                if isinstance(item, dict) and _string_problem(key):
-                    return f"has a key {key!r} that is not a UTF-8 string"
-                stack.append((child, depth + 1))
-        elif isinstance(item, str):
-            if _string_problem(item):
-                return f"has a string {item!r} that is not valid UTF-8"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"has a number {item!r} JSON cannot hold"
-        elif item is not None and not isinstance(item, (int, bool)):
-            return f"has a {type(item).__name__}, which is not JSON"
-    return None
-
-
-def _string_problem(text: Any) -> bool:
-    """True unless ``text`` is a string that can be encoded as UTF-8 (no lone surrogate)."""
-    if not isinstance(text, str):
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return FileEntry(BlobId.parse(obj["blob"]), size, extra or NO_EXTRA, executable, media_type)
 
 
 def _require_json(what: str, value: Any) -> None:

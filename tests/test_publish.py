@@ -179,7 +179,7 @@ def _change_before_second_read(monkeypatch, target: Path, keep_mtime: bool) -> N
     real_upload = pub._upload
 
     def change_then_upload(arc, blob, src, *args, **kwargs):
-        if src.location != target:
+        if Path(src.location) != target:
             return real_upload(arc, blob, src, *args, **kwargs)
         data = bytearray(target.read_bytes())
         data[100] ^= 0xFF

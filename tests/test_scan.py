@@ -230,7 +230,7 @@ def test_an_invalid_pattern_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)  # a hang guard: without the bound the scan runs for hours
 def test_links_that_multiply_paths_stop_the_scan_at_what_a_record_can_hold(tmp_path: Path, monkeypatch) -> None:
     """Each level links twice to the next: 2 ** 40 paths. The scan stops at the bound (lowered
-    here from the ~700,000 files a 64 MiB record can list) instead of running for hours."""
+    here from the ~2,800,000 files a 256 MiB record can list) instead of running for hours."""
     import archive.scan
 
     monkeypatch.setattr(archive.scan, "MAX_FILES", 1000)

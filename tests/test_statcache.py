@@ -30,7 +30,7 @@ def hashed(monkeypatch) -> list[str]:
     real = publish_module._opened
 
     def counting(source):
-        seen.append(source.location.name)
+        seen.append(Path(source.location).name)
         return real(source)
 
     monkeypatch.setattr(publish_module, "_opened", counting)

@@ -1,0 +1,225 @@
+"""The files of a record at a million entries: canonical JSON out, strict JSON in, path checks.
+
+:mod:`archive.records` says what a record is; this module makes its bulk fast without changing
+one byte of the format (docs/format.md). What costs at scale is per-entry Python work, so each
+step here does per entry only what cannot be done for the whole list at once:
+
+- **writing**: an entry is one f-string (its keys are known and their canonical order is
+  fixed), paths are escaped by the C encoder ``json`` itself uses, and no intermediate dict per
+  entry is built; an entry with fields this version does not know goes through ``json.dumps``;
+- **reading**: the JSON is parsed by the C parser without a Python hook per object; duplicate
+  keys (which that parser would silently merge) are ruled out by checking that the text is the
+  canonical serialization of what was parsed, which every record this project writes is, and
+  only a text that is not falls back to the strict, hooked parse;
+- **no cyclic garbage collection while a record is parsed** (:func:`gc_paused`): each of a
+  million new dicts and entries would count towards the next collection, and the collections
+  walk every object alive, a third of the parse time at a million entries; nothing a parse
+  makes is cyclic garbage;
+- **checking paths**: one regular expression and one NFC check over all paths joined, and one
+  sort for case clashes and a file standing where a folder is needed; any doubt falls back to
+  the exact per-path check of :func:`archive.records.path_problems`, which names the problem.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+import unicodedata
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # C, ensure_ascii=False
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from .errors import IntegrityError
+
+if TYPE_CHECKING:
+    from .records import FileEntry
+
+#: The largest record a reader accepts: about 2.8 million of the smallest entries, so a release
+#: of a million files (about 140 bytes each) fits. Was 64 MiB (about 700,000 files) until issue 14.
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+#: The most values (objects, arrays, strings, numbers...) metadata may hold, counted as
+#: serialized: a bound that a structure sharing one list many times cannot escape.
+MAX_METADATA_VALUES = 1_000_000
+#: The bytes a path may not hold anywhere (controls, backslash); and what only the exact
+#: check may judge: an empty, ``.`` or ``..`` component, or a component that looks like a drive.
+_UNSAFE_ANYWHERE = re.compile(r"[\x00-\x1f\x7f\\]|//|(?:^|/)\.\.?(?:/|$)|(?:^|/)[A-Za-z]:")
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bulk of allocations that make no cycles; it
+    runs again afterwards as it was (reference counting frees everything meanwhile)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def paths_are_fine(paths: list[str]) -> bool:
+    """True when every path is safe and they can coexist: the fast, whole-list form of
+    ``not path_problems(paths)``. False means "look closer", not necessarily a problem.
+
+    Joined by ``/``, the paths are one string to search: a control character, backslash,
+    empty, ``.`` or ``..`` component, lone surrogate or non-NFC text anywhere in it is in one of
+    the paths (``/`` composes with nothing in NFC, so it keeps each path's normalization apart).
+    Case clashes and a file where a folder is needed are found by sorting the case-folded paths
+    with ``/`` as the smallest character, which puts every ``P/...`` right after ``P``.
+    """
+    if not paths:
+        return True
+    try:
+        joined = "/".join(paths)
+    except TypeError:
+        return False
+    if not all(paths) or joined.startswith("/") or joined.endswith("/") or _UNSAFE_ANYWHERE.search(joined):
+        return False
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    if not unicodedata.is_normalized("NFC", joined):
+        return False
+    return _no_prefix(_sort_keys(paths))
+
+
+def _sort_keys(paths: list[str]) -> list[str]:
+    """The paths case-folded, ``/`` as NUL (the smallest character), sorted."""
+    return sorted(path.casefold().replace("/", "\0") for path in paths)
+
+
+def _no_prefix(keys: list[str]) -> bool:
+    """True when no key equals the next (a case clash) or is a folder of it (``P`` and ``P/x``)."""
+    for key, later in zip(keys, keys[1:]):
+        if later == key or later.startswith(key + "\0"):
+            return False
+    return True
+
+
+def encode_files(files: Mapping[str, "FileEntry"]) -> str:
+    """The canonical JSON of a record's ``files`` object, sorted by path.
+
+    Equal to ``canonical_json({path: entry.to_json() ...})`` decoded, for every entry: an
+    entry's known keys sort as ``blob``, ``executable``, ``media_type``, ``size``; an entry with
+    fields of a newer version goes through ``json.dumps`` to place them among those.
+    """
+    media_types: dict[str, str] = {}
+    parts = []
+    for path, entry in sorted(files.items()):
+        if entry.extra or type(entry.size) is not int:
+            parts.append(f"{encode_basestring(path)}:{_dumps(entry.to_json())}")
+            continue
+        media_type = ""
+        if entry.media_type is not None:
+            media_type = media_types.get(entry.media_type) or media_types.setdefault(
+                entry.media_type, f'"media_type":{encode_basestring(entry.media_type)},')
+        executable = '"executable":true,' if entry.executable else ""
+        parts.append(f'{encode_basestring(path)}:{{"blob":"sha256:{entry.blob.hexdigest}",'
+                     f'{executable}{media_type}"size":{entry.size}}}')
+    return "{" + ",".join(parts) + "}"
+
+
+def encode_record(head: Mapping[str, Any], files: Mapping[str, "FileEntry"]) -> bytes:
+    """Canonical JSON of a record: the fields of ``head`` and ``files`` (from
+    :func:`encode_files`), keys sorted, as :func:`archive.records.canonical_json` would write it."""
+    fields = [(key, _dumps(value)) for key, value in head.items() if key != "files"]
+    fields.append(("files", encode_files(files)))
+    fields.sort()
+    return ("{" + ",".join(f"{encode_basestring(key)}:{text}" for key, text in fields) + "}").encode("utf-8")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise IntegrityError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def load_json(data: bytes, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Parse JSON strictly: bounded size, UTF-8, no duplicate keys, no NaN; else IntegrityError."""
+    if len(data) > max_bytes:
+        raise IntegrityError(f"{what}: {len(data)} bytes, over the {max_bytes} byte limit")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicate_keys,
+                          parse_constant=_reject_constant)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+    except RecursionError:  # the C parser's own guard, about 1000 levels deep
+        raise IntegrityError(f"{what}: not valid JSON (nested more than this reader can parse)") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IntegrityError(f"{what}: not valid JSON ({exc})") from None
+
+
+def _reject_constant(name: str) -> None:
+    raise IntegrityError(f"non-standard JSON constant {name}")
+
+
+def load_canonical(data: bytes) -> Any | None:
+    """The JSON value of ``data`` if it is canonical JSON (then it has no duplicate key: the
+    C parser keeps the last of two, and the canonical text of what it kept would differ);
+    None when it is not, or not JSON at all, for the strict parser to judge."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        return value if _dumps(value).encode("utf-8") == data else None
+    except (ValueError, RecursionError):  # NaN, or nested deeper than the encoder goes
+        return None
+
+
+def json_value_problem(value: Any, max_depth: int) -> str | None:
+    """Why ``value`` cannot be part of a record, or None when it can.
+
+    A value can when it is JSON (objects with string keys, arrays, strings encodable as UTF-8,
+    finite numbers, booleans, null), nested at most ``max_depth`` deep, with at most
+    :data:`MAX_METADATA_VALUES` values. The walk is iterative and stops at the first problem,
+    so a value nested a million deep, a structure that refers to itself, or one that shares a
+    list so often that it would serialize to terabytes, is refused in time linear in what is
+    looked at (at most that many values), never with a RecursionError.
+    """
+    budget = MAX_METADATA_VALUES
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return f"has more than {MAX_METADATA_VALUES} values"
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= max_depth:
+                return f"is nested more than {max_depth} deep"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(item, dict) and string_problem(key):
+                    return f"has a key {key!r} that is not a UTF-8 string"
+                stack.append((child, depth + 1))
+        elif isinstance(item, str):
+            if string_problem(item):
+                return f"has a string {item!r} that is not valid UTF-8"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"has a number {item!r} JSON cannot hold"
+        elif item is not None and not isinstance(item, (int, bool)):
+            return f"has a {type(item).__name__}, which is not JSON"
+    return None
+
+
+def string_problem(text: Any) -> bool:
+    """True unless ``text`` is a string that can be encoded as UTF-8 (no lone surrogate)."""
+    if not isinstance(text, str):
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
