@@ -12,6 +12,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-l
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)   # the benchmark's hashing anchor
 [ -x /usr/bin/time ] || need_apt+=(time)                      # the benchmark's peak-memory probe
 command -v rclone >/dev/null 2>&1 || need_apt+=(rclone)       # the S3 benchmark's anchor (bench/s3.py)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)       # the order of a publish's syncs, as the kernel saw it
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${need_apt[*]} with apt-get"
