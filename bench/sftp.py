@@ -192,24 +192,32 @@ def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row
 def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Row]:
     """Push and pull of many small files: archive publish/download vs ``scp -r``."""
     src = make_small_files(bench.work / "small", count)
-    push_row, pull_row = Row(f"{count:,} x 4 KiB push: publish vs scp -r"), Row(f"{count:,} x 4 KiB pull: "
-                                                                                  "download vs scp -r")
-    direct_row = Row(f"{count:,} x 4 KiB pull: --no-cache vs scp -r")
+    return push_and_pull_rows(bench, cli, src, f"{count:,} x 4 KiB", reps, through_cache=True)
+
+
+def push_and_pull_rows(bench: Bench, cli: ArchiveCLI, src: Path, label: str, reps: int, *,
+                       through_cache: bool) -> list[Row]:
+    """Push ``src`` and pull it back, each beside ``scp -r`` the same way, ``reps`` times: a pull
+    with ``--no-cache`` always, and (``through_cache``) one through an empty cache as well."""
+    push_row = Row(f"{label} push: publish vs scp -r")
+    cached_row = Row(f"{label} pull: download vs scp -r")
+    direct_row = Row(f"{label} pull: --no-cache vs scp -r")
     for _ in range(reps):
-        remote, local = bench.fresh("remote-small"), bench.fresh("local-small")
+        remote, local = bench.fresh("remote"), bench.fresh("local")
         url = bench.server.url(remote / "store")
         archive.get_interface(url, create=True).close()
         push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
         push_row.ours.append(bench.measure(lambda: cli.push(url, src), cli))
-        pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
-                                                               str(local / "scp"))))
-        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli))
-        direct_row.theirs.append(pull_row.theirs[-1])
+        scp_back = bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"), str(local / "scp")))
+        if through_cache:
+            cached_row.theirs.append(scp_back)
+            cached_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli))
+        direct_row.theirs.append(scp_back)
         direct_row.ours.append(bench.measure(lambda: cli.pull(url, local / "direct", local / "cache2", "--no-cache"),
                                              cli))
         shutil.rmtree(remote)
         shutil.rmtree(local)
-    return [push_row, pull_row, direct_row]
+    return [push_row, cached_row, direct_row] if through_cache else [push_row, direct_row]
 
 
 def make_large_files(folder: Path, count: int, size: int) -> Path:
@@ -224,21 +232,7 @@ def make_large_files(folder: Path, count: int, size: int) -> Path:
 def bench_many_large(bench: Bench, cli: ArchiveCLI, count: int, size: int, reps: int) -> list[Row]:
     """Push and pull of a folder of large files: archive publish/download vs ``scp -r``."""
     src = make_large_files(bench.work / "many", count, size)
-    label = f"{count} x {size // MIB} MiB"
-    push_row, pull_row = Row(f"{label} push: publish vs scp -r"), Row(f"{label} pull: --no-cache vs scp -r")
-    for _ in range(reps):
-        remote, local = bench.fresh("remote-many"), bench.fresh("local-many")
-        url = bench.server.url(remote / "store")
-        archive.get_interface(url, create=True).close()
-        push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
-        push_row.ours.append(bench.measure(lambda: cli.push(url, src), cli))
-        pull_row.theirs.append(bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"),
-                                                               str(local / "scp"))))
-        pull_row.ours.append(bench.measure(lambda: cli.pull(url, local / "direct", local / "cache", "--no-cache"),
-                                           cli))
-        shutil.rmtree(remote)
-        shutil.rmtree(local)
-    return [push_row, pull_row]
+    return push_and_pull_rows(bench, cli, src, f"{count} x {size // MIB} MiB", reps, through_cache=False)
 
 
 def _file_chunks(path: Path):
