@@ -37,7 +37,7 @@ def hashed(monkeypatch) -> list[str]:
     real_whole = publish_module.read_whole  # a new small file is read whole, without a file object
 
     def counting_whole(source, check):
-        seen.append(source.location.name)
+        seen.append(Path(source.location).name)
         return real_whole(source, check)
 
     monkeypatch.setattr(publish_module, "read_whole", counting_whole)

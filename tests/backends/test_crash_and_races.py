@@ -99,15 +99,20 @@ def kill_runs(request: pytest.FixtureRequest) -> int:
     return int(os.environ.get("ARCHIVE_KILL_RUNS", default))
 
 
+def timed_publish(location: str, folder: Path, name: str) -> float:
+    """Seconds a publisher process takes to publish ``folder`` as ``name`` 1.0.0 once told to go."""
+    proc = start_publisher(location, folder, name, "1.0.0")
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return finish(proc)["seconds"]
+
+
 def test_killed_publisher_never_leaves_a_partial_release(location: str, tmp_path: Path,
                                                          request: pytest.FixtureRequest) -> None:
     seed = int(os.environ.get("ARCHIVE_KILL_SEED", "20261124"))
     rng = random.Random(seed)
-    folder = data_folder(tmp_path / "data", seed)
-    timing = start_publisher(location, folder, "timing", "1.0.0")
-    timing.stdin.write("go\n")
-    timing.stdin.flush()
-    duration = finish(timing)["seconds"]
+    duration = min(timed_publish(location, data_folder(tmp_path / f"timing{i}", seed - 1 - i), f"timing{i}")
+                   for i in range(2))  # the first is cold (imports, folders made): kills aim at a warm one
     tally = {"killed mid-publish": 0, "finished before the kill": 0, "release visible after kill": 0}
     with archive.get_interface(location) as arc:
         for run in range(kill_runs(request)):
