@@ -372,9 +372,7 @@ def test_a_publish_of_many_small_files_killed_at_random_is_sound(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_publish_of_many_small_files_killed_at_random_100_times(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("a force test of 100 runs: run with -m slow")
+def test_a_publish_of_many_small_files_killed_at_random_100_times(tmp_path: Path) -> None:
     runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
     tally = killed_at_random(tmp_path, runs)
     assert tally["killed"] >= runs // 4, tally  # enough kills land mid-publish for the test to mean something
