@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import datasets, report
 from .datasets import Sizes, describe_size
-from .measure import RSS_IS_EXACT
+from .measure import RSS_IS_EXACT, describe_filesystem
 from .plot import plot_rows
 from .report import Row, Target
 from .workloads import (Context, find_cli, memory_rows, pull_cached_row, pull_cold_row, pull_new_folder_row,
@@ -160,7 +160,7 @@ def describe_run(ctx: Context, args: argparse.Namespace) -> dict[str, object]:
         " data-moving command" if ctx.prefault_bytes else "none",
         "sizes": vars(ctx.sizes), "cli": list(ctx.cli), "python": ctx.python,
         "archive_package": package,
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "openssl": _output(["openssl", "version"]),
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "filesystem": describe_filesystem(ctx.scratch), "openssl": _output(["openssl", "version"]),
         "commit": args.commit or _output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
         "archive_uncommitted_changes":
             bool(_output(["git", "-C", str(REPO), "status", "--porcelain", "--", "archive"])) if in_repo else None,
