@@ -227,7 +227,15 @@ class Release:
     @classmethod
     def create(cls, name: str, version: str, files: Mapping[str, FileEntry],
                metadata: Mapping[str, Any] | None = None) -> "Release":
-        """A new record stamped with the current UTC time, checked like a stored one.
+        """A new record stamped with the current UTC time, checked like a stored one
+        (:meth:`create_encoded` without its bytes)."""
+        return cls.create_encoded(name, version, files, metadata)[0]
+
+    @classmethod
+    def create_encoded(cls, name: str, version: str, files: Mapping[str, FileEntry],
+                       metadata: Mapping[str, Any] | None = None) -> "tuple[Release, bytes]":
+        """:meth:`create`, and the record's canonical bytes, serialized once for both its id
+        and the write that stores it (:func:`archive.publish.commit_release`).
 
         A record whose every entry has the known fields of the right types is checked as it
         is (:func:`_is_plainly_valid`); any other is read back from its bytes by
@@ -241,7 +249,7 @@ class Release:
         data = release.to_bytes()
         checked = release if len(data) <= MAX_RECORD_BYTES and _is_plainly_valid(release) else parse_record(data)
         checked.__dict__["record_id"] = BlobId.of_bytes(data)  # the cached_property's own slot
-        return checked
+        return checked, data
 
     @property
     def total_size(self) -> int:
