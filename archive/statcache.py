@@ -132,9 +132,10 @@ class StatCache:
 
         found = self._run(query, [], commit=True)  # committed: no transaction is left open
         known: dict[int, Known] = {}
+        media_types: dict[str, str] = {}  # one string per media type, not one per file (73 bytes each)
         for n, blob, media_type in found:
             try:
-                known[n] = (BlobId.parse(blob), media_type)
+                known[n] = (BlobId.parse(blob), media_types.setdefault(media_type, media_type) if media_type else None)
             except (ValueError, TypeError):
                 continue  # a wrong row only costs a hash
         return known
