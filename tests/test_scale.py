@@ -21,7 +21,7 @@ from archive.errors import IntegrityError
 from archive.hashing import BlobId
 from archive.record_codec import encode_files, load_canonical, paths_are_fine
 from archive.records import FileEntry, Release, canonical_json, check_paths, parse_record, path_problems
-from archive.statcache import LOOKUP_BATCH, StatCache
+from archive.statcache import StatCache
 
 BLOB = BlobId.of_bytes(b"x")
 
@@ -107,7 +107,7 @@ def test_the_whole_list_check_never_passes_what_the_exact_check_refuses(paths: l
 def test_batched_stat_cache_lookups_answer_as_single_ones(tmp_path: Path) -> None:
     cache = StatCache(tmp_path / "stat.db")
     files = []
-    for i in range(LOOKUP_BATCH + 20):
+    for i in range(520):  # more than one batch of the former per-query lookups
         path = tmp_path / f"f{i}"
         path.write_bytes(b"%d" % i)
         files.append((path, os.stat(path)))
