@@ -266,7 +266,8 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any, written:
     if src.size <= BUFFERED_FILE:
         data = read_whole(src, _check_unchanged)
         bar.advance(len(data))
-        entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
+        # src.size: read_whole checked that it is the length read, and it is the scan's shared int
+        entry = FileEntry(BlobId.of_bytes(data), src.size, media_type=detect_media_type(data, src.path))
         if written.claim(entry.blob):
             try:
                 arc.write_key(layout.blob_key(entry.blob), [data])
@@ -357,14 +358,20 @@ def _blobs_not_stored(blobs: Mapping[BlobId, int], arc: "ArchiveInterface", work
     taken as whole (every blob is written whole or not at all); a blob checked by ``stat_key``
     must also have its size, so a damaged one found that way is written again.
     """
-    folders = sorted({layout.blob_key(blob).rsplit("/", 1)[0] for blob in blobs})
-    if not arc.listable or len(folders) * 2 > len(blobs):
+    by_folder: dict[str, list[BlobId]] = {}
+    for blob in blobs:
+        by_folder.setdefault(layout.blob_key(blob).rsplit("/", 1)[0], []).append(blob)
+    if not arc.listable or len(by_folder) * 2 > len(blobs):
         present = run_jobs([lambda b=b, n=n: with_retries(lambda: _has_blob(arc, b, n), f"checking {b.short}")
                             for b, n in blobs.items()], workers)
         return {blob for blob, there in zip(blobs, present) if not there}
-    listed = run_jobs([lambda f=f: with_retries(lambda: arc.list_keys(f), f"listing {f}") for f in folders], workers)
-    stored = {name for names in listed for name in names}
-    return {blob for blob in blobs if blob.hexdigest not in stored}
+
+    def missing_in(folder: str, wanted: list[BlobId]) -> list[BlobId]:
+        listed = frozenset(with_retries(lambda: arc.list_keys(folder), f"listing {folder}"))
+        return [blob for blob in wanted if blob.hexdigest not in listed]  # one folder's names held at a time
+
+    missing = run_jobs([lambda f=f, w=w: missing_in(f, w) for f, w in by_folder.items()], workers)
+    return {blob for blobs_of_folder in missing for blob in blobs_of_folder}
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],

@@ -90,8 +90,25 @@ class FileStat(NamedTuple):
 
     @classmethod
     def of(cls, info: os.stat_result) -> "FileStat":
-        return cls(info.st_mode, info.st_size, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns,
-                   info.st_uid)
+        """The parts of ``info``; a mode, size, device or owner met before is the same int object
+        (each stat makes its own: 32 bytes apiece, 10 MiB over 100,000 files of one size)."""
+        return cls(_shared(info.st_mode), _shared(info.st_size), _shared(info.st_dev), info.st_ino,
+                   info.st_mtime_ns, info.st_ctime_ns, _shared(info.st_uid))
+
+
+#: One int object per value among the few that many files share (see :meth:`FileStat.of`).
+_SHARED_INTS: dict[int, int] = {}
+#: :data:`_SHARED_INTS` stops growing here (a folder of files of a million sizes needs none).
+_SHARED_MAX = 4096
+
+
+def _shared(value: int) -> int:
+    found = _SHARED_INTS.get(value)
+    if found is not None:
+        return found
+    if len(_SHARED_INTS) < _SHARED_MAX:
+        _SHARED_INTS[value] = value
+    return value
 
 
 class _Folder(NamedTuple):

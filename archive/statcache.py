@@ -122,23 +122,15 @@ class StatCache:
         rows = ((n, os.fsdecode(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, ctime_of(info))
                 for n, (path, info) in enumerate(files))
 
-        def query(db: sqlite3.Connection) -> list[tuple[int, str, str | None]]:
+        def query(db: sqlite3.Connection) -> dict[int, Known]:
             db.execute("DELETE FROM probe")
             db.executemany("INSERT INTO probe VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             try:
-                return db.execute(_MATCHES).fetchall()
+                return _known_rows(db.execute(_MATCHES))  # row by row: no list of every match
             finally:
                 db.execute("DELETE FROM probe")
 
-        found = self._run(query, [], commit=True)  # committed: no transaction is left open
-        known: dict[int, Known] = {}
-        media_types: dict[str, str] = {}  # one string per media type, not one per file (73 bytes each)
-        for n, blob, media_type in found:
-            try:
-                known[n] = (BlobId.parse(blob), media_types.setdefault(media_type, media_type) if media_type else None)
-            except (ValueError, TypeError):
-                continue  # a wrong row only costs a hash
-        return known
+        return self._run(query, {}, commit=True)  # committed: no transaction is left open
 
     def remember(self, entries: Iterable[Remembered], hashed_at_ns: int | None, with_ctime: bool = True) -> None:
         """Remember the hashes of files that had settled before they were hashed at ``hashed_at_ns``
@@ -199,6 +191,19 @@ class StatCache:
         logger.warning("stat cache %s unusable (%s); hashing everything", self.path, exc)
         self._broken = True
         self._db = None
+
+
+def _known_rows(rows: Iterable[tuple[int, str, str | None]]) -> dict[int, Known]:
+    """The matches of :data:`_MATCHES` by position, one string per distinct media type (not one
+    per file: 73 bytes each); a row whose blob id is not one is skipped (it only costs a hash)."""
+    known: dict[int, Known] = {}
+    media_types: dict[str, str] = {}
+    for n, blob, media_type in rows:
+        try:
+            known[n] = (BlobId.parse(blob), media_types.setdefault(media_type, media_type) if media_type else None)
+        except (ValueError, TypeError):
+            continue
+    return known
 
 
 def _migrate(db: sqlite3.Connection) -> None:
