@@ -123,6 +123,8 @@ class StatCache:
                 for n, (path, info) in enumerate(files))
 
         def query(db: sqlite3.Connection) -> dict[int, Known]:
+            if db.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is None:
+                return {}  # remembers nothing (a new cache): no file need be asked about
             db.execute("DELETE FROM probe")
             db.executemany("INSERT INTO probe VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             try:
