@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
-from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError,
+from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError,
                      ReleaseExistsError, ReleaseNotFoundError)
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
@@ -30,7 +30,7 @@ from .namespaces import prepare_for_name
 from .records import FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
-from .storing import WrittenOnce, by_workers, read_whole
+from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -341,37 +341,12 @@ def _guard_new_blobs(arc: "ArchiveInterface", sources: list[SourceFile], stored:
         yield
         return
     with lease(arc, (entry.blob for entry in stored.values())):
-        gone = _blobs_not_stored({entry.blob: entry.size for entry in stored.values()}, arc, workers)
+        gone = blobs_not_stored({entry.blob: entry.size for entry in stored.values()}, arc, workers)
         if gone:
             logger.warning("%d new blobs vanished while publishing (a concurrent gc); uploading them again", len(gone))
             again = [s for s in sources if stored[s.path].blob in gone]
             upload_missing_blobs(arc, again, stored, workers, progress, hashed_at_ns, stats)
         yield
-
-
-def _blobs_not_stored(blobs: Mapping[BlobId, int], arc: "ArchiveInterface", workers: int) -> set[BlobId]:
-    """Which of ``blobs`` (blob id -> size) the archive lacks, in as few requests as it can.
-
-    One listing per blob folder (at most 256, in parallel) where that is fewer requests than
-    one ``stat_key`` per blob, as for the thousands of small files of one publish: a re-push
-    of 100,000 unchanged files costs 256 listings instead of 100,000 stats. A listed blob is
-    taken as whole (every blob is written whole or not at all); a blob checked by ``stat_key``
-    must also have its size, so a damaged one found that way is written again.
-    """
-    by_folder: dict[str, list[BlobId]] = {}
-    for blob in blobs:
-        by_folder.setdefault(layout.blob_key(blob).rsplit("/", 1)[0], []).append(blob)
-    if not arc.listable or len(by_folder) * 2 > len(blobs):
-        present = run_jobs([lambda b=b, n=n: with_retries(lambda: _has_blob(arc, b, n), f"checking {b.short}")
-                            for b, n in blobs.items()], workers)
-        return {blob for blob, there in zip(blobs, present) if not there}
-
-    def missing_in(folder: str, wanted: list[BlobId]) -> list[BlobId]:
-        listed = frozenset(with_retries(lambda: arc.list_keys(folder), f"listing {folder}"))
-        return [blob for blob in wanted if blob.hexdigest not in listed]  # one folder's names held at a time
-
-    missing = run_jobs([lambda f=f, w=w: missing_in(f, w) for f, w in by_folder.items()], workers)
-    return {blob for blobs_of_folder in missing for blob in blobs_of_folder}
 
 
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],
@@ -386,7 +361,7 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
     first_source: dict[BlobId, SourceFile] = {}
     for source in sources:
         first_source.setdefault(entries[source.path].blob, source)
-    absent = _blobs_not_stored({blob: src.size for blob, src in first_source.items()}, arc, workers)
+    absent = blobs_not_stored({blob: src.size for blob, src in first_source.items()}, arc, workers)
     missing = [(blob, src) for blob, src in first_source.items() if blob in absent]
     logger.info("%d known files, %d distinct blobs, %d to upload", len(sources), len(first_source), len(missing))
     bar = make_progress("uploading", sum(src.size for _, src in missing), len(missing), progress)
@@ -401,13 +376,6 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
         run_jobs([lambda b=b, s=s: job(b, s) for b, s in missing], workers)
     finally:
         bar.close()
-
-
-def _has_blob(arc: "ArchiveInterface", blob: BlobId, size: int) -> bool:
-    try:
-        return arc.stat_key(layout.blob_key(blob)).size == size
-    except KeyNotFoundError:
-        return False
 
 
 def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any, settled: bool) -> None:
