@@ -27,7 +27,7 @@ from .index import update_indexes
 from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
-from .records import FileEntry, Release, check_metadata, check_name
+from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
@@ -238,7 +238,7 @@ def _remembered(sources: list[SourceFile], known: StatCache | None) -> dict[str,
     if known is None:
         return {}
     found = known.recall((s.location, s.info) for s in sources)
-    return {sources[n].path: FileEntry(blob, sources[n].size, media_type=media_type)
+    return {sources[n].path: FileEntry(blob, sources[n].size, NO_EXTRA, False, media_type)
             for n, (blob, media_type) in found.items()}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import stat
 import unicodedata
@@ -50,6 +51,7 @@ MAX_FILES = MAX_RECORD_BYTES // 95
 #: How many problems the one-line message names before "and N more".
 SHOWN_PROBLEMS = 3
 _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
+_NAME_OF = operator.attrgetter("name")  # a listing's sort key, without a Python call per entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +285,7 @@ def _listing(folder: _Folder, problems: list[str]) -> list[tuple[os.DirEntry[str
     name at the top; two names equal in Unicode NFC are a problem (one path, two files)."""
     try:
         with os.scandir(folder.location) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
+            entries = sorted(listing, key=_NAME_OF)
     except FileNotFoundError:  # removed since its parent was listed: it is not part of the folder
         logger.debug("%r vanished during the scan", folder.prefix)
         return []
