@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
-from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError, KeyNotFoundError,
+from .errors import (ArchiveError, IntegrityError, InvalidInputError, KeyExistsError,
                      ReleaseExistsError, ReleaseNotFoundError)
 from .hashing import BlobId, HashingChunks, hash_stream, iter_chunks, verified_chunks
 from .index import update_indexes
 from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
-from .records import FileEntry, Release, check_metadata, check_name
+from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
-from .storing import WrittenOnce, by_workers, read_whole
+from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -118,10 +118,13 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
             upload_missing_blobs(arc, [s for s in sources if s.path in reusable], reusable, workers, progress,
                                  started, stats)
             stored = store_new_files(arc, new_sources, jobs, progress, stat_cache, stats)
-        release = Release.create(name, version, with_modes({**reusable, **stored}, sources, latest.files),
-                                 metadata)
+        entries = with_modes({**reusable, **stored}, sources, latest.files)
+        _remember_media_types(stat_cache, sources, reusable, entries)
+        release, data = Release.create_encoded(name, version, entries, metadata)
+        del entries
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
-            committed = commit_release(arc, release)
+            committed = commit_release(arc, release, data)
+        del data
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
@@ -230,17 +233,32 @@ def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers:
 
 
 def _remembered(sources: list[SourceFile], known: StatCache | None) -> dict[str, FileEntry]:
-    """Entries of the files whose hash the stat cache knows, by release path."""
+    """Entries of the files whose hash the stat cache knows, by release path, with the media
+    type it remembers (None when it does not: :func:`with_modes` finds it then)."""
     if known is None:
         return {}
-    found = zip(sources, known.lookup_many((s.location, s.info) for s in sources))
-    return {s.path: FileEntry(blob, s.size) for s, blob in found if blob is not None}
+    found = known.recall((s.location, s.info) for s in sources)
+    return {sources[n].path: FileEntry(blob, sources[n].size, NO_EXTRA, False, media_type)
+            for n, (blob, media_type) in found.items()}
 
 
 def _remember(known: StatCache | None, sources: list[SourceFile], entries: dict[str, FileEntry],
               started: int) -> None:
+    """Remember the hashes and media types of ``sources`` just read (see :meth:`StatCache.remember`)."""
     if known is not None:
-        known.remember([(s.location, s.info, entries[s.path].blob) for s in sources], started)
+        known.remember(((s.location, s.info, entries[s.path].blob, entries[s.path].media_type) for s in sources),
+                       started)
+
+
+def _remember_media_types(known: StatCache | None, sources: list[SourceFile], recalled: Mapping[str, FileEntry],
+                          entries: Mapping[str, FileEntry]) -> None:
+    """Give the stat cache the media types it lacked for files it knew (rows written by a pull,
+    or before it kept them), as :func:`with_modes` found them: the next push needs no earlier
+    release and no read for them. The rows' identities matched just now, so they stay valid."""
+    if known is not None:
+        lacking = [s for s in sources if s.path in recalled and recalled[s.path].media_type is None]
+        known.remember([(s.location, s.info, entries[s.path].blob, entries[s.path].media_type) for s in lacking],
+                       None)
 
 
 def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any, written: WrittenOnce) -> FileEntry:
@@ -248,7 +266,8 @@ def _store_new_file(arc: "ArchiveInterface", src: SourceFile, bar: Any, written:
     if src.size <= BUFFERED_FILE:
         data = read_whole(src, _check_unchanged)
         bar.advance(len(data))
-        entry = FileEntry(BlobId.of_bytes(data), len(data), media_type=detect_media_type(data, src.path))
+        # src.size: read_whole checked that it is the length read, and it is the scan's shared int
+        entry = FileEntry(BlobId.of_bytes(data), src.size, media_type=detect_media_type(data, src.path))
         if written.claim(entry.blob):
             try:
                 arc.write_key(layout.blob_key(entry.blob), [data])
@@ -322,7 +341,7 @@ def _guard_new_blobs(arc: "ArchiveInterface", sources: list[SourceFile], stored:
         yield
         return
     with lease(arc, (entry.blob for entry in stored.values())):
-        gone = _blobs_not_stored({entry.blob for entry in stored.values()}, arc, workers)
+        gone = blobs_not_stored({entry.blob: entry.size for entry in stored.values()}, arc, workers)
         if gone:
             logger.warning("%d new blobs vanished while publishing (a concurrent gc); uploading them again", len(gone))
             again = [s for s in sources if stored[s.path].blob in gone]
@@ -330,26 +349,11 @@ def _guard_new_blobs(arc: "ArchiveInterface", sources: list[SourceFile], stored:
         yield
 
 
-def _blobs_not_stored(blobs: set[BlobId], arc: "ArchiveInterface", workers: int) -> set[BlobId]:
-    """Which of ``blobs`` the archive lacks, in as few requests as it can.
-
-    One listing per blob folder (at most 256, in parallel) where that is fewer requests than
-    one ``stat_key`` per blob, as for the thousands of small files of one publish.
-    """
-    folders = sorted({layout.blob_key(blob).rsplit("/", 1)[0] for blob in blobs})
-    if not arc.listable or len(folders) * 2 > len(blobs):
-        present = run_jobs([lambda b=b: arc.has_key(layout.blob_key(b)) for b in blobs], workers)
-        return {blob for blob, there in zip(blobs, present) if not there}
-    listed = run_jobs([lambda f=f: [f"{f}/{name}" for name in arc.list_keys(f)] for f in folders], workers)
-    stored_keys = {key for keys in listed for key in keys}
-    return {blob for blob in blobs if layout.blob_key(blob) not in stored_keys}
-
-
 def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], entries: Mapping[str, FileEntry],
                          workers: int, progress: bool | None = None, hashed_at_ns: int = 0,
                          stats: PublishStats | None = None) -> None:
-    """Upload each distinct blob of ``sources`` (hashed before) that the archive lacks or holds
-    at a wrong size, once.
+    """Upload each distinct blob of ``sources`` (hashed before) that the archive lacks, once
+    (found as :func:`_blobs_not_stored` finds them: by listings, or a stat that checks the size).
 
     ``hashed_at_ns`` is when hashing began: files settled before it are checked for change by
     their identity instead of a second hash (see :func:`_upload`).
@@ -357,9 +361,8 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
     first_source: dict[BlobId, SourceFile] = {}
     for source in sources:
         first_source.setdefault(entries[source.path].blob, source)
-    present = run_jobs([lambda b=b, s=s: with_retries(lambda: _has_blob(arc, b, s.size), f"checking {s.path}")
-                        for b, s in first_source.items()], workers)
-    missing = [(blob, src) for (blob, src), there in zip(first_source.items(), present) if not there]
+    absent = blobs_not_stored({blob: src.size for blob, src in first_source.items()}, arc, workers)
+    missing = [(blob, src) for blob, src in first_source.items() if blob in absent]
     logger.info("%d known files, %d distinct blobs, %d to upload", len(sources), len(first_source), len(missing))
     bar = make_progress("uploading", sum(src.size for _, src in missing), len(missing), progress)
     try:
@@ -373,13 +376,6 @@ def upload_missing_blobs(arc: "ArchiveInterface", sources: list[SourceFile], ent
         run_jobs([lambda b=b, s=s: job(b, s) for b, s in missing], workers)
     finally:
         bar.close()
-
-
-def _has_blob(arc: "ArchiveInterface", blob: BlobId, size: int) -> bool:
-    try:
-        return arc.stat_key(layout.blob_key(blob)).size == size
-    except KeyNotFoundError:
-        return False
 
 
 def _upload(arc: "ArchiveInterface", blob: BlobId, src: SourceFile, bar: Any, settled: bool) -> None:
@@ -417,11 +413,19 @@ def _existing_release(arc: "ArchiveInterface", release: Release) -> Release | No
     return existing
 
 
-def commit_release(arc: "ArchiveInterface", release: Release) -> Release:
-    """Store the record blob, then create the pointer that makes the release visible."""
-    data = release.to_bytes()
-    record_id = BlobId.of_bytes(data)
+def commit_release(arc: "ArchiveInterface", release: Release, data: bytes | None = None) -> Release:
+    """Store the record blob, then create the pointer that makes the release visible.
+
+    ``data`` is the record's bytes when the caller has them already (from
+    :meth:`Release.create_encoded`): a record of 100,000 files is then not serialized twice.
+    """
+    if data is None:
+        data = release.to_bytes()
+        record_id = BlobId.of_bytes(data)
+    else:
+        record_id = release.record_id  # computed from these very bytes by create_encoded
     arc.write_key(layout.blob_key(record_id), [data])
+    del data  # the caller's reference aside, the record's bytes are not held while the pointer is written
     prepare_for_name(arc, release.name)
     try:
         arc.write_key(layout.release_key(release.name, release.version), [f"{record_id}\n".encode()],

@@ -23,6 +23,7 @@ step here does per entry only what cannot be done for the whole list at once:
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import math
 import re
@@ -42,6 +43,8 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 #: The most values (objects, arrays, strings, numbers...) metadata may hold, counted as
 #: serialized: a bound that a structure sharing one list many times cannot escape.
 MAX_METADATA_VALUES = 1_000_000
+#: File entries :func:`encode_record` encodes to bytes at a time.
+ENCODED_AT_ONCE = 4096
 #: The bytes a path may not hold anywhere (controls, backslash); and what only the exact
 #: check may judge: an empty, ``.`` or ``..`` component, or a component that looks like a drive.
 _UNSAFE_ANYWHERE = re.compile(r"[\x00-\x1f\x7f\\]|//|(?:^|/)\.\.?(?:/|$)|(?:^|/)[A-Za-z]:")
@@ -107,29 +110,48 @@ def encode_files(files: Mapping[str, "FileEntry"]) -> str:
     entry's known keys sort as ``blob``, ``executable``, ``media_type``, ``size``; an entry with
     fields of a newer version goes through ``json.dumps`` to place them among those.
     """
+    return "{" + ",".join(_encoded_entries(sorted(files.items()))) + "}"
+
+
+def _encoded_entries(items: list[tuple[str, "FileEntry"]]) -> Iterator[str]:
+    """``"path":{...}`` of each entry, in the order of ``items``."""
     media_types: dict[str, str] = {}
-    parts = []
-    for path, entry in sorted(files.items()):
+    for path, entry in items:
         if entry.extra or type(entry.size) is not int:
-            parts.append(f"{encode_basestring(path)}:{_dumps(entry.to_json())}")
+            yield f"{encode_basestring(path)}:{_dumps(entry.to_json())}"
             continue
         media_type = ""
         if entry.media_type is not None:
             media_type = media_types.get(entry.media_type) or media_types.setdefault(
                 entry.media_type, f'"media_type":{encode_basestring(entry.media_type)},')
         executable = '"executable":true,' if entry.executable else ""
-        parts.append(f'{encode_basestring(path)}:{{"blob":"sha256:{entry.blob.hexdigest}",'
-                     f'{executable}{media_type}"size":{entry.size}}}')
-    return "{" + ",".join(parts) + "}"
+        yield (f'{encode_basestring(path)}:{{"blob":"sha256:{entry.blob.hexdigest}",'
+               f'{executable}{media_type}"size":{entry.size}}}')
 
 
 def encode_record(head: Mapping[str, Any], files: Mapping[str, "FileEntry"]) -> bytes:
-    """Canonical JSON of a record: the fields of ``head`` and ``files`` (from
-    :func:`encode_files`), keys sorted, as :func:`archive.records.canonical_json` would write it."""
-    fields = [(key, _dumps(value)) for key, value in head.items() if key != "files"]
-    fields.append(("files", encode_files(files)))
-    fields.sort()
-    return ("{" + ",".join(f"{encode_basestring(key)}:{text}" for key, text in fields) + "}").encode("utf-8")
+    """Canonical JSON of a record: the fields of ``head`` and ``files`` (as :func:`encode_files`
+    writes them), keys sorted, as :func:`archive.records.canonical_json` would write it.
+
+    The files are encoded :data:`ENCODED_AT_ONCE` entries at a time straight to UTF-8, so the
+    only whole copy of the record is the bytes returned (not a string of every entry, then the
+    string, then the bytes: three copies of 11 MiB at 100,000 files).
+    """
+    fields = sorted([(key, _dumps(value)) for key, value in head.items() if key != "files"] + [("files", None)])
+    parts: list[bytes] = [b"{"]
+    for number, (key, text) in enumerate(fields):
+        parts.append(f"{',' if number else ''}{encode_basestring(key)}:".encode("utf-8"))
+        if text is not None:
+            parts.append(text.encode("utf-8"))
+            continue
+        entries = _encoded_entries(sorted(files.items()))
+        separator = "{"
+        while chunk := list(itertools.islice(entries, ENCODED_AT_ONCE)):
+            parts.append((separator + ",".join(chunk)).encode("utf-8"))
+            separator = ","
+        parts.append(b"}" if separator == "," else b"{}")
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 def _dumps(value: Any) -> str:
@@ -173,9 +195,42 @@ def load_canonical(data: bytes) -> Any | None:
     except (ValueError, RecursionError):
         return None
     try:
-        return value if _dumps(value).encode("utf-8") == data else None
+        return value if _is_canonical_text(value, data) else None
     except (ValueError, RecursionError):  # NaN, or nested deeper than the encoder goes
         return None
+
+
+def _is_canonical_text(value: Any, data: bytes) -> bool:
+    """True when ``data`` is the canonical serialization of ``value``, compared piece by piece
+    (:func:`_canonical_pieces`), so no second whole copy of a large record is made (at 100,000
+    files, a string and its bytes: 30 MiB beside the parsed value)."""
+    view, at = memoryview(data), 0
+    for piece in _canonical_pieces(value):
+        encoded = piece.encode("utf-8")
+        if view[at:at + len(encoded)] != encoded:
+            return False
+        at += len(encoded)
+    return at == len(data)
+
+
+def _canonical_pieces(value: Any) -> Iterator[str]:
+    """``_dumps(value)`` in pieces: an object's members one by one, and a large object among
+    them (a record's ``files``) :data:`ENCODED_AT_ONCE` members at a time."""
+    if type(value) is not dict or not value:
+        yield _dumps(value)
+        return
+    yield "{"
+    for number, (key, member) in enumerate(sorted(value.items())):
+        yield f"{',' if number else ''}{encode_basestring(key)}:"
+        if type(member) is dict and len(member) > ENCODED_AT_ONCE:
+            items = sorted(member.items())
+            for start in range(0, len(items), ENCODED_AT_ONCE):
+                text = _dumps(dict(items[start:start + ENCODED_AT_ONCE]))
+                yield ("{" if start == 0 else ",") + text[1:-1]
+            yield "}"
+        else:
+            yield _dumps(member)
+    yield "}"
 
 
 def json_value_problem(value: Any, max_depth: int) -> str | None:

@@ -419,3 +419,27 @@ def test_a_corrupt_index_is_reported_and_rebuilt_not_a_crash(folder_archive, sam
     push = run("-a", folder_archive.location, "push", str(sample_folder), "calib", "1.1.0")
     assert push.returncode == 0, push.stderr
     assert versions_in_index(folder_archive, "calib") == ["1.0.0", "1.1.0"]
+
+
+@pytest.mark.parametrize("files", [5, 800])
+def test_a_blob_gone_from_the_archive_is_uploaded_again(folder_archive, tmp_path: Path, files: int) -> None:
+    """Files the stat cache knows are checked against the archive (by a stat each when they
+    are few, by one listing per blob folder when they are many): blobs removed behind the
+    archive's back are written again, the rest are not, and the new release is whole."""
+    from archive.publish import PublishStats
+
+    src = make_tree(tmp_path / "src", {f"d/f{i:04d}": b"%d" % i for i in range(files)})
+    old = time.time() - 3600
+    for path in (src / "d").iterdir():
+        os.utime(path, (old, old))
+    first = folder_archive.publish(src, "calib", "1.0.0", progress=False)
+    store = Path(folder_archive.location)
+    gone = [first.files[f"d/f{i:04d}"].blob for i in (0, files // 2, files - 1)]
+    for blob in gone:
+        (store / layout.blob_key(blob)).unlink()
+    stats = PublishStats()
+    again = folder_archive.publish(src, "calib", "1.0.1", progress=False, stats=stats)
+    assert (stats.uploaded_files, again.files == first.files) == (3, True)
+    assert all((store / layout.blob_key(blob)).read_bytes() == b"%d" % i
+               for blob, i in zip(gone, (0, files // 2, files - 1)))
+    assert folder_archive.verify("calib", full=True).ok

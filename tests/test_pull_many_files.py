@@ -66,10 +66,12 @@ def test_small_blobs_are_not_remembered_in_the_stat_cache(many, tmp_path: Path) 
     (a row costs a write now and a lookup per file on every later pull)."""
     import sqlite3
 
+    from archive.statcache import TABLE
+
     many.download("many", "1.0.0", tmp_path / "one", progress=False)
     many.download("many", "1.0.0", tmp_path / "two", progress=False)
     database = default_cache().root / "stat.sqlite"
-    rows = sqlite3.connect(database).execute("SELECT COUNT(*) FROM files").fetchone()[0] if database.exists() else 0
+    rows = sqlite3.connect(database).execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0] if database.exists() else 0
     assert rows == 0
 
 

@@ -21,7 +21,7 @@ from archive.errors import IntegrityError
 from archive.hashing import BlobId
 from archive.record_codec import encode_files, load_canonical, paths_are_fine
 from archive.records import FileEntry, Release, canonical_json, check_paths, parse_record, path_problems
-from archive.statcache import LOOKUP_BATCH, StatCache
+from archive.statcache import StatCache
 
 BLOB = BlobId.of_bytes(b"x")
 
@@ -107,7 +107,7 @@ def test_the_whole_list_check_never_passes_what_the_exact_check_refuses(paths: l
 def test_batched_stat_cache_lookups_answer_as_single_ones(tmp_path: Path) -> None:
     cache = StatCache(tmp_path / "stat.db")
     files = []
-    for i in range(LOOKUP_BATCH + 20):
+    for i in range(520):  # more than one batch of the former per-query lookups
         path = tmp_path / f"f{i}"
         path.write_bytes(b"%d" % i)
         files.append((path, os.stat(path)))
@@ -178,3 +178,26 @@ def test_the_scale_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for command in ("push", "show --json", "resolve", "pull"):
         assert f"300 entries: {command} " in done.stdout
     assert list(tmp_path.iterdir()) == []  # it removed what it made
+
+
+def test_the_canonical_check_compares_a_large_record_piece_by_piece(monkeypatch) -> None:
+    """A record is canonical only if every piece matches: a duplicate key, a space or a
+    reordered member anywhere among many entries sends it to the strict parser."""
+    from archive import record_codec
+
+    monkeypatch.setattr(record_codec, "ENCODED_AT_ONCE", 3)
+    files = {f"f{i:02d}": FileEntry(BlobId.of_bytes(b"%d" % i), 100_000, media_type="text/csv") for i in range(10)}
+    release = Release("n", "1.0.0", "2020-01-01T00:00:00Z", {"m": {"k": [1]}}, files)
+    data = release.to_bytes()
+    assert load_canonical(data) == json.loads(data)
+    entry = data[data.index(b'"f04"'):data.index(b',"f05"')]
+    for bad in (data.replace(b',"f05"', b', "f05"'), data.replace(b',"f05"', b"," + entry + b',"f05"'),
+                data.replace(b'"f08"', b'"f09"', 1), data[:-1] + b" }", data + b"\n"):
+        assert load_canonical(bad) is None
+    with pytest.raises(IntegrityError, match="duplicate JSON key"):
+        parse_record(data.replace(b',"f05"', b"," + entry + b',"f05"'))
+    parsed = parse_record(data)
+    assert parsed.files == files and parsed.record_id == release.record_id
+    sizes = {id(entry.size) for entry in parsed.files.values()}
+    media_types = {id(entry.media_type) for entry in parsed.files.values()}
+    assert (len(sizes), len(media_types)) == (1, 1)  # one object each, not one per entry

@@ -107,3 +107,69 @@ def test_lookup_needs_every_part_of_the_identity(tmp_path: Path) -> None:
     assert cache.lookup(path, moved) is None
     cache.forget(path)
     assert cache.lookup(path, info) is None
+
+
+@pytest.mark.parametrize("part", ["st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns"])
+def test_recall_compares_every_part_of_the_identity_in_sqlite(tmp_path: Path, part: str) -> None:
+    """The identities are compared inside sqlite (a join): one part off, and the file is unknown."""
+    from archive.scan import FileStat
+
+    cache = StatCache(tmp_path / "s.sqlite")
+    paths = [tmp_path / f"f{i}" for i in range(3)]
+    for path in paths:
+        path.write_bytes(path.name.encode())
+    settle(tmp_path)
+    infos = [FileStat.of(os.stat(path)) for path in paths]
+    cache.remember([(p, i, BlobId.of_bytes(p.name.encode()), "text/plain") for p, i in zip(paths, infos)],
+                   time.time_ns())
+    changed = infos[1]._replace(**{part: getattr(infos[1], part) + 1})
+    known = cache.recall([(paths[0], infos[0]), (paths[1], changed), (paths[2], infos[2])])
+    assert known == {0: (BlobId.of_bytes(b"f0"), "text/plain"), 2: (BlobId.of_bytes(b"f2"), "text/plain")}
+    assert cache.lookup_many([(paths[1], changed), (paths[2], infos[2])]) == [None, BlobId.of_bytes(b"f2")]
+
+
+def test_the_cache_of_the_version_before_is_taken_over(tmp_path: Path) -> None:
+    """A stat cache written before media types were kept (table ``files``) is copied once: an
+    upgrade costs no re-hash, and the old table stays for an older client."""
+    import sqlite3
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    info = os.stat(path)
+    old = sqlite3.connect(tmp_path / "s.sqlite")
+    old.execute("CREATE TABLE files (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, ctime_ns INTEGER, blob TEXT)")
+    old.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                 str(BlobId.of_bytes(b"x"))))
+    old.commit()
+    old.close()
+    cache = StatCache(tmp_path / "s.sqlite")
+    assert cache.recall([(path, info)]) == {0: (BlobId.of_bytes(b"x"), None)}
+    cache.close()
+    assert sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT count(*) FROM files").fetchone() == (1,)
+
+
+def test_a_repush_reads_neither_the_files_nor_the_earlier_release(folder_archive, tmp_path: Path, hashed) -> None:
+    """The stat cache keeps each file's media type beside its hash, so publishing an unchanged
+    folder again opens no file and no stored object (the earlier record included); rows that
+    lack a media type (written by a pull, or by a version before) get it on the first push."""
+    from archive.publish import publish
+    from tests.counting import Counting
+
+    src = make_tree(tmp_path / "src", {"a.csv": b"a,b\n1,2\n", "b.png": b"\x89PNG\r\n\x1a\n....", "c": b"text\n"})
+    settle(src)
+    stat_cache = default_cache().stat_cache
+    first = publish(folder_archive, src, "calib", "1.0.0", progress=False, stat_cache=stat_cache)
+    counting = Counting(folder_archive)
+    hashed.clear()
+    again = publish(counting, src, "calib", "1.0.1", progress=False, stat_cache=stat_cache)
+    assert hashed == [] and counting.blobs_opened() == []
+    assert {p: e.media_type for p, e in again.files.items()} == {p: e.media_type for p, e in first.files.items()}
+    assert again.files["b.png"].media_type == "image/png"
+    stat_cache.remember([(src / "b.png", os.stat(src / "b.png"), first.files["b.png"].blob)], None)  # as a pull does
+    filled = publish(counting, src, "calib", "1.0.2", progress=False, stat_cache=stat_cache)
+    assert filled.files["b.png"].media_type == "image/png" and counting.blobs_opened() != []
+    counting.opened.clear()
+    publish(counting, src, "calib", "1.0.3", progress=False, stat_cache=stat_cache)
+    assert counting.blobs_opened() == [] and hashed == []
