@@ -1,0 +1,103 @@
+"""Small writes of an SFTP archive sent in groups (``archive/backends/sftp_batch.py``), against
+the test sshd: what a batch holds back, when it appears, and that a failed group fails loudly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import archive
+from archive import layout
+from archive.backends.sftp_batch import GROUP_FILES, MAX_BATCHED_FILE
+from archive.errors import BackendError, UnsafeObjectError
+from archive.transfer import run_jobs
+from tests.conftest import make_tree
+from tests.sshd import SSHServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def arc(tmp_path: Path, sshd: SSHServer, ssh_key_home: Path):
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        yield arc
+
+
+def test_a_small_write_waits_for_its_group_and_a_large_one_does_not(arc, tmp_path: Path) -> None:
+    with arc.batched_writes():
+        arc.write_key("blobs/sha256/aa/small", [b"sm", b"all"])
+        arc.write_key("blobs/sha256/aa/large", [b"x" * MAX_BATCHED_FILE, b"y"])
+        assert not arc.has_key("blobs/sha256/aa/small")  # returned before it exists
+        assert arc.stat_key("blobs/sha256/aa/large").size == MAX_BATCHED_FILE + 1  # streamed at once
+        arc.flush_writes()
+        assert arc.read_key("blobs/sha256/aa/small", 10) == b"small"
+        arc.write_key("blobs/sha256/bb/later", [b""])
+    assert arc.read_key("blobs/sha256/bb/later", 10) == b""  # the block's end sends the rest
+    assert arc.list_keys(layout.TMP_DIR) == []
+
+
+def test_a_full_group_is_sent_by_the_thread_that_filled_it(arc) -> None:
+    keys = [f"blobs/sha256/{i % 5:02x}/{i}" for i in range(GROUP_FILES * 3 + 7)]
+    with arc.batched_writes():
+        run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
+        visible = sum(arc.has_key(key) for key in keys)
+        assert visible == GROUP_FILES * 3  # whole groups only; the rest waits for the end
+    assert all(arc.read_key(key, 100) == key.encode() for key in keys)
+    assert arc.list_keys(layout.TMP_DIR) == []
+
+
+def test_a_block_that_fails_sends_nothing_it_held(arc) -> None:
+    with pytest.raises(RuntimeError):
+        with arc.batched_writes():
+            arc.write_key("blobs/sha256/dd/one", [b"one"])
+            raise RuntimeError("the publish failed")
+    assert not arc.has_key("blobs/sha256/dd/one")
+    assert arc.list_keys(layout.TMP_DIR) == []
+
+
+def test_a_group_that_fails_fails_the_batch_and_leaves_nothing(arc, tmp_path: Path) -> None:
+    """A link where a folder of the group's keys should be: the group is refused (none of its
+    keys appears, its temporary files are removed) and every later write of the batch, and its
+    end, fail too, so a publish never goes on to name those blobs."""
+    store = tmp_path / "store"
+    (tmp_path / "elsewhere").mkdir()
+    (store / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    (store / "blobs" / "sha256" / "ee").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BackendError, match="new objects could not be stored"):
+        with arc.batched_writes():
+            arc.write_key("blobs/sha256/cc/fine", [b"fine"])
+            arc.write_key("blobs/sha256/ee/linked", [b"linked"])
+            with pytest.raises(UnsafeObjectError):
+                arc.flush_writes()
+            arc.write_key("blobs/sha256/cc/after", [b"after"])
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert not arc.has_key("blobs/sha256/cc/fine") and not arc.has_key("blobs/sha256/cc/after")
+    assert list((store / layout.TMP_DIR).iterdir()) == []
+
+
+def test_push_and_pull_of_many_small_files_through_the_cli(sshd: SSHServer, ssh_key_home: Path,
+                                                          tmp_path: Path) -> None:
+    """The real command: a few groups' worth of small files (and empty ones, and duplicates)
+    arrive whole, and a full verify reads every blob back."""
+    files = {f"d{i % 9}/f{i}.bin": os.urandom(i * 37 % 5000) for i in range(GROUP_FILES * 4 + 3)}
+    files.update({"same/a.txt": b"same", "same/b.txt": b"same", "empty": b""})
+    src = make_tree(tmp_path / "src", files)
+    url = sshd.url(tmp_path / "store")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ARCHIVE_CACHE_DIR": str(tmp_path / "cache")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "archive", "--no-progress", *args],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    assert cli("init", url).returncode == 0
+    result = cli("-a", url, "push", str(src), "many", "1.0.0")
+    assert result.returncode == 0, result.stderr
+    assert cli("-a", url, "verify", "--full").returncode == 0
+    result = cli("-a", url, "pull", "many", "1.0.0", "--to", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert all((tmp_path / "out" / path).read_bytes() == data for path, data in files.items())
+    assert list((tmp_path / "store" / layout.TMP_DIR).iterdir()) == []
