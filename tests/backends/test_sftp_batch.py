@@ -4,8 +4,12 @@ the test sshd: what a batch holds back, when it appears, and that a failed group
 from __future__ import annotations
 
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +105,59 @@ def test_push_and_pull_of_many_small_files_through_the_cli(sshd: SSHServer, ssh_
     assert result.returncode == 0, result.stderr
     assert all((tmp_path / "out" / path).read_bytes() == data for path, data in files.items())
     assert list((tmp_path / "store" / layout.TMP_DIR).iterdir()) == []
+
+
+# ------------------------------------------------------------------ killed at random moments
+def killed_at_random(sshd: SSHServer, tmp_path: Path, runs: int, files: int = 600) -> dict[str, int]:
+    """Push ``files`` small files over SFTP ``runs`` times, each into a new archive, killing the
+    CLI (SIGKILL: no cleanup) at a random moment; after each, the archive verifies in full, the
+    release is absent or whole, and a rerun completes."""
+    rng = random.Random(int(os.environ.get("ARCHIVE_KILL_SEED", "15")))
+    source = make_tree(tmp_path / "src", {f"d{i // 100}/f{i}.bin": b"" if i % 10 == 0 else
+                                          rng.randbytes(rng.choice([1, 100, 4096])) for i in range(files)})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    push = [sys.executable, "-m", "archive", "--no-progress", "push", str(source), "many", "1.0.0"]
+    started = time.perf_counter()
+    timing = sshd.url(tmp_path / "timing")
+    archive.get_interface(timing, create=True).close()
+    assert subprocess.run([*push[:3], "-a", timing, *push[3:]], env=env, capture_output=True).returncode == 0
+    duration = time.perf_counter() - started
+    tally = {"killed": 0, "finished": 0, "visible": 0}
+    for run in range(runs):
+        url = sshd.url(tmp_path / f"store{run}")
+        archive.get_interface(url, create=True).close()
+        cache = {"ARCHIVE_CACHE_DIR": str(tmp_path / f"cache{run}")}
+        proc = subprocess.Popen([*push[:3], "-a", url, *push[3:]], env={**env, **cache},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, duration))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        tally["killed" if proc.returncode == -signal.SIGKILL else "finished"] += 1
+        with archive.get_interface(url) as arc:
+            report = arc.verify(full=True)
+            assert report.ok, report.errors
+            visible = arc.versions("many")
+            assert visible in ([], ["1.0.0"])
+            tally["visible"] += bool(visible)
+            arc.publish(source, "many", "1.0.0", progress=False)
+            out = arc.download("many", "1.0.0", tmp_path / f"out{run}", progress=False)
+        assert all((out / p.relative_to(source)).read_bytes() == p.read_bytes()
+                   for p in source.rglob("*") if p.is_file())
+        shutil.rmtree(tmp_path / f"store{run}")
+        shutil.rmtree(out)
+    print(f"\nSFTP small-files kill test: push {duration * 1000:.0f} ms, {tally}")
+    return tally
+
+
+def test_a_publish_of_small_files_killed_at_random_is_sound(sshd: SSHServer, ssh_key_home: Path,
+                                                            tmp_path: Path) -> None:
+    tally = killed_at_random(sshd, tmp_path, int(os.environ.get("ARCHIVE_KILL_RUNS", "3")))
+    assert tally["killed"] + tally["finished"] >= 3
+
+
+@pytest.mark.slow
+def test_a_publish_of_small_files_killed_at_random_100_times(sshd: SSHServer, ssh_key_home: Path,
+                                                             tmp_path: Path) -> None:
+    runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
+    tally = killed_at_random(sshd, tmp_path, runs)
+    assert tally["killed"] >= runs // 4, tally  # enough kills land mid-publish for the test to mean something
