@@ -71,6 +71,8 @@ class PendingBlobs:
         self.archive = archive
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
+        self._sent = threading.Condition(self._lock)
+        self._sending = 0  # groups taken and not yet stored (or failed)
         self._files: list[tuple[str, bytes]] = []
         self._bytes = 0
 
@@ -81,14 +83,29 @@ class PendingBlobs:
             self._bytes += len(data)
             if len(self._files) < GROUP_FILES and self._bytes < GROUP_BYTES:
                 return []
-            files, self._files, self._bytes = self._files, [], 0
-            return files
+            return self._take()
 
     def take(self) -> list[tuple[str, bytes]]:
-        """Every file noted and not yet sent, now the caller's."""
+        """Every file noted and not yet sent, now the caller's (who must call :meth:`done`)."""
         with self._lock:
-            files, self._files, self._bytes = self._files, [], 0
-            return files
+            return self._take()
+
+    def _take(self) -> list[tuple[str, bytes]]:
+        files, self._files, self._bytes = self._files, [], 0
+        self._sending += 1
+        return files
+
+    def done(self) -> None:
+        """A group taken is stored, or has failed."""
+        with self._lock:
+            self._sending -= 1
+            self._sent.notify_all()
+
+    def wait_sent(self) -> None:
+        """Wait until every group taken by any thread is stored (or has failed)."""
+        with self._lock:
+            while self._sending:
+                self._sent.wait()
 
 
 #: The batch of the ``batched_writes`` block this code runs in: the worker threads of
@@ -227,18 +244,22 @@ class BatchedUploads:
             yield
         except BaseException:
             batch.take()  # never sent, so never visible
+            batch.done()
             raise
         finally:
             CURRENT.reset(token)
-        self._send(batch, batch.take())
-        _check_batch(batch)
+        self._flush(batch)
 
     def flush_writes(self) -> None:
-        """See :meth:`ArchiveInterface.flush_writes`."""
+        """See :meth:`ArchiveInterface.flush_writes`: also waits for groups other threads send."""
         batch = self._batch()
         if batch is not None:
-            self._send(batch, batch.take())
-            _check_batch(batch)
+            self._flush(batch)
+
+    def _flush(self, batch: PendingBlobs) -> None:
+        self._send(batch, batch.take())
+        batch.wait_sent()
+        _check_batch(batch)
 
     def _batch(self) -> PendingBlobs | None:
         batch = CURRENT.get()
@@ -254,19 +275,23 @@ class BatchedUploads:
         data, chunks = small_content(chunks)
         if data is None:
             return chunks
-        self._send(batch, batch.add(key, data))
+        group = batch.add(key, data)
+        if group:
+            self._send(batch, group)
         return None
 
     def _send(self, batch: PendingBlobs, files: list[tuple[str, bytes]]) -> None:
-        """Store ``files`` as one group, retried whole as an upload is; a failure fails the batch."""
-        if not files:
-            return
+        """Store ``files`` as one group (taken from ``batch``), retried whole as an upload is; a
+        failure fails the batch."""
         try:
-            with_retries(lambda: self._store_group(files), f"upload of {len(files)} new objects")
+            if files:
+                with_retries(lambda: self._store_group(files), f"upload of {len(files)} new objects")
+                logger.debug("stored a group of %d small writes", len(files))
         except BaseException as exc:
             batch.failure = batch.failure or exc
             raise
-        logger.debug("stored a group of %d small writes", len(files))
+        finally:
+            batch.done()
 
     def _store_group(self, files: list[tuple[str, bytes]]) -> None:
         tmp_dir = self.remote_path(layout.TMP_DIR)
