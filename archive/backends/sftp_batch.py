@@ -115,14 +115,15 @@ CURRENT: ContextVar["PendingBlobs | None"] = ContextVar("archive_sftp_pending_bl
 
 
 def small_content(chunks: Iterable[bytes]) -> tuple[bytes | None, Iterable[bytes]]:
-    """The whole content if the chunks hold at most :data:`MAX_BATCHED_FILE` bytes (None
-    otherwise), and chunks that still give all of it, for a write that streams it instead."""
+    """The whole content (as bytes of its own) if the chunks hold at most
+    :data:`MAX_BATCHED_FILE` bytes, None otherwise, and chunks that still give all of it, for
+    a write that streams it instead."""
     seen: list[bytes] = []
     size = 0
     iterator = iter(chunks)
     for chunk in iterator:
-        seen.append(chunk)
-        size += len(chunk)
+        seen.append(chunk if type(chunk) is bytes else bytes(chunk))  # a view's buffer may be reused
+        size += len(seen[-1])
         if size > MAX_BATCHED_FILE:
             return None, _chained(seen, iterator)
     return (seen[0] if len(seen) == 1 else b"".join(seen)), ()

@@ -161,3 +161,21 @@ def test_a_publish_of_small_files_killed_at_random_100_times(sshd: SSHServer, ss
     runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
     tally = killed_at_random(sshd, tmp_path, runs)
     assert tally["killed"] >= runs // 4, tally  # enough kills land mid-publish for the test to mean something
+
+
+def test_chunks_from_a_reused_buffer_are_kept_as_they_were(arc) -> None:
+    """A producer may yield views of one buffer it refills: what waits in a group, and what was
+    read ahead before a larger file is streamed, must be the bytes as they were yielded."""
+    def refilled(parts: list[bytes]):
+        buffer = bytearray(max(len(p) for p in parts))
+        for part in parts:
+            buffer[:len(part)] = part
+            yield memoryview(buffer)[:len(part)]
+
+    small = [b"a" * 1000, b"b" * 1000]
+    large = [bytes([i]) * 100_000 for i in range(4)]
+    with arc.batched_writes():
+        arc.write_key("blobs/sha256/aa/small", refilled(small))
+        arc.write_key("blobs/sha256/aa/large", refilled(large))
+    assert arc.read_key("blobs/sha256/aa/small", 10_000) == b"".join(small)
+    assert arc.read_key("blobs/sha256/aa/large", 1_000_000) == b"".join(large)
