@@ -153,7 +153,8 @@ def store_group(sftp: SFTPClient, uploads: list[Upload], write_size: int) -> Non
             error = error or status_error(reply, "open")
     pending = [_send_file(sftp, handle, u.data, write_size) for u, handle in zip(uploads, handles) if handle]
     for upload, requests in zip((u for u, h in zip(uploads, handles) if h), pending):
-        error = error or _check_file(sftp, upload, requests)
+        failure = _check_file(sftp, upload, requests)  # read whatever came before
+        error = error or failure
     if error is not None:
         raise error
 
@@ -173,7 +174,8 @@ def _check_file(sftp: SFTPClient, upload: Upload, requests: tuple[list[int], int
     writes, fsync, fstat, close = requests
     error: BaseException | None = None
     for num in writes:
-        error = error or _failure(sftp, num, "write")
+        failure = _failure(sftp, num, "write")
+        error = error or failure
     reply = sftp.reply(fsync)
     if error is None and status_code(reply) != OP_UNSUPPORTED:  # servers without it: as durable as they are
         error = _failure_of(reply, "fsync")
@@ -186,7 +188,8 @@ def _check_file(sftp: SFTPClient, upload: Upload, requests: tuple[list[int], int
         else:
             if stored != len(upload.data):
                 error = OSError(f"the server stored {stored} of {len(upload.data)} bytes of {upload.key}")
-    return error or _failure(sftp, close, "close")
+    closed = _failure(sftp, close, "close")
+    return error or closed
 
 
 def _failure(sftp: SFTPClient, num: int, what: str) -> OSError | None:

@@ -17,7 +17,7 @@ import pytest
 import archive
 from archive import layout
 from archive.backends.sftp_batch import GROUP_FILES, MAX_BATCHED_FILE
-from archive.errors import BackendError, UnsafeObjectError
+from archive.errors import BackendError, StorageFullError, UnsafeObjectError
 from archive.transfer import run_jobs
 from tests.conftest import make_tree
 from tests.sshd import SSHServer
@@ -179,3 +179,20 @@ def test_chunks_from_a_reused_buffer_are_kept_as_they_were(arc) -> None:
         arc.write_key("blobs/sha256/aa/large", refilled(large))
     assert arc.read_key("blobs/sha256/aa/small", 10_000) == b"".join(small)
     assert arc.read_key("blobs/sha256/aa/large", 1_000_000) == b"".join(large)
+
+
+def test_a_group_that_fills_the_disk_is_one_line_and_leaves_nothing(sshd: SSHServer, ssh_key_home: Path,
+                                                                     small_tmpfs: Path, tmp_path: Path) -> None:
+    """Small files worth more than the server's 1 MiB disk: a write of a group fails, every
+    reply of the group is still read (the session serves the next request), the temporary
+    files are removed and the publish fails in one line."""
+    store = small_tmpfs / "store"
+    src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(30_000) for i in range(GROUP_FILES)})
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        with pytest.raises(StorageFullError) as info:
+            arc.publish(src, "demo", "1.0.0", jobs=2, progress=False)
+        assert str(info.value).startswith(f"no space left on {sshd.host}") and "\n" not in str(info.value)
+        assert arc.versions("demo") == []
+        assert arc.list_keys(layout.TMP_DIR) == []  # the same connections still answer, in step
+        arc.write_bytes("releases/x/note", b"fits")
+        assert arc.read_key("releases/x/note", 10) == b"fits"
