@@ -25,7 +25,9 @@ with the folders on its way (:mod:`~archive.backends.sftp_paths`); listed names 
 UTF-8.
 
 Primitives are called from several threads at once; each borrows a whole connection from the
-pool, so crypto and requests of different files run side by side.
+pool, so crypto and requests of different files run side by side. Inside
+:meth:`~archive.interface.ArchiveInterface.batched_writes` small writes are sent in groups,
+three round trips for many files (:mod:`~archive.backends.sftp_batch`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoun
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
 from ..locations import password_of, redact
+from .sftp_batch import BatchedUploads
 from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_paths import CheckedFolders, list_names
@@ -56,7 +59,7 @@ KEYRING_SERVICE = "archive-sftp"
 READ_BUFFER = 1024 * 1024
 
 
-class SFTPArchive(ArchiveInterface):
+class SFTPArchive(BatchedUploads, ArchiveInterface):
     """An archive in a folder on an SSH server; see the module docstring for the URL."""
 
     max_workers = 8
@@ -107,6 +110,15 @@ class SFTPArchive(ArchiveInterface):
                 _finish_reading(conn, raw, key)
 
     def write_key(self, key: str | Callable[[], str], chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
+        """See :meth:`ArchiveInterface.write_key`; inside :meth:`batched_writes` a small file
+        waits to be sent in a group (:mod:`~archive.backends.sftp_batch`)."""
+        if exclusive:
+            self.flush_writes()
+        elif isinstance(key, str):
+            deferred = self._defer(key, chunks)
+            if deferred is None:
+                return
+            chunks = deferred
         chunks, blob = _resume_name(key, chunks)
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")

@@ -16,6 +16,7 @@ import pytest
 import archive
 from archive import layout
 from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
+from archive.backends.sftp_batch import MAX_BATCHED_FILE
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
                             KeyNotFoundError)
@@ -300,10 +301,11 @@ def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path
 def test_connections_follow_the_size_of_transfers(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
     """Large files stream over two connections (more would only add handshakes and compete for
     the same cores); many small files get one connection per thread, to wait on the server side
-    by side. Counted by the logins the sshd accepted."""
+    by side (files too large to wait in a group, see test_sftp_batch.py). Counted by the logins
+    the sshd accepted."""
     large, small = tmp_path / "large", tmp_path / "small"
     make_tree(large, {f"f{i}.bin": os.urandom(8) + bytes(MIB) for i in range(12)})
-    make_tree(small, {f"d{i % 4}/f{i}.txt": f"file {i}".encode() for i in range(240)})
+    make_tree(small, {f"d{i % 4}/f{i}.txt": os.urandom(MAX_BATCHED_FILE + 1000) for i in range(40)})
     logins = sshd.log().count("Accepted publickey")
     with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
         arc.publish(large, "large", "1.0.0", jobs=8)

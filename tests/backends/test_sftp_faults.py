@@ -26,6 +26,7 @@ import archive
 import archive.transfer
 from archive import layout
 from archive.backends.filesystem import FileSystemArchive
+from archive.backends.sftp_batch import MAX_BATCHED_FILE
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from archive.backends.sftp_resume import FOREIGN_IDLE_SECONDS
 from archive.errors import BackendUnavailableError, StorageFullError
@@ -198,13 +199,32 @@ def assert_nothing_half_written(store: Path, sshd: SSHServer, name: str, publish
 @pytest.mark.parametrize("k", [30, 1_500, 5_000, 40_000])
 def test_cut_in_a_new_connection_is_retried(sshd: SSHServer, proxy: CuttingProxy, store: Path, tmp_path: Path,
                                             transport: str, k: int) -> None:
-    """K bytes into a handshake (banner, key exchange, login, SFTP start): the upload retries."""
-    src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(20_000) for i in range(12)})
+    """K bytes into a handshake (banner, key exchange, login, SFTP start): the upload retries.
+    The files are too large to wait in a group, so each thread streams its own on a new connection."""
+    src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(MAX_BATCHED_FILE + 20_000) for i in range(12)})
     with archive.get_interface(through(proxy, sshd, store)) as arc:
         proxy.arm(after=k, new_only=True)  # the connections the upload threads open
         arc.publish(src, "demo", "1.0.0", jobs=4, progress=False)
         assert proxy.cuts == 1
     assert_nothing_half_written(store, sshd, "demo", published=True)
+
+
+@pytest.mark.parametrize("k", [20_000, 150_000, 600_000])
+def test_cut_in_a_group_of_small_files_is_retried_whole(sshd: SSHServer, proxy: CuttingProxy, store: Path,
+                                                       tmp_path: Path, transport: str, k: int) -> None:
+    """A connection cut while it carries a group of small files (their opens, writes, fsyncs or
+    renames): the group is sent again whole on a new connection, and nothing is left half done."""
+    files = {f"d{i % 7}/f{i}.txt": os.urandom(1_000 + i) for i in range(300)}
+    src = make_tree(tmp_path / "src", files)
+    with archive.get_interface(through(proxy, sshd, store)) as arc:
+        arc.list_keys("")  # the first connection is open and idle: the cut hits the groups
+        proxy.arm(after=k)
+        arc.publish(src, "demo", "1.0.0", jobs=4, progress=False)
+        assert proxy.cuts == 1
+    assert_nothing_half_written(store, sshd, "demo", published=True)
+    with archive.get_interface(sshd.url(store)) as direct:
+        out = direct.download("demo", "*", tmp_path / "out", progress=False)
+    assert all((out / path).read_bytes() == data for path, data in files.items())
 
 
 @pytest.mark.parametrize("k", [30, 3_000])
