@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -155,44 +155,63 @@ def make_progress(description: str, total_bytes: int, total_files: int,
 def run_jobs(jobs: Sequence[Callable[[], T]], workers: int) -> list[T]:
     """Run jobs on up to ``workers`` threads; return their results in order.
 
-    Jobs are handed to the threads a few at a time, not all at once, so 10,000 small files
-    do not hold 10,000 pending futures. On the first exception no further job starts;
-    running ones finish, then it is raised. On KeyboardInterrupt the running ones stop too,
-    at their next chunk (see :func:`check_interrupted`).
+    Each thread takes the next job itself when it is done with one, so a job costs one lock
+    and no future: waiting on a set of futures for each finished job (``wait(FIRST_COMPLETED)``)
+    cost about 0.1 ms of CPU per job under contention, 5 % of a small S3 GET. On the first
+    exception no further job starts; running ones finish, then it is raised. On
+    KeyboardInterrupt the running ones stop too, at their next chunk (see
+    :func:`check_interrupted`).
     """
     if workers <= 1 or len(jobs) <= 1:
         return [job() for job in jobs]
     results: list[T] = [None] * len(jobs)  # type: ignore[list-item]
-    queued = iter(enumerate(jobs))
-    stop = threading.Event()
+    queue = _JobQueue(jobs)
     context = contextvars.copy_context()
-    context.run(_stop.set, stop)
+    context.run(_stop.set, queue.stop)
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="archive") as pool:
-        running: dict[Future[T], int] = {}
-
-        def submit_more() -> None:
-            for index, job in queued:
-                running[pool.submit(context.copy().run, job)] = index
-                if len(running) >= 2 * workers:
-                    return
-
+        threads = [pool.submit(queue.work, context, results) for _ in range(min(workers, len(jobs)))]
         try:
-            submit_more()
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = running.pop(future)
-                    if future.exception() is not None:
-                        raise future.exception()  # type: ignore[misc]
-                    results[index] = future.result()
-                submit_more()
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # KeyboardInterrupt: stop the running jobs too
-                stop.set()
-            for future in running:  # those not started yet never will; the pool waits for the rest
-                future.cancel()
+            for thread in threads:
+                thread.result()
+        except BaseException as exc:  # KeyboardInterrupt while waiting: the running jobs stop too
+            queue.fail(exc)
             raise
+    queue.raise_first()
     return results
+
+
+class _JobQueue:
+    """The jobs of one :func:`run_jobs`, taken in order by its threads until one fails."""
+
+    def __init__(self, jobs: Sequence[Callable[[], T]]) -> None:
+        self._queued = iter(enumerate(jobs))
+        self._lock = threading.Lock()
+        self._failures: list[BaseException] = []
+        self.stop = threading.Event()
+
+    def work(self, context: contextvars.Context, results: list) -> None:
+        """Run jobs (each in a copy of ``context``) into ``results`` until none is left or one failed."""
+        while True:
+            with self._lock:
+                item = None if self._failures else next(self._queued, None)
+            if item is None:
+                return
+            try:
+                results[item[0]] = context.copy().run(item[1])
+            except BaseException as exc:
+                self.fail(exc)
+                return
+
+    def fail(self, exc: BaseException) -> None:
+        """Start no further job; a KeyboardInterrupt (not an ``Exception``) stops the running ones."""
+        if not isinstance(exc, Exception):
+            self.stop.set()
+        with self._lock:
+            self._failures.append(exc)
+
+    def raise_first(self) -> None:
+        if self._failures:
+            raise self._failures[0]
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
