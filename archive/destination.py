@@ -46,7 +46,7 @@ def in_the_way(path: str) -> "Conflict":
     return Conflict(path, Kind.IN_THE_WAY.value, forceable=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Found:
     """A release path as found: its kind, and the ``lstat`` of what is there (None if absent)."""
 
