@@ -34,7 +34,6 @@ from .errors import InvalidInputError, InvalidPathError
 from .materialize import INDEPENDENT_MODES, check_link_mode, creation_gives_mode, remove_stale_temporaries
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
-from .hashing import BlobId
 from .records import FileEntry, Release
 from .selection import PartOfRelease
 from .placing import Placement, Route, Source, place, source_of
@@ -155,10 +154,12 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     the copies after the last transfer. Files of one blob wait for its one fetch.
     """
     writes = [p for p in placements if not p.mode_only]
-    sources = _sources(arc, writes, link, use_cache)
-    sizes = {p.entry.blob: p.entry.size for p in writes}
-    missing = {blob: threading.Lock() for blob, source in sources.items()
-               if source.route is Route.CACHE and not cache.has(blob, sizes[blob])}
+    # keyed by the hex digest, whose hash Python keeps, not by the BlobId, whose hash is
+    # computed anew by each lookup (a few per file)
+    blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
+    sources = {key: source_of(arc, entry, link, use_cache) for key, entry in blobs.items()}  # asked once per blob
+    missing = {key: threading.Lock() for key, source in sources.items()
+               if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     started = time.time_ns()
     mode_given = _make_parent_folders(root, placements)
     bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
@@ -167,7 +168,8 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     try:
         def job(placement: Placement) -> None:
             entry = placement.entry
-            fetching = missing.get(entry.blob)
+            key = entry.blob.hexdigest
+            fetching = missing.get(key)
             if fetching is not None:
                 with fetching:  # the first job of a blob fetches it (reporting its bytes); the others wait
                     fetched = not cache.has(entry.blob, entry.size)
@@ -175,7 +177,7 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
                         cache.fetch(arc, entry.blob, entry.size, bar.advance)
             else:
                 fetched = False
-            place(arc, cache, placement, sources.get(entry.blob, no_source), link, None if fetched else bar.advance,
+            place(arc, cache, placement, sources.get(key, no_source), link, None if fetched else bar.advance,
                   set_mode=placement.path.rpartition("/")[0] not in mode_given)
             bar.file_done()
 
@@ -184,16 +186,6 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     finally:
         bar.close()
     _remember_placed(cache, placements, started, link)
-
-
-def _sources(arc: "ArchiveInterface", writes: list[Placement], link: str, use_cache: bool) -> dict[BlobId, Source]:
-    """Where each distinct blob comes from (asked once per blob, not once per file)."""
-    sources: dict[BlobId, Source] = {}
-    for placement in writes:
-        blob = placement.entry.blob
-        if blob not in sources:
-            sources[blob] = source_of(arc, placement.entry, link, use_cache)
-    return sources
 
 
 def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
@@ -218,7 +210,7 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
     return mode_given
 
 
-def _placing_workers(placements: list[Placement], sources: dict[BlobId, Source], workers: int) -> int:
+def _placing_workers(placements: list[Placement], sources: dict[str, Source], workers: int) -> int:
     """Threads for placing files: all of them when files stream from the archive (each waits on
     the network) or are large (the kernel copies without the GIL); one for small local files,
     where per-file Python work dominates and threads only contend."""
