@@ -181,8 +181,12 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
                   set_mode=placement.path.rpartition("/")[0] not in mode_given)
             bar.file_done()
 
-        run_jobs([functools.partial(job, p) for p in placements],  # a partial: a third of a lambda's size
-                 workers if missing else _placing_workers(placements, sources, workers))
+        threads = workers if missing else _placing_workers(placements, sources, workers)
+        if threads == 1:  # what run_jobs does on one thread, without a callable per file
+            for placement in placements:
+                job(placement)
+        else:
+            run_jobs([functools.partial(job, p) for p in placements], threads)
     finally:
         bar.close()
     _remember_placed(cache, placements, started, link)
@@ -201,13 +205,10 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
     folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
     for folder in folders:
         make_folders(root, folder, made)
-    mode_given = set()
-    for folder in folders:
-        path = root.joinpath(*folder.split("/")) if folder else root
+    paths = {folder: root.joinpath(*folder.split("/")) if folder else root for folder in folders}
+    for folder, path in paths.items():
         check_inside(root, path, folder or ".")
-        if creation_gives_mode(path):
-            mode_given.add(folder)
-    return mode_given
+    return creation_gives_mode(paths)
 
 
 def _placing_workers(placements: list[Placement], sources: dict[str, Source], workers: int) -> int:

@@ -185,22 +185,24 @@ def write_bytes_atomically(target: "str | Path", data: bytes, file_mode: int, *,
         os.close(fd)
 
 
-def creation_gives_mode(folder: "str | Path") -> bool:
-    """Whether a file created in ``folder`` with a mode from :func:`wanted_mode` gets exactly
-    that mode, so that :func:`write_bytes_atomically` may leave out its ``chmod`` (a system
-    call per small file). Ask once per folder per download.
+def creation_gives_mode(folders: "dict[str, str | Path]") -> set[str]:
+    """The names (keys) of the ``folders`` in which a file created with a mode from
+    :func:`wanted_mode` gets exactly that mode, so that :func:`write_bytes_atomically` may leave
+    out its ``chmod`` (a system call per small file). Ask once per download.
 
     The kernel gives a new file its creation mode less the umask, unless the folder has a
-    default ACL, which replaces the umask. So: True only when the umask is still the one
-    :func:`wanted_mode` uses, and the folder is known to have no default ACL (a filesystem that
-    cannot say, or a platform without extended attributes, gets the ``chmod``).
+    default ACL, which replaces the umask. So: none unless the umask is still the one
+    :func:`wanted_mode` uses; then those known to have no default ACL (a filesystem that cannot
+    say, or a platform without extended attributes, gets the ``chmod``).
     """
-    if _umask_now() != _umask():
-        return False
+    if _umask_now() != _umask() or not hasattr(os, "getxattr"):
+        return set()
+    return {name for name, folder in folders.items() if _no_default_acl(folder)}
+
+
+def _no_default_acl(folder: "str | Path") -> bool:
     try:
         os.getxattr(folder, "system.posix_acl_default")
-    except AttributeError:  # no extended attributes on this platform
-        return False
     except OSError as exc:
         return exc.errno == errno.ENODATA
     return False

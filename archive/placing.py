@@ -76,7 +76,7 @@ def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: b
         return Source(Route.CACHE)
     blob_file = arc.local_file(layout.blob_key(entry.blob))
     if blob_file is not None:
-        return Source(Route.LOCAL, os.fspath(blob_file))
+        return Source(Route.LOCAL, blob_file)
     return Source(Route.CACHE if use_cache else Route.STREAM)
 
 

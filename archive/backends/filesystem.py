@@ -87,13 +87,13 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
         follow it, see :mod:`~archive.backends.filesystem_folders`)."""
         return self.root.joinpath(*key.split("/"))
 
-    def local_file(self, key: str) -> Path | None:
+    def local_file(self, key: str) -> str | None:
         """The file of ``key`` when the archive is on a local disk (see :func:`on_local_disk`).
 
         Checked like any key (a regular file, reached without a link), and the path is checked
         to reach that same file, so opening it cannot lead outside the archive. Downloads ask
-        this once per blob: the path is built as a string (no pathlib on the way), and the
-        two ``stat`` calls are all it costs.
+        this once per blob: the path is a string, built without pathlib (a Path cost a tenth
+        of a pull of 10,000 small files), and the two ``stat`` calls are all it costs.
         """
         if self.local is None:
             self.local = on_local_disk(self.root)
@@ -108,7 +108,7 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                 raise
         if by_path.st_ino != info.st_ino or by_path.st_dev != info.st_dev:
             raise UnsafeObjectError(key, "a symbolic link")  # a folder on its path was swapped for one
-        return Path(path)
+        return path
 
     @contextmanager
     def _errors(self, key: str, writing: bool = False) -> Iterator[None]:
