@@ -164,9 +164,12 @@ def remove_files(root: Path, paths: list[str]) -> None:
     """Remove the files (or links) at ``paths`` in ``root``, never through a link leading outside
     it; one already gone is fine. Used for non-folders standing where folders must go (``force``
     allowed it) and for what ``--exact`` removes."""
+    checked: set[Path] = set()  # each folder once, not once per file (a realpath is a stat per level)
     for path in paths:
         target = root.joinpath(*path.split("/"))
-        check_inside(root, target.parent, path)
+        if target.parent not in checked:
+            check_inside(root, target.parent, path)
+            checked.add(target.parent)
         try:
             os.unlink(target)
         except FileNotFoundError:

@@ -210,11 +210,12 @@ def status(folder: str | Path, cache: "BlobCache | None" = None) -> Status:
         raise InvalidInputError(f"{str(folder)!r} was not filled by archive pull (it has no {MARKER_FILE})")
     report = Status(pulled)
     present = dict(walk_files(root))
+    folders = Folders(root)
     for path, entry in pulled.files.items():
         info = present.pop(path, None)
         if info is None:
             report.missing.append(path)
-        elif not _as_pulled(root.joinpath(*path.split("/")), info, entry, cache):
+        elif not _as_pulled(folders.target_of(path), info, entry, cache):
             report.modified.append(path)
     report.extra = sorted(present)
     report.modified.sort()
@@ -222,7 +223,7 @@ def status(folder: str | Path, cache: "BlobCache | None" = None) -> Status:
     return report
 
 
-def _as_pulled(target: Path, info: os.stat_result, entry: FileEntry, cache: "BlobCache") -> bool:
+def _as_pulled(target: "str | Path", info: os.stat_result, entry: FileEntry, cache: "BlobCache") -> bool:
     """Whether ``target`` is as a pull places ``entry``: a file of its content and executable
     bit, or (``--link symlink``) a link to its intact cache file."""
     if stat.S_ISLNK(info.st_mode) and links_to_cache(target, entry, cache):
