@@ -46,12 +46,12 @@ def in_the_way(path: str) -> "Conflict":
     return Conflict(path, Kind.IN_THE_WAY.value, forceable=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Found:
     """A release path as found: its kind, and the ``lstat`` of what is there (None if absent)."""
 
     path: str
-    target: Path
+    target: str
     kind: Kind
     info: os.stat_result | None = None
 
@@ -73,6 +73,7 @@ class Folders:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._prefix = os.path.join(str(root), "")
         self._state: dict[str, str] = {"": _FOLDER if os.path.isdir(root) else _ABSENT}
         #: Parent paths with something other than a folder in the way (release-relative).
         self.in_the_way: dict[str, os.stat_result] = {}
@@ -93,6 +94,11 @@ class Folders:
                 known = self._state[folder] = self._look(folder)
             above = known
         return above == _FOLDER
+
+    def target_of(self, path: str) -> str:
+        """The file of the release path ``path`` in the destination, as a string: made once per
+        file, where a :class:`~pathlib.Path` costs some microseconds more."""
+        return self._prefix + (path if os.sep == "/" else path.replace("/", os.sep))
 
     def _look(self, folder: str) -> str:
         path = self.root.joinpath(*folder.split("/"))
@@ -121,7 +127,7 @@ def check_inside(root: Path, path: Path, shown: str) -> None:
 
 def find(folders: Folders, path: str) -> Found:
     """What ``path`` finds in the destination (its parents already checked by ``folders``)."""
-    target = folders.root.joinpath(*path.split("/"))
+    target = folders.target_of(path)
     if not folders.ancestors_clear(path):
         return Found(path, target, Kind.ABSENT)
     try:
@@ -158,9 +164,12 @@ def remove_files(root: Path, paths: list[str]) -> None:
     """Remove the files (or links) at ``paths`` in ``root``, never through a link leading outside
     it; one already gone is fine. Used for non-folders standing where folders must go (``force``
     allowed it) and for what ``--exact`` removes."""
+    checked: set[Path] = set()  # each folder once, not once per file (a realpath is a stat per level)
     for path in paths:
         target = root.joinpath(*path.split("/"))
-        check_inside(root, target.parent, path)
+        if target.parent not in checked:
+            check_inside(root, target.parent, path)
+            checked.add(target.parent)
         try:
             os.unlink(target)
         except FileNotFoundError:
@@ -196,7 +205,7 @@ def entry_mode_ok(info: os.stat_result, entry: FileEntry) -> bool:
     return bool(info.st_mode & stat.S_IXUSR) == entry.executable
 
 
-def is_unchanged(target: Path, info: os.stat_result, entry: FileEntry, stat_cache: "StatCache") -> bool:
+def is_unchanged(target: "str | Path", info: os.stat_result, entry: FileEntry, stat_cache: "StatCache") -> bool:
     """Whether the regular file ``target`` still holds ``entry``'s content (stat cache first)."""
     if info.st_size != entry.size:
         return False
@@ -241,7 +250,7 @@ def as_placed_before(found: Found, before: FileEntry | None, cache: "BlobCache")
             and is_unchanged(found.target, found.info, before, cache.stat_cache))
 
 
-def links_to_cache(target: Path, entry: FileEntry, cache: "BlobCache") -> bool:
+def links_to_cache(target: "str | Path", entry: FileEntry, cache: "BlobCache") -> bool:
     try:
         return os.readlink(target) == str(cache.path_of(entry.blob))
     except OSError:

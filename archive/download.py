@@ -18,6 +18,7 @@ never a link: a cache blob is never made executable.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -30,10 +31,9 @@ from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
 from .errors import InvalidInputError, InvalidPathError
-from .materialize import INDEPENDENT_MODES, check_link_mode, remove_stale_temporaries
+from .materialize import INDEPENDENT_MODES, check_link_mode, creation_gives_mode, remove_stale_temporaries
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
-from .hashing import BlobId
 from .records import FileEntry, Release
 from .selection import PartOfRelease
 from .placing import Placement, Route, Source, place, source_of
@@ -154,19 +154,22 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     the copies after the last transfer. Files of one blob wait for its one fetch.
     """
     writes = [p for p in placements if not p.mode_only]
-    sources = _sources(arc, writes, link, use_cache)
-    sizes = {p.entry.blob: p.entry.size for p in writes}
-    missing = {blob: threading.Lock() for blob, source in sources.items()
-               if source.route is Route.CACHE and not cache.has(blob, sizes[blob])}
+    # keyed by the hex digest, whose hash Python keeps, not by the BlobId, whose hash is
+    # computed anew by each lookup (a few per file)
+    blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
+    sources = {key: source_of(arc, entry, link, use_cache) for key, entry in blobs.items()}  # asked once per blob
+    missing = {key: threading.Lock() for key, source in sources.items()
+               if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     started = time.time_ns()
-    _make_parent_folders(root, placements)
+    mode_given = _make_parent_folders(root, placements)
     bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
                         progress)
     no_source = Source(Route.CACHE)
     try:
         def job(placement: Placement) -> None:
             entry = placement.entry
-            fetching = missing.get(entry.blob)
+            key = entry.blob.hexdigest
+            fetching = missing.get(key)
             if fetching is not None:
                 with fetching:  # the first job of a blob fetches it (reporting its bytes); the others wait
                     fetched = not cache.has(entry.blob, entry.size)
@@ -174,39 +177,41 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
                         cache.fetch(arc, entry.blob, entry.size, bar.advance)
             else:
                 fetched = False
-            place(arc, cache, placement, sources.get(entry.blob, no_source), link, None if fetched else bar.advance)
+            place(arc, cache, placement, sources.get(key, no_source), link, None if fetched else bar.advance,
+                  set_mode=placement.path.rpartition("/")[0] not in mode_given)
             bar.file_done()
 
-        run_jobs([lambda p=p: job(p) for p in placements],
-                 workers if missing else _placing_workers(placements, sources, workers))
+        threads = workers if missing else _placing_workers(placements, sources, workers)
+        if threads == 1:  # what run_jobs does on one thread, without a callable per file
+            for placement in placements:
+                job(placement)
+        else:
+            run_jobs([functools.partial(job, p) for p in placements], threads)
     finally:
         bar.close()
     _remember_placed(cache, placements, started, link)
 
 
-def _sources(arc: "ArchiveInterface", writes: list[Placement], link: str, use_cache: bool) -> dict[BlobId, Source]:
-    """Where each distinct blob comes from (asked once per blob, not once per file)."""
-    sources: dict[BlobId, Source] = {}
-    for placement in writes:
-        blob = placement.entry.blob
-        if blob not in sources:
-            sources[blob] = source_of(arc, placement.entry, link, use_cache)
-    return sources
-
-
-def _make_parent_folders(root: Path, placements: list[Placement]) -> None:
+def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
     """Create the folders the files go in, iteratively and each once, in this thread, and check
-    each again (once) just before the writes: none may have become a link leading outside."""
+    each again (once) just before the writes: none may have become a link leading outside.
+
+    Returns those (release-relative, ``""`` for ``root``) where a new file gets its mode from
+    its creation alone (:func:`~archive.materialize.creation_gives_mode`): asked once per folder
+    here, it spares a ``chmod`` per file.
+    """
     root.mkdir(parents=True, exist_ok=True)
     made: set[str] = set()
     folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
     for folder in folders:
         make_folders(root, folder, made)
-    for folder in folders:
-        check_inside(root, root.joinpath(*folder.split("/")) if folder else root, folder or ".")
+    paths = {folder: root.joinpath(*folder.split("/")) if folder else root for folder in folders}
+    for folder, path in paths.items():
+        check_inside(root, path, folder or ".")
+    return creation_gives_mode(paths)
 
 
-def _placing_workers(placements: list[Placement], sources: dict[BlobId, Source], workers: int) -> int:
+def _placing_workers(placements: list[Placement], sources: dict[str, Source], workers: int) -> int:
     """Threads for placing files: all of them when files stream from the archive (each waits on
     the network) or are large (the kernel copies without the GIL); one for small local files,
     where per-file Python work dominates and threads only contend."""
@@ -253,7 +258,7 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     if marker:
         folders.ancestors_clear(MARKER_FILE)
     conflicts.extend(in_the_way(p) for p, info in folders.in_the_way.items() if p not in removing
-                     and not as_placed_before(Found(p, root.joinpath(*p.split("/")), Kind.FILE, info),
+                     and not as_placed_before(Found(p, folders.target_of(p), Kind.FILE, info),
                                               (placed_before or {}).get(p), cache))
     refuse(conflicts, dest, f"{release.name} {release.version}", force)
     return todo, kept, list(folders.in_the_way)
@@ -295,12 +300,13 @@ def _remember_placed(cache: BlobCache, placements: list[Placement], started: int
 
 def remove_stale_parts(placements: list[Placement]) -> None:
     """Remove the temporaries a killed download left beside the files this one writes."""
-    wanted: dict[Path, set[str]] = {}
+    wanted: dict[str, set[str]] = {}
     for placement in placements:
         if not placement.mode_only:
-            wanted.setdefault(placement.target.parent, set()).add(placement.target.name)
+            folder, name = os.path.split(placement.target)
+            wanted.setdefault(folder, set()).add(name)
     for folder, names in wanted.items():
-        remove_stale_temporaries(folder, names)
+        remove_stale_temporaries(Path(folder), names)
 
 
 def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, workers: int,

@@ -218,8 +218,8 @@ class ArchiveInterface(ABC):
         The default has nothing to flush.
         """
 
-    def local_file(self, key: str) -> Path | None:
-        """A file on a local disk that holds ``key``, or None (the default).
+    def local_file(self, key: str) -> str | None:
+        """The path of a file on a local disk that holds ``key``, or None (the default).
 
         Storage that is itself a local disk says so here, and downloads copy its blobs straight
         into the destination (verified as they are copied) instead of caching a second copy on

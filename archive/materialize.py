@@ -168,19 +168,57 @@ def _write_atomically(target: Path, fill: Callable[[BinaryIO], None], file_mode:
         link_unnamed(fd, target)
 
 
-def write_bytes_atomically(target: Path, data: bytes, file_mode: int) -> None:
+def write_bytes_atomically(target: "str | Path", data: bytes, file_mode: int, *, set_mode: bool = True) -> None:
     """:func:`write_file_atomically` of one buffer, with the fewest system calls (a small file:
-    create, write, chmod, link, close)."""
+    create, write, link, close, and a ``chmod`` unless ``set_mode`` is False because the
+    creation gives the file ``file_mode`` already, see :func:`creation_gives_mode`)."""
     path = os.fspath(target)  # strings, not Paths: this runs once per small file
     fd = _open_unnamed(os.path.dirname(path), file_mode)
     if fd is None:
-        return write_file_atomically(target, [data], file_mode)
+        return write_file_atomically(Path(path), [data], file_mode)
     try:
         write_all(fd, data)
-        os.fchmod(fd, file_mode)
+        if set_mode:
+            os.fchmod(fd, file_mode)
         link_unnamed(fd, path)
     finally:
         os.close(fd)
+
+
+def creation_gives_mode(folders: "dict[str, str | Path]") -> set[str]:
+    """The names (keys) of the ``folders`` in which a file created with a mode from
+    :func:`wanted_mode` gets exactly that mode, so that :func:`write_bytes_atomically` may leave
+    out its ``chmod`` (a system call per small file). Ask once per download.
+
+    The kernel gives a new file its creation mode less the umask, unless the folder has a
+    default ACL, which replaces the umask. So: none unless the umask is still the one
+    :func:`wanted_mode` uses; then those known to have no default ACL (a filesystem that cannot
+    say, or a platform without extended attributes, gets the ``chmod``).
+    """
+    if _umask_now() != _umask() or not hasattr(os, "getxattr"):
+        return set()
+    return {name for name, folder in folders.items() if _no_default_acl(folder)}
+
+
+def _no_default_acl(folder: "str | Path") -> bool:
+    try:
+        os.getxattr(folder, "system.posix_acl_default")
+    except OSError as exc:
+        return exc.errno == errno.ENODATA
+    return False
+
+
+def _umask_now() -> int | None:
+    """The umask as it is now, without setting it (which would race with other threads'
+    creates): Linux tells it in ``/proc/self/status``; None where it cannot be read so."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -23,12 +23,13 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from .destination import Folders, Kind, find, is_unchanged, links_to_cache, make_folders
 from .errors import ArchiveError, DestinationError, IntegrityError, InvalidInputError
 from .hashing import BlobId
 from .materialize import wanted_mode, write_file_atomically
+from .record_codec import encode_files
 from .records import FileEntry, Release, check_path, load_json
 
 if TYPE_CHECKING:
@@ -49,16 +50,49 @@ class Pulled:
     version: str
     record_id: str
     archive: str
-    files: dict[str, FileEntry]
-    earlier: dict[str, FileEntry] = field(default_factory=dict)
+    files: Mapping[str, FileEntry]
+    earlier: Mapping[str, FileEntry] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        obj = {"format": MARKER_FORMAT, "name": self.name, "version": self.version, "record": self.record_id,
-               "archive": self.archive, "files": {p: e.to_json() for p, e in self.files.items()},
-               "earlier": {p: e.to_json() for p, e in self.earlier.items()}}  # sorted by sort_keys
-        # compact, so that json's C encoder writes it (with ``indent`` the pure-Python one does,
-        # about 20 us a file); sorted, one line, as docs/format.md shows it
-        return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n"
+        """Canonical JSON (keys sorted, compact, UTF-8), one line, as docs/format.md shows it."""
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        """:meth:`to_bytes` in pieces of at most :data:`_ENTRIES_PER_CHUNK` files, in order: the
+        marker of 100,000 files is written without its whole text in memory at once.
+
+        The file lists are written by the record's own encoder
+        (:func:`~archive.record_codec.encode_files`), which gives the same text as ``json.dumps``
+        of a dict per entry without building one: a third of the cost.
+        """
+        fields: list[tuple[str, object]] = [("format", MARKER_FORMAT), ("name", self.name), ("version", self.version),
+                                            ("record", self.record_id), ("archive", self.archive),
+                                            ("files", self.files), ("earlier", self.earlier)]
+        opening = "{"
+        for key, value in sorted(fields, key=lambda field: field[0]):
+            if isinstance(value, Mapping):
+                yield f'{opening}"{key}":'.encode("utf-8")
+                yield from _encoded_entries(value)
+            else:
+                yield f'{opening}"{key}":{json.dumps(value, ensure_ascii=False)}'.encode("utf-8")
+            opening = ","
+        yield b"}\n"
+
+
+#: Files per piece of the marker's text (:meth:`Pulled.chunks`).
+_ENTRIES_PER_CHUNK = 4096
+
+
+def _encoded_entries(entries: Mapping[str, FileEntry]) -> Iterator[bytes]:
+    """The JSON object of ``entries`` (:func:`~archive.record_codec.encode_files`), in pieces."""
+    items = sorted(entries.items())
+    if not items:
+        yield b"{}"
+        return
+    for start in range(0, len(items), _ENTRIES_PER_CHUNK):
+        text = encode_files(dict(items[start:start + _ENTRIES_PER_CHUNK]))  # "{...}", sorted as items are
+        yield (("{" if start == 0 else ",") + text[1:-1]).encode("utf-8")
+    yield b"}"
 
 
 def is_reserved(path: str) -> bool:
@@ -93,10 +127,10 @@ def _entries(obj: dict) -> dict[str, FileEntry]:
 
 def write_marker(root: Path, release: Release, location: str, earlier: dict[str, FileEntry]) -> None:
     """Write the marker of a pull that has just succeeded, atomically."""
-    pulled = Pulled(release.name, release.version, str(release.record_id), location, dict(release.files),
+    pulled = Pulled(release.name, release.version, str(release.record_id), location, release.files,
                     {p: e for p, e in earlier.items() if p not in release.files})
     make_folders(root, MARKER_DIR, set())
-    write_file_atomically(root / MARKER_DIR / "pulled.json", [pulled.to_bytes()], wanted_mode(False))
+    write_file_atomically(root / MARKER_DIR / "pulled.json", pulled.chunks(), wanted_mode(False))
 
 
 @dataclass(frozen=True)
@@ -176,11 +210,12 @@ def status(folder: str | Path, cache: "BlobCache | None" = None) -> Status:
         raise InvalidInputError(f"{str(folder)!r} was not filled by archive pull (it has no {MARKER_FILE})")
     report = Status(pulled)
     present = dict(walk_files(root))
+    folders = Folders(root)
     for path, entry in pulled.files.items():
         info = present.pop(path, None)
         if info is None:
             report.missing.append(path)
-        elif not _as_pulled(root.joinpath(*path.split("/")), info, entry, cache):
+        elif not _as_pulled(folders.target_of(path), info, entry, cache):
             report.modified.append(path)
     report.extra = sorted(present)
     report.modified.sort()
@@ -188,7 +223,7 @@ def status(folder: str | Path, cache: "BlobCache | None" = None) -> Status:
     return report
 
 
-def _as_pulled(target: Path, info: os.stat_result, entry: FileEntry, cache: "BlobCache") -> bool:
+def _as_pulled(target: "str | Path", info: os.stat_result, entry: FileEntry, cache: "BlobCache") -> bool:
     """Whether ``target`` is as a pull places ``entry``: a file of its content and executable
     bit, or (``--link symlink``) a link to its intact cache file."""
     if stat.S_ISLNK(info.st_mode) and links_to_cache(target, entry, cache):

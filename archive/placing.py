@@ -40,13 +40,13 @@ _COPYING = frozenset({"auto", "copy"})
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """One file to write (or, with ``mode_only``, only to make executable or not)."""
 
     path: str
     entry: FileEntry
-    target: Path
+    target: str  # a string, not a Path: one is made per file (see destination.Folders.target_of)
     mode_only: bool = False
 
 
@@ -58,12 +58,13 @@ class Route(Enum):
     STREAM = "the archive, streamed straight into the destination"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
-    """How one file is placed: its route, and for :attr:`Route.LOCAL` the archive's blob file."""
+    """How one file is placed: its route, and for :attr:`Route.LOCAL` the archive's blob file
+    (a string: a pull of 100,000 blobs keeps one per blob, and a Path is several times larger)."""
 
     route: Route
-    blob_file: Path | None = None
+    blob_file: str | None = None
 
 
 def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool) -> Source:
@@ -80,10 +81,12 @@ def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: b
 
 
 def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, source: Source, link: str,
-          on_bytes: Callable[[int], None] | None = None) -> None:
+          on_bytes: Callable[[int], None] | None = None, *, set_mode: bool = True) -> None:
     """Place one file, atomically, from ``source``, with its executable bit; ``on_bytes`` hears
     of the bytes written. In a linking mode an executable is a read-only copy: the cache file a
-    link would share is never made executable."""
+    link would share is never made executable. ``set_mode`` False: a small file written from
+    memory gets its mode from its creation alone (:func:`archive.materialize.creation_gives_mode`
+    said so of its folder)."""
     entry, target = placement.entry, placement.target
     linked = link not in INDEPENDENT_MODES
     file_mode = wanted_mode(entry.executable) & (~0o222 if linked else 0o7777)
@@ -91,32 +94,34 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, sourc
         if placement.mode_only:
             os.chmod(target, file_mode)
         elif source.route is Route.LOCAL:
-            _place_from_local_archive(arc, cache, placement, source.blob_file, link, file_mode, on_bytes)
+            _place_from_local_archive(arc, cache, placement, source.blob_file, link, file_mode, on_bytes, set_mode)
         elif source.route is Route.STREAM:
             with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
                          f"download of {placement.path}")
         else:
             if link in _COPYING and entry.size <= REHASH_BELOW:
-                _place_small_from_cache(arc, cache, placement, file_mode)
+                _place_small_from_cache(arc, cache, placement, file_mode, set_mode)
             else:
                 source_file = cache.verified_path(arc, entry.blob, entry.size)
-                place_file(source_file, target, "copy" if linked and entry.executable else link, file_mode)
+                place_file(source_file, Path(target), "copy" if linked and entry.executable else link, file_mode)
             if on_bytes is not None:
                 on_bytes(entry.size)
     except OSError as exc:
         raise DestinationError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from exc
 
 
-def read_verified(path: Path, blob: BlobId, size: int, what: str) -> bytes:
+def read_verified(path: "str | Path", blob: BlobId, size: int, what: str) -> bytes:
     """The whole content of the small blob file ``path``, checked against ``blob`` and ``size``.
 
     Raises :class:`IntegrityError` if it is longer, shorter or other than recorded, and
-    ``FileNotFoundError`` if it is missing.
+    ``FileNotFoundError`` if it is missing. One ``read`` of ``size + 1`` bytes tells all three
+    (no second read to see the end: the bytes kept are hashed, and a longer file shows itself
+    by the extra byte).
     """
     fd = os.open(path, _READ_FLAGS)
     try:
         data = os.read(fd, size + 1)
-        while len(data) <= size:  # a short read (rare on a regular file): read on to the end
+        while len(data) < size:  # a short read (rare on a regular file): read on
             more = os.read(fd, size + 1 - len(data))
             if not more:
                 break
@@ -133,7 +138,8 @@ def read_verified(path: Path, blob: BlobId, size: int, what: str) -> bytes:
     return data
 
 
-def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, file_mode: int) -> None:
+def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, file_mode: int,
+                            set_mode: bool) -> None:
     """Copy a small cached blob from memory, hashed again on the way (cheaper than a lookup); a
     cache file found missing or corrupt is evicted and fetched again once, as
     :meth:`BlobCache.verified_path` does."""
@@ -143,7 +149,7 @@ def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement
         data = read_verified(cache.path_of(entry.blob), entry.blob, entry.size, what)
     except (IntegrityError, FileNotFoundError):
         data = read_verified(cache.verified_path(arc, entry.blob, entry.size), entry.blob, entry.size, what)
-    write_bytes_atomically(placement.target, data, file_mode)
+    write_bytes_atomically(placement.target, data, file_mode, set_mode=set_mode)
 
 
 def _verified_copy(arc: "ArchiveInterface", stream: BinaryIO, placement: Placement, file_mode: int,
@@ -153,7 +159,7 @@ def _verified_copy(arc: "ArchiveInterface", stream: BinaryIO, placement: Placeme
     entry = placement.entry
     chunks = verified_chunks(reporting(iter_chunks(stream), on_bytes), entry.blob, entry.size,
                              f"blob {entry.blob.short} in {arc.location}")
-    write_file_atomically(placement.target, chunks, file_mode)
+    write_file_atomically(Path(placement.target), chunks, file_mode)
 
 
 def _stream_from_archive(arc: "ArchiveInterface", placement: Placement, file_mode: int,
@@ -165,8 +171,9 @@ def _stream_from_archive(arc: "ArchiveInterface", placement: Placement, file_mod
         raise IntegrityError(f"blob {placement.entry.blob.short} is missing from {arc.location}") from None
 
 
-def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, blob_file: Path,
-                              link: str, file_mode: int, on_bytes: Callable[[int], None] | None) -> None:
+def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, blob_file: str,
+                              link: str, file_mode: int, on_bytes: Callable[[int], None] | None,
+                              set_mode: bool = True) -> None:
     """Copy a blob file of a local archive to its target, verified.
 
     A small one (unless reflinks are asked for) is read, hashed and written from memory. A
@@ -186,12 +193,12 @@ def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placeme
     except FileNotFoundError:
         raise IntegrityError(f"blob {entry.blob.short} is missing from {arc.location}") from None
     if small:
-        write_bytes_atomically(placement.target, data, file_mode)
+        write_bytes_atomically(placement.target, data, file_mode, set_mode=set_mode)
         if on_bytes is not None:
             on_bytes(entry.size)
         return
     if cache.stat_cache.lookup(blob_file, info) == entry.blob:
-        place_file(blob_file, placement.target, link, file_mode)
+        place_file(Path(blob_file), Path(placement.target), link, file_mode)
         if on_bytes is not None:
             on_bytes(entry.size)
         return

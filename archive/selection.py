@@ -10,13 +10,14 @@ from, and lists in its marker only the files placed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
-import pathspec
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import InvalidInputError, NotFoundError
 from .hashing import BlobId
 from .records import FileEntry, Release
+
+if TYPE_CHECKING:
+    import pathspec
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ def matcher(patterns: Iterable[str], option: str) -> pathspec.PathSpec | None:
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     if not patterns:
         return None
+    import pathspec  # here, not at the top: a pull without patterns never needs it (10 ms to import)
+
     try:
         return pathspec.GitIgnoreSpec.from_lines(patterns)
     except (ValueError, TypeError) as exc:

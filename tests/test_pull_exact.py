@@ -70,6 +70,28 @@ def test_marker_records_what_was_placed(store: str, tmp_path: Path) -> None:
     assert marker["files"]["new.txt"]["size"] == len(V2["new.txt"])
 
 
+def test_marker_is_canonical_json_with_every_field(tmp_path: Path) -> None:
+    """The marker is one line of canonical JSON (keys sorted, compact, UTF-8 as is): names that
+    need escaping, an executable file and files an earlier pull left (``earlier``) included."""
+    location = str(tmp_path / "store")
+    assert run("init", location).returncode == 0
+    odd = {'é "quoted" ü.txt': b"odd name", "run.sh": b"#!/bin/sh\n", "a/\u2028line.txt": b"sep"}
+    src = make_tree(tmp_path / "v1", odd)
+    (src / "run.sh").chmod(0o755)
+    assert run("-a", location, "push", str(src), "calib", "1.0.0").returncode == 0
+    assert run("-a", location, "push", str(make_tree(tmp_path / "v2", V2)), "calib", "2.0.0").returncode == 0
+    out = tmp_path / "out"
+    for version in ("1.0.0", "2.0.0"):
+        result = run("-a", location, "pull", "calib", version, "--to", str(out))
+        assert result.returncode == 0, result.stderr
+    data = (out / MARKER_FILE).read_bytes()
+    marker = json.loads(data)
+    assert data == json.dumps(marker, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    assert set(marker["files"]) == set(V2) and set(marker["earlier"]) == set(odd)
+    assert marker["earlier"]["run.sh"]["executable"] is True and "executable" not in marker["files"]["new.txt"]
+    assert marker["earlier"]['é "quoted" ü.txt']["size"] == len(b"odd name")
+
+
 def test_a_tampered_marker_cannot_remove_outside_the_folder(store: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run("-a", store, "pull", "calib", "1.0.0", "--to", str(out))

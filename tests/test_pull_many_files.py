@@ -172,3 +172,78 @@ def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path)
     shared = BlobId.of_bytes(MANY["same/0.txt"]).hexdigest
     copies = sum(1 for content in MANY.values() if content == MANY["same/0.txt"])
     assert opened[shared] == 1 + copies  # fetched once, then read from the cache for each file
+
+
+
+def _set_default_acl(folder: Path, others: int) -> None:
+    """Give ``folder`` a POSIX default ACL (owner, group and mask rwx; others ``others``), in the
+    kernel's binary form: no ``setfacl`` needed. Files created in it then ignore the umask."""
+    import errno
+    import struct
+
+    entries = [(0x01, 7), (0x04, 7), (0x10, 7), (0x20, others)]  # USER_OBJ, GROUP_OBJ, MASK, OTHER
+    value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    try:
+        os.setxattr(folder, "system.posix_acl_default", value)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        pytest.skip(f"no POSIX ACLs on the filesystem of {folder}")
+
+
+@pytest.mark.parametrize("where", ["destination", "a folder in it"])
+def test_a_default_acl_does_not_change_the_mode_of_small_files(many, tmp_path: Path, where: str) -> None:
+    """A small file is written without a ``chmod`` where its creation gives it its mode; a
+    default ACL replaces the umask at creation, so there the ``chmod`` still comes, and every
+    file gets ``0o666 & ~umask`` exactly, as it does elsewhere."""
+    out = tmp_path / "out"
+    acl_folder = out if where == "destination" else out / "d3"
+    acl_folder.mkdir(parents=True)
+    wanted = 0o666 & ~current_umask()
+    _set_default_acl(acl_folder, others=7 if current_umask() & 0o002 else 5)  # others' bits unlike the umask's
+    many.download("many", "1.0.0", out, progress=False)
+    assert snapshot(out) == MANY
+    modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in acl_folder.rglob("*") if p.is_file()}
+    assert len(modes) >= 29 and {path: oct(mode) for path, mode in modes.items() if mode != wanted} == {}
+
+
+def test_no_chmod_per_small_file_where_the_umask_decides(many, tmp_path: Path) -> None:
+    """Without a default ACL, the file's creation mode is its mode: no ``chmod`` per file (an
+    audit hook sees every ``os.chmod``/``os.fchmod``), once the cache holds the blobs (filling
+    it makes each cache file read-only)."""
+    import errno
+
+    try:
+        os.getxattr(tmp_path, "system.posix_acl_default")
+    except (AttributeError, OSError) as exc:
+        if not isinstance(exc, OSError) or exc.errno != errno.ENODATA:
+            pytest.skip(f"the filesystem of {tmp_path} cannot say whether a folder has a default ACL")
+    many.download("many", "1.0.0", tmp_path / "first", progress=False)
+    with _Chmods() as calls:
+        out = many.download("many", "1.0.0", tmp_path / "out", progress=False)
+    assert snapshot(out) == MANY
+    assert len(calls) < 10, calls  # the marker and other once-per-pull files: not one per file (300)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~current_umask() for p in out.rglob("*.bin"))
+
+
+class _Chmods:
+    """The ``os.chmod`` audit events (``fchmod`` included) while active; an audit hook cannot be
+    removed, so one is installed once and records only inside the block."""
+
+    active: "list[object] | None" = None
+    installed = False
+
+    def __enter__(self) -> "list[object]":
+        if not _Chmods.installed:
+            sys.addaudithook(_Chmods._hook)
+            _Chmods.installed = True
+        _Chmods.active = []
+        return _Chmods.active
+
+    def __exit__(self, *exc: object) -> None:
+        _Chmods.active = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        if event == "os.chmod" and _Chmods.active is not None:
+            _Chmods.active.append(args[0])

@@ -114,7 +114,7 @@ def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSy
     key = "blobs/sha256/ab/x"
     folder_archive.write_key(key, [b"archive's"])
     folder_archive.local = True
-    assert folder_archive.local_file(key) == folder_archive.local_path(key)
+    assert folder_archive.local_file(key) == str(folder_archive.local_path(key))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "x").write_bytes(b"not the archive's")
