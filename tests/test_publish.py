@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import archive
 from archive import layout
 from archive.errors import (InvalidInputError, InvalidNameError, InvalidPathError, InvalidVersionError,
                             ReleaseExistsError)
+from tests.audit import audit_events, opens_below
 from tests.conftest import count_blob_files, make_tree
 
 MIB = 1024 * 1024
@@ -245,42 +245,13 @@ def test_file_changed_while_read_once_fails_cleanly(folder_archive, tmp_path: Pa
     assert folder_archive.list_keys("tmp") == []
 
 
-class _Opens:
-    """Counts how often files below ``root`` are opened (a Python audit hook: it sees every
-    ``open``, whoever makes it)."""
-
-    active: "_Opens | None" = None
-    installed = False
-
-    def __init__(self, root: Path) -> None:
-        self.root = str(root)
-        self.counts: dict[str, int] = {}
-
-    def __enter__(self) -> "_Opens":
-        if not _Opens.installed:
-            sys.addaudithook(_Opens._hook)
-            _Opens.installed = True
-        _Opens.active = self
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _Opens.active = None
-
-    @staticmethod
-    def _hook(event: str, args: tuple) -> None:
-        counter = _Opens.active
-        if event == "open" and counter is not None and isinstance(args[0], str) and args[0].startswith(counter.root):
-            name = os.path.relpath(args[0], counter.root)
-            counter.counts[name] = counter.counts.get(name, 0) + 1
-
-
 def test_each_new_file_is_read_once(folder_archive, tmp_path: Path) -> None:
     """Hash and upload come from the same read, for small files and large ones."""
     files = {"small.bin": os.urandom(1000), "medium.bin": os.urandom(4 * MIB), "large.bin": os.urandom(9 * MIB)}
     src = make_tree(tmp_path / "src", files)
-    with _Opens(src) as opens:
+    with audit_events("open") as opens:
         release = folder_archive.publish(src, "calib", "1.0.0", progress=False)
-    assert opens.counts == {name: 1 for name in files}
+    assert opens_below(src, opens) == {name: 1 for name in files}
     for name, data in files.items():
         stored = Path(folder_archive.location) / layout.blob_key(release.files[name].blob)
         assert stored.read_bytes() == data
@@ -304,13 +275,13 @@ def test_unchanged_files_from_a_new_machine_are_not_uploaded_again(folder_archiv
         written.append(key if isinstance(key, str) else "deferred:" + key())
 
     monkeypatch.setattr(folder_archive, "write_key", counting_write)
-    with _Opens(src) as opens:
+    with audit_events("open") as opens:
         release = folder_archive.publish(src, "calib", "1.1.0", progress=False)
     blob_writes = [k for k in written if "blobs/" in k]
     assert sorted(blob_writes[:-1]) == sorted([f"deferred:{layout.blob_key(release.files['other.bin'].blob)}",
                                                layout.blob_key(release.files["new.txt"].blob)])
     assert blob_writes[-1] == layout.blob_key(release.record_id)
-    assert opens.counts == {"big.bin": 1, "other.bin": 1, "small.txt": 1, "new.txt": 1}
+    assert opens_below(src, opens) == {"big.bin": 1, "other.bin": 1, "small.txt": 1, "new.txt": 1}
 
 
 def test_index_files_list_every_version(folder_archive, sample_folder: Path) -> None:

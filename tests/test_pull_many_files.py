@@ -17,7 +17,8 @@ from archive.cache import REHASH_BELOW, default_cache
 from archive.errors import IntegrityError
 from archive.hashing import BlobId
 from tests.conftest import make_tree
-from tests.test_publish import _Opens, snapshot
+from tests.audit import audit_events, opens_below, opens_by_name
+from tests.test_publish import snapshot
 
 #: 300 files in 10 folders, some of one content (one blob placed at many paths), one empty.
 MANY = {f"d{i % 10}/f{i:03d}.bin": os.urandom(100 + i) for i in range(290)}
@@ -56,9 +57,10 @@ def test_files_opened_per_small_file(many, tmp_path: Path) -> None:
     """Placing a small file opens two things: its blob, and its target's folder (to create the
     file unnamed there) or its temporary; a second pull costs the same as the first."""
     for name in ("first", "second"):
-        with _Opens(tmp_path) as opens:
+        with audit_events("open") as opens:
             many.download("many", "1.0.0", tmp_path / name, progress=False)
-        assert sum(opens.counts.values()) <= 2 * len(MANY) + 30, (name, sum(opens.counts.values()))
+        opened = sum(opens_below(tmp_path, opens).values())
+        assert opened <= 2 * len(MANY) + 30, (name, opened)
 
 
 def test_small_blobs_are_not_remembered_in_the_stat_cache(many, tmp_path: Path) -> None:
@@ -136,38 +138,14 @@ def test_killed_pull_of_many_files_leaves_only_whole_files_and_no_temporary(fold
     assert snapshot(out2) == files and leftovers(out2) == []
 
 
-class _NamesOpened:
-    """Counts opens by the last part of the name (the archive opens blobs by name within their
-    folder, ``dir_fd``); an audit hook cannot be removed, so it counts only while active."""
-
-    active: "dict[str, int] | None" = None
-    installed = False
-
-    def __enter__(self) -> "dict[str, int]":
-        if not _NamesOpened.installed:
-            sys.addaudithook(_NamesOpened._hook)
-            _NamesOpened.installed = True
-        _NamesOpened.active = {}
-        return _NamesOpened.active
-
-    def __exit__(self, *exc: object) -> None:
-        _NamesOpened.active = None
-
-    @staticmethod
-    def _hook(event: str, args: tuple) -> None:
-        counts = _NamesOpened.active
-        if event == "open" and counts is not None and isinstance(args[0], str):
-            name = os.path.basename(args[0])
-            counts[name] = counts.get(name, 0) + 1
-
-
 def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path) -> None:
     """Through the cache, with eight jobs: the files of one blob wait for its one fetch (each
     blob is opened once in the archive, and once more in the cache per file placed)."""
     folder_archive.local = False
     folder_archive.publish(make_tree(tmp_path / "src", MANY), "many", "1.0.0", progress=False)
-    with _NamesOpened() as opened:
+    with audit_events("open") as opens:
         out = folder_archive.download("many", "1.0.0", tmp_path / "out", jobs=8, progress=False)
+    opened = opens_by_name(opens)
     assert snapshot(out) == MANY
     shared = BlobId.of_bytes(MANY["same/0.txt"]).hexdigest
     copies = sum(1 for content in MANY.values() if content == MANY["same/0.txt"])
@@ -219,31 +197,8 @@ def test_no_chmod_per_small_file_where_the_umask_decides(many, tmp_path: Path) -
         if not isinstance(exc, OSError) or exc.errno != errno.ENODATA:
             pytest.skip(f"the filesystem of {tmp_path} cannot say whether a folder has a default ACL")
     many.download("many", "1.0.0", tmp_path / "first", progress=False)
-    with _Chmods() as calls:
+    with audit_events("os.chmod") as calls:
         out = many.download("many", "1.0.0", tmp_path / "out", progress=False)
     assert snapshot(out) == MANY
     assert len(calls) < 10, calls  # the marker and other once-per-pull files: not one per file (300)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~current_umask() for p in out.rglob("*.bin"))
-
-
-class _Chmods:
-    """The ``os.chmod`` audit events (``fchmod`` included) while active; an audit hook cannot be
-    removed, so one is installed once and records only inside the block."""
-
-    active: "list[object] | None" = None
-    installed = False
-
-    def __enter__(self) -> "list[object]":
-        if not _Chmods.installed:
-            sys.addaudithook(_Chmods._hook)
-            _Chmods.installed = True
-        _Chmods.active = []
-        return _Chmods.active
-
-    def __exit__(self, *exc: object) -> None:
-        _Chmods.active = None
-
-    @staticmethod
-    def _hook(event: str, args: tuple) -> None:
-        if event == "os.chmod" and _Chmods.active is not None:
-            _Chmods.active.append(args[0])
