@@ -1,7 +1,8 @@
 """S3 backend beside ``rclone copy``, on one S3-compatible server: ``python -m bench.s3 [--quick]``.
 
 Starts the S3 server the tests use (:mod:`tests.s3d`: moto's server) on 127.0.0.1, then times, alternating
-each archive command with the rclone command it competes with, ``--repeat`` times:
+each archive command with the rclone command it competes with, ``--repeat`` times, each after
+``sync`` and a prefault of memory as in ``bench.run``:
 
 * push and pull of 1 GiB as 256 files of 4 MiB (16 MiB as 16 x 1 MiB with ``--quick``):
   ``archive push`` against ``rclone copy DIR remote:bucket/path``, and ``archive pull`` (into
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.datasets import KIB, MIB, make_random_folder
-from bench.measure import RSS_IS_EXACT, Sample, run_timed
+from bench.measure import RSS_IS_EXACT, Sample, prefault_memory, run_timed
 
 if TYPE_CHECKING:
     from tests.s3d import S3Server
@@ -93,8 +94,10 @@ def _median(samples: list[Sample]) -> float:
 class Runner:
     """The commands under test, pointed at one server; a path is ``BUCKET/PREFIX``."""
 
-    def __init__(self, server: "S3Server", env: dict[str, str], work: Path, jobs: int | None) -> None:
+    def __init__(self, server: "S3Server", env: dict[str, str], work: Path, jobs: int | None,
+                 prefault_bytes: int = 0) -> None:
         self.server, self.endpoint, self.work, self.jobs = server, server.endpoint, work, jobs
+        self.prefault_bytes = prefault_bytes
         self.env = {**env, "PYTHONPATH": str(REPO), **_rclone_env(server.endpoint, env)}
 
     def location(self, prefix: str) -> str:
@@ -120,6 +123,7 @@ class Runner:
         env = {**self.env, "ARCHIVE_CACHE_DIR": str(cache or self.work / "cache"), "PYTHONPATH": str(tree)}
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         argv = [sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", self.location(prefix), *jobs, *args]
+        self.settle()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         sample = run_timed(argv, env=env, cwd=tree)  # python -m looks in the working folder first
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -130,7 +134,18 @@ class Runner:
                   cwd=tree)
 
     def rclone(self, source: str, target: str) -> Sample:
+        self.settle()
         return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
+
+    def settle(self) -> None:
+        """Before every timed command, of either side: write back the dirty pages of the ones
+        before it, and prefault memory (:func:`bench.measure.prefault_memory`). Without this a
+        pull paid for the writeback of the gigabyte the previous pull had left dirty, so the
+        side that ran later lost: ``pull --no-cache`` of 1 GiB took 4.2 s in the run, 1.8-1.9 s
+        on its own."""
+        os.sync()
+        if self.prefault_bytes:
+            prefault_memory(self.prefault_bytes)
 
     def remote(self, prefix: str) -> str:
         return f"{RCLONE_REMOTE}:{prefix}"
@@ -215,6 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=None, help="repetitions, medians shown [3; quick: 1]")
     parser.add_argument("--jobs", type=int, default=None, help="the archive's parallel transfers [its default]")
     parser.add_argument("--only", choices=["large", "small"], default=None, help="run one data set only")
+    parser.add_argument("--prefault", type=float, default=None, metavar="GIB",
+                        help="memory touched and freed before every timed command [3; quick: 0.25] (see bench.run)")
     parser.add_argument("--anchor", type=Path, default=None,
                         help="also time the archive of this source tree (e.g. a git worktree of an earlier commit)")
     return parser.parse_args(argv)
@@ -236,7 +253,8 @@ def run(args: argparse.Namespace) -> list[Row]:
             env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             env.update(server.env(), AWS_EC2_METADATA_DISABLED="true",
                        AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_CONFIG_FILE=os.devnull)
-            runner = Runner(server, env, work, args.jobs)
+            prefault = args.prefault if args.prefault is not None else (0.25 if args.quick else 3.0)
+            runner = Runner(server, env, work, args.jobs, int(prefault * 1024 ** 3))
             return [row for data in chosen for row in bench_data_set(runner, data, reps, args.anchor)]
         finally:
             stop_s3_server(server)
