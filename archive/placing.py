@@ -75,8 +75,8 @@ def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: b
     if link not in INDEPENDENT_MODES:
         return Source(Route.CACHE)
     blob_file = arc.local_file(layout.blob_key(entry.blob))
-    if blob_file is not None:
-        return Source(Route.LOCAL, blob_file)
+    if blob_file is not None:  # os.fspath: a third-party backend written before it was a str may return a Path
+        return Source(Route.LOCAL, os.fspath(blob_file))
     return Source(Route.CACHE if use_cache else Route.STREAM)
 
 
