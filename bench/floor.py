@@ -166,7 +166,7 @@ def _run_all(commands: list[list[str]], cwd: Path) -> None:
 
 def report(samples: dict[str, list[tuple[float, float]]]) -> None:
     """Medians of wall and CPU time per row, and each floor against its anchor."""
-    print(f"\n| row | wall ms | CPU ms | wall vs anchor | CPU vs anchor |\n|---|---:|---:|---:|---:|")
+    print("\n| row | wall ms | CPU ms | wall vs anchor | CPU vs anchor |\n|---|---:|---:|---:|---:|")
     anchor = (0.0, 0.0)
     for label, rows in samples.items():
         wall, cpu = (statistics.median(s[index] for s in rows) for index in (0, 1))
