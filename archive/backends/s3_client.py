@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import functools
 import json
 import logging
 import os
