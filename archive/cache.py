@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -40,6 +42,9 @@ BUILDING_DIR = ".building"  # in SNAPSHOTS_DIR: snapshots being built, renamed i
 #: Blobs up to this size are hashed again whenever they are used, never looked up in the stat
 #: cache nor remembered there: hashing 64 KiB costs about what one lookup does.
 REHASH_BELOW = 64 * 1024
+#: Verified blobs noted in memory before they are written to the stat cache in one transaction:
+#: a lock round and a commit per blob made 16 download threads queue on the stat cache.
+REMEMBER_BATCH = 256
 #: The temporary files of :class:`FileSystemArchive` writes (``tmp/<uuid hex>.part``).
 _STORE_TEMPORARY = re.compile(r"[0-9a-f]{32}\.part")
 
@@ -56,6 +61,13 @@ class BlobCache:
         #: Remembered hashes of files (published sources and cached blobs).
         self.stat_cache = StatCache(self.root / "stat.sqlite")
         self._use = SharedUse(self.root / "in-use.lock")
+        #: Blobs this process verified (hex digest -> identity of the cache file then), so that
+        #: using one just fetched asks no database; and those not yet saved to the stat cache.
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
+        self._unsaved: list[tuple[Path, os.stat_result, BlobId]] = []
+        self._verified_lock = threading.Lock()
+        # what no caller saved is saved when the cache goes away, or at the latest at exit
+        weakref.finalize(self, _save, self.stat_cache, self._unsaved)
 
     def __repr__(self) -> str:
         return f"BlobCache({str(self.root)!r})"
@@ -86,7 +98,10 @@ class BlobCache:
         self.fetch(arc, blob, size)
         path = self.path_of(blob)
         try:
-            if self.stat_cache.lookup(path, os.stat(path), with_ctime=False) == blob:
+            info = os.stat(path)
+            if self._verified.get(blob.hexdigest) == _identity(info):
+                return path
+            if self.stat_cache.lookup(path, info, with_ctime=False) == blob:
                 return path
             self._check(blob, size)
         except (IntegrityError, KeyNotFoundError, FileNotFoundError):
@@ -107,13 +122,32 @@ class BlobCache:
         Cache files are written only by us, whole, and read-only, so no racily-clean margin is
         needed; ctime is left out (hard links to the file change it) and the boot is put in its
         place: data not yet flushed when the machine went down is checked again after it.
+
+        Noted in memory at once, saved to the stat cache by :data:`REMEMBER_BATCH` blobs and by
+        :meth:`save_verified`: a process killed before that only costs a re-hash next time.
         """
         path = self.path_of(blob)
-        self.stat_cache.remember([(path, os.stat(path), blob)], hashed_at_ns=None, with_ctime=False)
+        info = os.stat(path)
+        with self._verified_lock:
+            self._verified[blob.hexdigest] = _identity(info)
+            self._unsaved.append((path, info, blob))
+            full = len(self._unsaved) >= REMEMBER_BATCH
+        if full:
+            self.save_verified()
+
+    def save_verified(self) -> None:
+        """Write the blobs verified since the last call to the stat cache, in one transaction."""
+        with self._verified_lock:
+            unsaved = self._unsaved[:]
+            self._unsaved.clear()  # the same list: the finalizer holds it
+        _save(self.stat_cache, unsaved)
 
     def evict(self, blob: BlobId) -> None:
         """Remove a blob found corrupt, so that the next fetch replaces it."""
         logger.warning("evicting corrupt blob %s from the cache %s", blob.short, self.root)
+        with self._verified_lock:
+            self._verified.pop(blob.hexdigest, None)
+            self._unsaved[:] = [entry for entry in self._unsaved if entry[2] != blob]
         self.stat_cache.forget(self.path_of(blob))
         try:
             self.store.delete_key(layout.blob_key(blob))
@@ -172,6 +206,16 @@ class BlobCache:
         """Where the read-only copy of a release lives; the record id keeps two archives'
         different releases of the same name and version apart."""
         return self.root / SNAPSHOTS_DIR / layout.name_folder(name) / version / record_id.hexdigest[:16]
+
+
+def _save(stat_cache: StatCache, verified: list[tuple[Path, os.stat_result, BlobId]]) -> None:
+    if verified:
+        stat_cache.remember(verified, hashed_at_ns=None, with_ctime=False)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What must not change for a blob verified by this process to be trusted again."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def _scan(folder: Path) -> list[os.DirEntry]:

@@ -189,6 +189,7 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
             run_jobs([functools.partial(job, p) for p in placements], threads)
     finally:
         bar.close()
+        cache.save_verified()
     _remember_placed(cache, placements, started, link)
 
 
@@ -278,6 +279,7 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
         run_jobs([lambda b=b, s=s: job(b, s) for b, s in missing], workers)
     finally:
         bar.close()
+        cache.save_verified()
 
 
 def _remember_placed(cache: BlobCache, placements: list[Placement], started: int, link: str) -> None:

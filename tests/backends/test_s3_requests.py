@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -18,6 +21,8 @@ from archive import layout
 from archive.backends.s3 import S3Archive
 from archive.hashing import BlobId
 from tests.s3d import S3Server
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -90,6 +95,19 @@ def test_endpoint_rules_are_evaluated_once_per_operation_not_once_per_key(arc: S
     assert arc.list_keys("tmp") == sorted(k.rsplit("/", 1)[1] for k in keys)
     assert len(evaluated) <= 3  # PUT, GET, list (the ones before this test are cached)
     assert not any("Key" in params for params in evaluated)
+
+
+def test_a_new_client_reads_the_endpoint_rules_once(arc: S3Archive, s3_env: S3Server, s3_bucket: str) -> None:
+    """The look at the rules for the parameters they never read uses the rules the client
+    loaded: a second loader read them again and listed botocore's data anew at every start."""
+    code = ("import sys, archive, botocore.loaders as L; read = [];"
+            "original = L.JSONFileLoader.load_file;"
+            "L.JSONFileLoader.load_file = lambda self, path: (read.append(path), original(self, path))[1];"
+            "archive.get_interface(sys.argv[1]).close();"
+            "print(sum(p.endswith('endpoint-rule-set-1') for p in read))")
+    out = subprocess.run([sys.executable, "-c", code, s3_env.location(s3_bucket, "store")], check=True,
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "1"
 
 
 def test_times_of_answers_are_those_the_server_sent(arc: S3Archive, s3_env: S3Server) -> None:
