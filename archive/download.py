@@ -37,7 +37,7 @@ from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
 from .placing import Placement, Route, Source, place, source_of
-from .small_blobs import fetch_small_blobs
+from .small_blobs import cache_small_blobs, fetch_small_blobs
 from .transfer import Progress, make_progress, run_jobs
 
 if TYPE_CHECKING:
@@ -284,6 +284,8 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
     missing = [(blob, size) for blob, size in wanted.items() if not cache.has(blob, size)]
     bar = make_progress("downloading", sum(size for _, size in missing), len(missing), progress)
     try:
+        missing = cache_small_blobs(arc, cache, missing, workers, bar)  # in groups (archive.small_blobs)
+
         def job(blob, size) -> None:
             cache.fetch(arc, blob, size, bar.advance)
             bar.file_done()

@@ -184,3 +184,20 @@ def test_pull_of_a_release_whose_small_blob_is_missing_names_it(
     assert result.returncode == 1
     assert result.stderr.startswith("archive: error: ") and missing.hexdigest in result.stderr  # as before groups
     assert not (tmp_path / "out" / "d3" / "f8.bin").exists()
+
+
+def test_prefetch_fills_the_cache_in_groups_and_the_next_pull_needs_no_server(
+        small_release: tuple[str, dict[str, bytes]], tmp_path: Path, sshd: SSHServer) -> None:
+    url, files = small_release
+    result = _cli("--archive", url, "pull", "small", "1.0.0", "--prefetch")
+    assert result.returncode == 0, result.stderr
+    cache = Path(os.environ["ARCHIVE_CACHE_DIR"])
+    for content in files.values():
+        assert (cache / layout.blob_key(BlobId.of_bytes(content))).read_bytes() == content
+    with archive.get_interface(url) as arc:  # every blob is in the cache: none is read from the archive
+        for blob in {BlobId.of_bytes(content) for content in files.values()}:
+            arc.delete_key(layout.blob_key(blob))
+    result = _cli("--archive", url, "pull", "small", "1.0.0", "--to", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.bin")} == files
