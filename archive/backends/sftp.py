@@ -52,7 +52,7 @@ from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
-from .sftp_read import groups, read_group
+from .sftp_read import READ_CONNECTIONS, groups, read_group
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         in three round trips (:mod:`~archive.backends.sftp_read`); the connection goes back to
         the pool before the group's contents are handed out."""
         for group in groups(list(keys)):
-            with self._pool.borrow() as conn:
+            with self._pool.borrow(at_most=READ_CONNECTIONS) as conn:
                 try:
                     results = read_group(conn.sftp, self._folders, self.remote_path, group, conn.read_size)
                 except Exception as exc:  # the session failed: every key of the group with it

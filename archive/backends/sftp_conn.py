@@ -260,7 +260,7 @@ class ConnectionPool:
         self._recent: deque[int] = deque(maxlen=RECENT_TRANSFERS)  # bytes each of the last transfers moved
 
     @contextmanager
-    def borrow(self, transfer: bool = False) -> Iterator[Connection]:
+    def borrow(self, transfer: bool = False, at_most: int | None = None) -> Iterator[Connection]:
         """Lend a connection for the duration of the block.
 
         ``transfer``: the block moves a file's data (a write or read of a key). While one of
@@ -269,11 +269,15 @@ class ConnectionPool:
         to come back rather than open one beyond :data:`BULK_CONNECTIONS`; anything else never
         waits.
 
+        ``at_most``: while that many connections are open, wait (up to :data:`BULK_WAIT` seconds)
+        for one to come back rather than open another (groups of reads, which keep many requests
+        in flight each: more connections cost handshakes and gain nothing).
+
         An interrupt (Ctrl-C) inside the block closes the connection without waiting for
         anything: it may have stopped a request or reply halfway through a packet, so the
         session is out of step and a reply awaited on it might never come.
         """
-        conn = self._take(transfer)
+        conn = self._take(transfer, at_most)
         moved = conn.sftp.moved
         try:
             yield conn
@@ -296,10 +300,10 @@ class ConnectionPool:
         for conn in idle:
             conn.close()
 
-    def _take(self, transfer: bool) -> Connection:
+    def _take(self, transfer: bool, at_most: int | None = None) -> Connection:
         dead: list[Connection] = []
         with self._lock:
-            conn = self._idle_or_permit(transfer, dead)
+            conn = self._idle_or_permit(transfer, dead, at_most)
         for stale in dead:
             stale.close()
         if conn is not None:
@@ -316,7 +320,7 @@ class ConnectionPool:
                      self.connector.transport, conn.read_size, conn.write_size)
         return conn
 
-    def _idle_or_permit(self, transfer: bool, dead: list[Connection]) -> Connection | None:
+    def _idle_or_permit(self, transfer: bool, dead: list[Connection], at_most: int | None = None) -> Connection | None:
         """An idle connection, or None once this thread may open one (counted already).
         Called with the lock held; connections found dead go to ``dead`` to be closed."""
         deadline = None
@@ -327,7 +331,8 @@ class ConnectionPool:
                     return conn
                 self._open -= 1
                 dead.append(conn)
-            if not (transfer and self._open >= BULK_CONNECTIONS and self._streaming()):
+            crowded = at_most is not None and self._open >= at_most
+            if not (crowded or transfer and self._open >= BULK_CONNECTIONS and self._streaming()):
                 break
             deadline = deadline or time.monotonic() + BULK_WAIT
             left = deadline - time.monotonic()

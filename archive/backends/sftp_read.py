@@ -28,6 +28,10 @@ from .sftp_proto import CLOSE, DATA, EOF, FLAG_READ, HANDLE, NO_ATTRS, OPEN, REA
 #: A group holds at most this many keys, and asks for at most this many bytes.
 GROUP_FILES = 64
 GROUP_BYTES = 4 * 1024 * 1024
+#: Groups are read on at most this many connections (threads beyond wait for one): each keeps
+#: a group's requests in flight, and more only add handshakes (10,000 files of 4 KiB, loaded
+#: machine: 2.0 to 2.2 s of CPU in all processes on two or three, 2.5 to 2.8 s on eight).
+READ_CONNECTIONS = 3
 
 
 def groups(keys: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
