@@ -92,6 +92,12 @@ class BlobCache:
         if size > REHASH_BELOW:  # a small one is hashed again when used (see REHASH_BELOW)
             self._remember_verified(blob)
 
+    def put_verified(self, blob: BlobId, data: bytes) -> None:
+        """Keep ``data``, a small blob (up to :data:`REHASH_BELOW`) the caller checked against
+        ``blob`` already, as :meth:`fetch` would have kept it (read in a group by a download)."""
+        self._use.share()
+        self.store.write_key(layout.blob_key(blob), [data])
+
     def verified_path(self, arc: "ArchiveInterface", blob: BlobId, size: int) -> Path:
         """The cache file of ``blob``, known to be intact: fetched if missing; re-hashed unless
         verified before and unchanged since; evicted and fetched again once if corrupt."""

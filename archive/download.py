@@ -37,7 +37,8 @@ from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
 from .placing import Placement, Route, Source, place, source_of
-from .transfer import make_progress, run_jobs
+from .small_blobs import cache_small_blobs, fetch_small_blobs
+from .transfer import Progress, make_progress, run_jobs
 
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
@@ -166,6 +167,8 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
                         progress)
     no_source = Source(Route.CACHE)
     try:
+        rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, mode_given)
+
         def job(placement: Placement) -> None:
             entry = placement.entry
             key = entry.blob.hexdigest
@@ -181,16 +184,26 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
                   set_mode=placement.path.rpartition("/")[0] not in mode_given)
             bar.file_done()
 
-        threads = workers if missing else _placing_workers(placements, sources, workers)
+        threads = workers if missing else _placing_workers(rest, sources, workers)
         if threads == 1:  # what run_jobs does on one thread, without a callable per file
-            for placement in placements:
+            for placement in rest:
                 job(placement)
         else:
-            run_jobs([functools.partial(job, p) for p in placements], threads)
+            run_jobs([functools.partial(job, p) for p in rest], threads)
     finally:
         bar.close()
         cache.save_verified()
     _remember_placed(cache, placements, started, link)
+
+
+def _fetch_small(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement], sources: dict[str, Source],
+                 missing: set[str], link: str, workers: int, bar: Progress, mode_given: set[str]) -> list[Placement]:
+    """Read the small blobs the cache lacks, or that a pull without the cache streams, in groups
+    (:meth:`~archive.interface.ArchiveInterface.read_keys`), and place their files; return the
+    placements left to the per-file jobs (see :mod:`archive.small_blobs`)."""
+    wanted = missing.union(key for key, source in sources.items() if source.route is Route.STREAM)
+    return fetch_small_blobs(arc, cache, placements, sources, wanted, link, workers, bar,
+                             lambda placement: placement.path.rpartition("/")[0] not in mode_given)
 
 
 def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
@@ -272,6 +285,8 @@ def fetch_blobs(arc: "ArchiveInterface", cache: BlobCache, entries: list[FileEnt
     missing = [(blob, size) for blob, size in wanted.items() if not cache.has(blob, size)]
     bar = make_progress("downloading", sum(size for _, size in missing), len(missing), progress)
     try:
+        missing = cache_small_blobs(arc, cache, missing, workers, bar)  # in groups (archive.small_blobs)
+
         def job(blob, size) -> None:
             cache.fetch(arc, blob, size, bar.advance)
             bar.file_done()

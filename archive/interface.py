@@ -41,10 +41,10 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
-from .errors import (IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
+from .errors import (ArchiveError, IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
                      NotAnArchiveError, ReadOnlyArchiveError, ReleaseNotFoundError)
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .records import Release, check_name, load_json, parse_record
@@ -255,6 +255,33 @@ class ArchiveInterface(ABC):
         if len(data) > max_bytes:
             raise IntegrityError(f"{key}: over the {max_bytes} byte limit")
         return data
+
+    def read_keys(self, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[str, "bytes | ArchiveError"]]:
+        """Read many small objects whole: for each ``(key, max_bytes)``, in the order given, one
+        ``(key, content)`` or ``(key, error)``; a key that fails never stops the others.
+
+        This is :meth:`read_key` for many keys at once (a download of many small blobs), for
+        storage where each read costs round trips of its own: a backend may send the requests
+        of many keys together (SFTP: every ``open``, then every ``read``, on one connection).
+        Nothing is verified here; the caller checks each content against what it expects (a
+        blob against its id and size), as it would after :meth:`read_key`.
+
+        The error of a key is the :class:`~archive.errors.ArchiveError` that :meth:`read_key`
+        would raise for it alone: :class:`KeyNotFoundError`, :class:`UnsafeObjectError` (never
+        opened, never waited on), :class:`IntegrityError` for an object over ``max_bytes``, a
+        :class:`~archive.errors.BackendError` (a lost connection may fail every key after it).
+        Other exceptions (an interrupt, a bug) propagate. Memory: the caller asks for small
+        objects only; the contents of one group of keys are held at once.
+
+        The default reads one key after the other with :meth:`read_key`.
+        """
+        for key, max_bytes in keys:
+            try:
+                data = self.read_key(key, max_bytes)
+            except ArchiveError as exc:
+                yield key, exc
+            else:
+                yield key, data
 
     def write_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         self.check_writable()

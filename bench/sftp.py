@@ -131,21 +131,23 @@ class Bench:
 class ArchiveCLI:
     """The real ``archive`` command in a child process, as a user runs it; its peak RSS is kept."""
 
-    def __init__(self, home: Path, jobs: int | None) -> None:
-        self.home, self.jobs = home, jobs
+    def __init__(self, home: Path, jobs: int | None, repo: Path = REPO, suffix: str = "") -> None:
+        self.home, self.jobs, self.repo = home, jobs, repo
+        self.suffix = suffix  # after the labels of this command's rows: " [anchor]" for --anchor's tree
         self.last_rss_kib = 0  # the peak RSS of the last command
 
     def push(self, url: str, folder: Path) -> None:
-        self._run(url, self.home / "cache", "push", str(folder), "bench", "1.0.0")
+        cache = self.home / ("cache" if self.repo == REPO else "cache-anchor")  # each tree its own stat cache
+        self._run(url, cache, "push", str(folder), "bench", "1.0.0")
 
     def pull(self, url: str, dest: Path, cache: Path, *options: str) -> None:
         self._run(url, cache, "pull", "bench", "1.0.0", "--to", str(dest), *options)
 
     def _run(self, url: str, cache: Path, *args: str) -> None:
-        env = {**os.environ, "ARCHIVE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "ARCHIVE_CACHE_DIR": str(cache), "PYTHONPATH": str(self.repo)}
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         sample = run_timed([sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", url, *jobs, *args],
-                           env=env)
+                           env=env, cwd=self.repo)  # `-m archive` imports from the working folder first
         self.last_rss_kib = sample.max_rss_kib
 
 
@@ -189,35 +191,45 @@ def bench_large(bench: Bench, cli: ArchiveCLI, size: int, reps: int) -> list[Row
     return rows
 
 
-def bench_small(bench: Bench, cli: ArchiveCLI, count: int, reps: int) -> list[Row]:
+def bench_small(bench: Bench, clis: list[ArchiveCLI], count: int, reps: int) -> list[Row]:
     """Push and pull of many small files: archive publish/download vs ``scp -r``."""
     src = make_small_files(bench.work / "small", count)
-    return push_and_pull_rows(bench, cli, src, f"{count:,} x 4 KiB", reps, through_cache=True)
+    return push_and_pull_rows(bench, clis, src, f"{count:,} x 4 KiB", reps, through_cache=True)
 
 
-def push_and_pull_rows(bench: Bench, cli: ArchiveCLI, src: Path, label: str, reps: int, *,
+def push_and_pull_rows(bench: Bench, clis: list[ArchiveCLI], src: Path, label: str, reps: int, *,
                        through_cache: bool) -> list[Row]:
     """Push ``src`` and pull it back, each beside ``scp -r`` the same way, ``reps`` times: a pull
-    with ``--no-cache`` always, and (``through_cache``) one through an empty cache as well."""
-    push_row = Row(f"{label} push: publish vs scp -r")
-    cached_row = Row(f"{label} pull: download vs scp -r")
-    direct_row = Row(f"{label} pull: --no-cache vs scp -r")
-    for _ in range(reps):
+    with ``--no-cache`` always, and (``through_cache``) one through an empty cache as well. Each
+    command of ``clis`` (this tree, and the ``--anchor`` tree) runs in turn, into its own archive."""
+    rows: list[Row] = []
+    for cli in clis:
+        rows += [Row(f"{label} push: publish vs scp -r{cli.suffix}"),
+                 *([Row(f"{label} pull: download vs scp -r{cli.suffix}")] if through_cache else []),
+                 Row(f"{label} pull: --no-cache vs scp -r{cli.suffix}")]
+    per_cli = len(rows) // len(clis)
+    for rep in range(reps):
         remote, local = bench.fresh("remote"), bench.fresh("local")
-        url = bench.server.url(remote / "store")
-        archive.get_interface(url, create=True).close()
-        push_row.theirs.append(bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp"))))
-        push_row.ours.append(bench.measure(lambda: cli.push(url, src), cli))
+        scp_push = bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp")))
         scp_back = bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"), str(local / "scp")))
-        if through_cache:
-            cached_row.theirs.append(scp_back)
-            cached_row.ours.append(bench.measure(lambda: cli.pull(url, local / "pulled", local / "cache"), cli))
-        direct_row.theirs.append(scp_back)
-        direct_row.ours.append(bench.measure(lambda: cli.pull(url, local / "direct", local / "cache2", "--no-cache"),
-                                             cli))
+        for n, cli in (list(enumerate(clis)) if rep % 2 == 0 else list(enumerate(clis))[::-1]):  # alternated
+            url = bench.server.url(remote / f"store{n}")
+            archive.get_interface(url, create=True).close()
+            mine = iter(rows[n * per_cli:(n + 1) * per_cli])
+            _add(next(mine), bench.measure(lambda: cli.push(url, src), cli), scp_push)
+            if through_cache:
+                _add(next(mine), bench.measure(lambda: cli.pull(url, local / f"pulled{n}", local / f"cache{n}"), cli),
+                     scp_back)
+            _add(next(mine), bench.measure(lambda: cli.pull(url, local / f"direct{n}", local / f"cache{n}b",
+                                                            "--no-cache"), cli), scp_back)
         shutil.rmtree(remote)
         shutil.rmtree(local)
-    return [push_row, cached_row, direct_row] if through_cache else [push_row, direct_row]
+    return rows
+
+
+def _add(row: Row, ours: Sample, theirs: Sample) -> None:
+    row.ours.append(ours)
+    row.theirs.append(theirs)
 
 
 def make_large_files(folder: Path, count: int, size: int) -> Path:
@@ -229,10 +241,10 @@ def make_large_files(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-def bench_many_large(bench: Bench, cli: ArchiveCLI, count: int, size: int, reps: int) -> list[Row]:
+def bench_many_large(bench: Bench, clis: list[ArchiveCLI], count: int, size: int, reps: int) -> list[Row]:
     """Push and pull of a folder of large files: archive publish/download vs ``scp -r``."""
     src = make_large_files(bench.work / "many", count, size)
-    return push_and_pull_rows(bench, cli, src, f"{count} x {size // MIB} MiB", reps, through_cache=False)
+    return push_and_pull_rows(bench, clis, src, f"{count} x {size // MIB} MiB", reps, through_cache=False)
 
 
 def _file_chunks(path: Path):
@@ -261,6 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=None, help="size of the large file")
     parser.add_argument("--files", type=int, default=None, help="number of small files")
     parser.add_argument("--large-files", type=int, default=None, help="number of 4 MiB files in the folder rows")
+    parser.add_argument("--anchor", type=Path, default=None,
+                        help="another checkout (e.g. of main) whose archive command runs too, alternated, in the"
+                             " folder rows (many small files, many large ones), rows marked [anchor]")
     parser.add_argument("--only", choices=["large", "small", "many"], default=None,
                         help="run one part only: one large file, many small files, a folder of large files")
     return parser.parse_args(argv)
@@ -280,10 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         try:
             setup_home(server, work / "home")
             bench, cli = Bench(server, proc.pid, work), ArchiveCLI(work / "home", args.jobs)
+            clis = [cli] + ([ArchiveCLI(work / "home", args.jobs, args.anchor.resolve(), " [anchor]")]
+                            if args.anchor else [])
             rows = bench_large(bench, cli, size, reps) if args.only in (None, "large") else []
-            rows += bench_small(bench, cli, count, reps) if args.only in (None, "small") else []
+            rows += bench_small(bench, clis, count, reps) if args.only in (None, "small") else []
             many = args.large_files or (16 if args.quick else 64)
-            rows += bench_many_large(bench, cli, many, 4 * MIB, reps) if args.only in (None, "many") else []
+            rows += bench_many_large(bench, clis, many, 4 * MIB, reps) if args.only in (None, "many") else []
         finally:
             stop_process(proc)
     print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}"

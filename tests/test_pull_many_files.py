@@ -139,8 +139,8 @@ def test_killed_pull_of_many_files_leaves_only_whole_files_and_no_temporary(fold
 
 
 def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path) -> None:
-    """Through the cache, with eight jobs: the files of one blob wait for its one fetch (each
-    blob is opened once in the archive, and once more in the cache per file placed)."""
+    """Through the cache, with eight jobs: the blob of many files is fetched once, and (a small
+    blob, read in a group) its files are written from that verified read, never read back."""
     folder_archive.local = False
     folder_archive.publish(make_tree(tmp_path / "src", MANY), "many", "1.0.0", progress=False)
     with audit_events("open") as opens:
@@ -149,7 +149,7 @@ def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path)
     assert snapshot(out) == MANY
     shared = BlobId.of_bytes(MANY["same/0.txt"]).hexdigest
     copies = sum(1 for content in MANY.values() if content == MANY["same/0.txt"])
-    assert opened[shared] == 1 + copies  # fetched once, then read from the cache for each file
+    assert copies > 1 and opened[shared] == 1  # fetched once, placed from memory
 
 
 

@@ -38,12 +38,12 @@ import itertools
 import logging
 import uuid
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 from .. import layout
 from ..credentials import resolve_target
-from ..errors import BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
+from ..errors import ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError, StorageFullError
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
 from ..locations import password_of, redact
@@ -52,6 +52,7 @@ from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
+from .sftp_read import READ_CONNECTIONS, groups, read_group
 from .sftp_resume import PartialUploads, resume_upload
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,19 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
                 raise
             finally:
                 _finish_reading(conn, raw, key)
+
+    def read_keys(self, keys: Sequence[tuple[str, int]]) -> Iterator[tuple[str, bytes | ArchiveError]]:
+        """See :meth:`ArchiveInterface.read_keys`: each group of keys is read on one connection,
+        in three round trips (:mod:`~archive.backends.sftp_read`); the connection goes back to
+        the pool before the group's contents are handed out."""
+        for group in groups(list(keys)):
+            with self._pool.borrow(at_most=READ_CONNECTIONS) as conn:
+                try:
+                    results = read_group(conn.sftp, self._folders, self.remote_path, group, conn.read_size)
+                except Exception as exc:  # the session failed: every key of the group with it
+                    results = [_mapped(conn, f"{len(group)} objects", exc)] * len(group)
+                results = [r if isinstance(r, bytes) else _mapped(conn, key, r) for (key, _), r in zip(group, results)]
+            yield from ((key, result) for (key, _), result in zip(group, results))
 
     def write_key(self, key: str | Callable[[], str], chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         """See :meth:`ArchiveInterface.write_key`; inside :meth:`batched_writes` a small file
@@ -270,6 +284,17 @@ def _finish_reading(conn: Connection, raw: WindowedReader, key: str) -> None:
             close_later(conn.sftp, raw.handle)
     except BackendError as exc:  # the data was read already; the pool drops a broken connection
         logger.debug("closing %s after reading failed: %s", key, exc)
+
+
+def _mapped(conn: Connection, key: str, exc: Exception) -> ArchiveError:
+    """The archive error that :meth:`Connection.errors` makes of ``exc`` for ``key`` (it also
+    closes a connection that broke); anything it does not map is raised."""
+    try:
+        with conn.errors(key):
+            raise exc
+    except ArchiveError as mapped:
+        return mapped
+    raise AssertionError("unreachable")
 
 
 def _exists(sftp: SFTPClient, path: str) -> bool:

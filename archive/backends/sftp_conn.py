@@ -23,14 +23,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
-
-import paramiko
 
 from ..credentials import SSHConnector, SSHTarget
 from ..timeouts import io_timeout
@@ -47,6 +46,15 @@ BULK_CONNECTIONS = 2  # enough for streaming large files on loopback with 2 core
 BULK_BYTES = 512 * 1024  # transfers moving more than this each are streaming, not waiting on round trips
 RECENT_TRANSFERS = 4  # how many transfers tell small files from large ones
 BULK_WAIT = 2.0  # seconds a transfer waits for a connection before opening one anyway (never a deadlock)
+
+
+def _paramiko_errors() -> tuple[type[Exception], ...]:
+    """paramiko's base error, once paramiko is in use; nothing before (none can be raised then).
+
+    paramiko is imported only by a connection that needs it (a password login, no ``ssh``): the
+    ssh transport starts about 90 ms sooner without it (``python -X importtime``)."""
+    module = sys.modules.get("paramiko")
+    return (module.SSHException,) if module is not None else ()
 
 
 class Link(Protocol):
@@ -86,7 +94,7 @@ class Connection:
         A request left unanswered (:class:`TimeoutError`) counts: its reply may still come, so
         the session is out of step and cannot serve another request.
         """
-        lost = (EOFError, paramiko.SSHException, ConnectionError, TimeoutError)
+        lost = (EOFError, ConnectionError, TimeoutError, *_paramiko_errors())
         return isinstance(exc, lost) or not self.alive()
 
     @contextmanager
@@ -101,7 +109,7 @@ class Connection:
             raise KeyNotFoundError(key) from None
         except ArchiveError:
             raise
-        except (EOFError, paramiko.SSHException, OSError) as exc:
+        except (EOFError, OSError, *_paramiko_errors()) as exc:
             if self.broken(exc):
                 raise BackendUnavailableError(f"cannot reach {self.host}: {self._lost_reason(exc)}") from exc
             if isinstance(exc, PermissionError):
@@ -128,7 +136,7 @@ class Connection:
             return True
         try:
             free = free_space(self.sftp, folder)
-        except (EOFError, paramiko.SSHException, OSError):
+        except (EOFError, OSError, *_paramiko_errors()):
             return False
         return free is not None and free < max(self.write_size, 64 * 1024)
 
@@ -171,7 +179,7 @@ class Connector:
         pipe, sftp = open_pipe_sftp(ssh_command(self._ssh, self.target, e.host, e.user, e.port), self.target)
         try:
             conn = Connection(pipe, sftp, self.target.hostname)
-        except (EOFError, paramiko.SSHException, OSError) as exc:
+        except (EOFError, OSError, *_paramiko_errors()) as exc:
             raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {pipe.reason()}") from exc
         pipe.timeout = io_timeout()
         return conn
@@ -189,7 +197,7 @@ class Connector:
                 conn = Connection(transport, SFTPClient(channel).start(), host)
         except BaseException as exc:
             transport.close()
-            if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
+            if isinstance(exc, (EOFError, OSError, *_paramiko_errors())):
                 reason = f"no SFTP session within {timeout:g} s" if isinstance(exc, TimeoutError) or \
                     not transport.is_active() else f"no SFTP service ({sftp_reason(exc)})"
                 raise BackendUnavailableError(f"cannot reach {host}: {reason}") from exc
@@ -252,7 +260,7 @@ class ConnectionPool:
         self._recent: deque[int] = deque(maxlen=RECENT_TRANSFERS)  # bytes each of the last transfers moved
 
     @contextmanager
-    def borrow(self, transfer: bool = False) -> Iterator[Connection]:
+    def borrow(self, transfer: bool = False, at_most: int | None = None) -> Iterator[Connection]:
         """Lend a connection for the duration of the block.
 
         ``transfer``: the block moves a file's data (a write or read of a key). While one of
@@ -261,11 +269,15 @@ class ConnectionPool:
         to come back rather than open one beyond :data:`BULK_CONNECTIONS`; anything else never
         waits.
 
+        ``at_most``: while that many connections are open, wait (up to :data:`BULK_WAIT` seconds)
+        for one to come back rather than open another (groups of reads, which keep many requests
+        in flight each: more connections cost handshakes and gain nothing).
+
         An interrupt (Ctrl-C) inside the block closes the connection without waiting for
         anything: it may have stopped a request or reply halfway through a packet, so the
         session is out of step and a reply awaited on it might never come.
         """
-        conn = self._take(transfer)
+        conn = self._take(transfer, at_most)
         moved = conn.sftp.moved
         try:
             yield conn
@@ -288,10 +300,10 @@ class ConnectionPool:
         for conn in idle:
             conn.close()
 
-    def _take(self, transfer: bool) -> Connection:
+    def _take(self, transfer: bool, at_most: int | None = None) -> Connection:
         dead: list[Connection] = []
         with self._lock:
-            conn = self._idle_or_permit(transfer, dead)
+            conn = self._idle_or_permit(transfer, dead, at_most)
         for stale in dead:
             stale.close()
         if conn is not None:
@@ -308,7 +320,7 @@ class ConnectionPool:
                      self.connector.transport, conn.read_size, conn.write_size)
         return conn
 
-    def _idle_or_permit(self, transfer: bool, dead: list[Connection]) -> Connection | None:
+    def _idle_or_permit(self, transfer: bool, dead: list[Connection], at_most: int | None = None) -> Connection | None:
         """An idle connection, or None once this thread may open one (counted already).
         Called with the lock held; connections found dead go to ``dead`` to be closed."""
         deadline = None
@@ -319,7 +331,8 @@ class ConnectionPool:
                     return conn
                 self._open -= 1
                 dead.append(conn)
-            if not (transfer and self._open >= BULK_CONNECTIONS and self._streaming()):
+            crowded = at_most is not None and self._open >= at_most
+            if not (crowded or transfer and self._open >= BULK_CONNECTIONS and self._streaming()):
                 break
             deadline = deadline or time.monotonic() + BULK_WAIT
             left = deadline - time.monotonic()

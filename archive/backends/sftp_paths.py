@@ -24,6 +24,7 @@ from typing import Callable
 from .sftp_proto import (CLOSE, EOF, HANDLE, LSTAT, NAME, OPENDIR, READDIR, Attributes, SFTPClient, check_ok,
                          status_code, status_error, string)
 
+from ..errors import UnsafeObjectError
 from ..keys import check_folder, check_regular
 
 
@@ -114,10 +115,56 @@ class CheckedFolders:
             self._known.update(paths)
         return attrs
 
+    def lstat_many(self, sftp: SFTPClient, keys: list[str]) -> list["Attributes | Exception"]:
+        """:meth:`lstat` of every key at once (one round trip for all): for each key its
+        attributes, or the error :meth:`lstat` would raise for it alone (the first folder on
+        its way that is missing or not a real folder, or the key itself). Errors of the session
+        (a lost connection) are raised."""
+        folders: dict[str, None] = {}  # each folder not checked yet, once, in order
+        for key in keys:
+            parts = key.split("/")
+            folders.update((p, None) for p in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                           if p not in self._known)
+        nums = [sftp.send(LSTAT, string(self._remote_path(path))) for path in [*folders, *keys]]
+        replies = [sftp.reply(num) for num in nums]
+        problems: dict[str, Exception] = {}
+        for path, reply in zip(folders, replies):
+            try:
+                check_folder(path, sftp.attrs_of(reply, "lstat").st_mode or 0)
+            except (OSError, UnsafeObjectError) as exc:
+                problems[path] = exc
+        results: list[Attributes | Exception] = []
+        for key, reply in zip(keys, replies[len(folders):]):
+            results.append(self._first_problem(key, problems) or _regular(key, sftp, reply))
+        with self._lock:
+            self._known.update(path for path in folders if path not in problems)
+        return results
+
+    @staticmethod
+    def _first_problem(key: str, problems: dict[str, Exception]) -> Exception | None:
+        """The error of the first folder on ``key``'s way that is not a real folder, if any."""
+        if problems:
+            parts = key.split("/")
+            for i in range(1, len(parts)):
+                problem = problems.get("/".join(parts[:i]))
+                if problem is not None:
+                    return problem
+        return None
+
     def forget(self) -> None:
         """Check every folder again (one was found removed since it was checked)."""
         with self._lock:
             self._known.clear()
+
+
+def _regular(key: str, sftp: SFTPClient, reply) -> "Attributes | Exception":
+    """The attributes of ``key`` in an ``lstat`` reply if it is a regular file; the error otherwise."""
+    try:
+        attrs = sftp.attrs_of(reply, "lstat")
+        check_regular(key, attrs.st_mode or 0)
+    except (OSError, UnsafeObjectError) as exc:
+        return exc
+    return attrs
 
 
 def _make_folders(sftp: SFTPClient, path: str) -> None:

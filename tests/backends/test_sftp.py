@@ -226,6 +226,20 @@ def test_cli_end_to_end(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path, sto
     assert (tmp_path / "out" / "data" / "a.bin").read_bytes() == (src / "data" / "a.bin").read_bytes()
 
 
+def test_the_ssh_transport_never_imports_paramiko(sshd: SSHServer, ssh_key_home: Path, store: Path) -> None:
+    """paramiko (and cryptography) take about 90 ms to import: a push or pull over the system
+    ssh, with no ~/.ssh/config to parse, needs neither."""
+    archive.get_interface(sshd.url(store), create=True).close()
+    code = ("import sys, archive; from archive.cli import main\n"
+            "with archive.get_interface(sys.argv[1]) as arc: arc.list_keys('releases'); arc.read_key('archive.json', 4096)\n"
+            "print(arc.transport, sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'cryptography')))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code, sshd.url(store)], env=env, text=True, capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ssh", "[]"]
+
+
 def test_cli_reports_unreachable_host_in_one_line(ssh_key_home: Path, store: Path) -> None:
     result = _cli("--archive", f"sftp://127.0.0.1:{free_port()}{store}", "ls")
     assert result.returncode == 1
