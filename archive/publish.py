@@ -28,6 +28,7 @@ from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
 from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
+from .reuse import remember_release, reused_release, scan_digest
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
@@ -109,8 +110,16 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
             update_indexes(arc, name)
             stats.unchanged = True
             return existing
-    workers = jobs or arc.max_workers
     started = time.time_ns()
+    digest = scan_digest(sources) if stat_cache is not None else ""
+    workers = jobs or arc.max_workers
+    reused = (reused_release(arc, stat_cache, digest, name, version, metadata, sources, stats.bytes, workers)
+              if digest else None)
+    if reused is not None:  # every file unchanged since a visible release listed them: no blob to check
+        committed = commit_release(arc, *reused)
+        update_indexes(arc, name)
+        logger.info("published %s %s: %d files, all unchanged", name, version, stats.files)
+        return committed
     reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
         new_sources = [s for s in sources if s.path not in reusable]
@@ -124,6 +133,8 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
         del entries
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
             committed = commit_release(arc, release, data)
+        if committed is release and digest:
+            remember_release(stat_cache, arc, digest, sources, started, release, data)
         del data
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,

@@ -1,0 +1,181 @@
+"""Re-pushing an unchanged folder: the record of the last publish of the very same files, reused.
+
+A push of a folder nothing in which changed since it was last published needs no file read
+and no entry encoded: its record lists what that publish's record lists. So a publish whose
+files had all settled remembers, in the stat cache, a digest of its scan (every file's release
+path, location, identity and mode) beside the release it made and where the ``files`` object
+lies in that record's bytes. A later scan with the same digest found the same files with the
+same identities, which by the stat cache's rule (:mod:`archive.statcache`: a settled file
+whose size, mtime, ctime, inode and device did not change holds the same bytes) means the same
+contents, names and modes, and so the same entries, media types included.
+
+The reuse is taken only when the archive shows that record still visible: its pointer names it,
+and its bytes hash to it. A visible release is never removed, and gc never collects a blob one
+names (:mod:`archive.gc`), so the new release, which names exactly those blobs, needs no lease.
+It still looks at the blob folders, as an ordinary re-push does, so that a blob removed behind
+the archive's back is written again. Anything else (no digest remembered, another archive, a
+record gone or damaged, a blob missing) falls back to the ordinary publish: it costs only time.
+
+The release returned parses its files only when they are read (:class:`EncodedFiles`): its
+count and total size are known from the scan without parsing 100,000 entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from . import layout
+from .errors import IntegrityError, InvalidInputError, NotFoundError
+from .hashing import BlobId
+from .record_codec import MAX_RECORD_BYTES, record_around_files
+from .records import FileEntry, Release, canonical_json, check_metadata, check_name, parse_record
+from .scan import SourceFile
+from .statcache import Published, StatCache, is_settled
+from .storing import stored_in_folders
+from .versions import parse_version
+
+if TYPE_CHECKING:
+    from .interface import ArchiveInterface
+
+logger = logging.getLogger(__name__)
+#: The blob of an entry, in a record's canonical text (a path's quotes are escaped, so no path
+#: holds this; another field holding it could only add a blob to look for).
+_BLOB_IN_ENTRY = re.compile(r'"blob":"sha256:([0-9a-f]{64})"')
+
+
+def scan_digest(sources: list[SourceFile]) -> str:
+    """The sha256 of what a scan found: each file's release path, location, mode, size, device,
+    inode, mtime and ctime, in order. Equal digests mean the same files with the same identities."""
+    lines = [f"{s.path}\0{os.fspath(s.location)}\0{i.st_mode} {i.st_size} {i.st_dev} {i.st_ino}"
+             f" {i.st_mtime_ns} {i.st_ctime_ns}\n" for s in sources for i in (s.info,)]
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class EncodedFiles(Mapping[str, FileEntry]):
+    """The files of a record whose bytes are known, parsed (and checked) only when first read.
+
+    ``len`` and :attr:`total_size` come from the scan, so a caller that only counts (``archive
+    push``'s summary) never parses a record of 100,000 entries."""
+
+    def __init__(self, data: bytes, count: int, total_size: int) -> None:
+        self._data: bytes | None = data
+        self._files: Mapping[str, FileEntry] | None = None
+        self._count, self.total_size = count, total_size
+
+    def _parsed(self) -> Mapping[str, FileEntry]:
+        if self._files is None:
+            assert self._data is not None
+            self._files, self._data = parse_record(self._data).files, None
+        return self._files
+
+    def __getitem__(self, path: str) -> FileEntry:
+        return self._parsed()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"EncodedFiles({self._count} files)"
+
+
+def reused_release(arc: "ArchiveInterface", known: StatCache | None, digest: str, name: str, version: str,
+                   metadata: Mapping[str, Any] | None, sources: list[SourceFile], total_size: int,
+                   workers: int) -> tuple[Release, bytes] | None:
+    """A new release ``name`` ``version`` (and its bytes) listing the files of the release
+    remembered for ``digest`` on ``arc``; None when there is none to reuse."""
+    published = known.published(digest, arc.identity) if known is not None else None
+    if published is None:
+        return None
+    files = _visible_files(arc, published)
+    if files is None or not _blobs_all_there(arc, files, workers):
+        return None
+    release, data = _release_around(name, version, files, metadata, len(sources), total_size)
+    logger.info("%s %s: the files are those of record %s (%s %s), unchanged", name, version,
+                published.record.short, published.name, published.version)
+    return release, data
+
+
+def _visible_files(arc: "ArchiveInterface", published: Published) -> bytes | None:
+    """The ``files`` object of the remembered record, if its release is still visible on ``arc``
+    and the record's bytes hash to its id; else None (and why, at INFO)."""
+    try:
+        if arc.release_id(published.name, published.version) != published.record:
+            logger.info("%s %s no longer names record %s: not reusing it", published.name, published.version,
+                        published.record.short)
+            return None
+        data = arc.read_key(layout.blob_key(published.record), MAX_RECORD_BYTES)
+    except (NotFoundError, IntegrityError) as exc:
+        logger.info("not reusing record %s: %s", published.record.short, exc)
+        return None
+    files = data[published.files_start:published.files_end]
+    if (BlobId.of_bytes(data) != published.record or data[published.files_start - 8:published.files_start] != b'"files":'
+            or files[:1] != b"{" or files[-1:] != b"}"):
+        logger.info("record %s is not what the stat cache remembers: not reusing it", published.record.short)
+        return None
+    return files
+
+
+def _blobs_all_there(arc: "ArchiveInterface", files: bytes, workers: int) -> bool:
+    """True when every blob the encoded ``files`` name is listed in its blob folder.
+
+    A visible release's blobs are stored by the archive's own rules; this looks anyway (one
+    listing per blob folder, as an ordinary re-push does), so a blob removed behind the
+    archive's back is found and the ordinary publish writes it again. Where blob folders cannot
+    be listed, the ordinary publish decides."""
+    wanted = set(_BLOB_IN_ENTRY.findall(files.decode("utf-8")))
+    if not arc.listable:
+        return False
+    missing = wanted - stored_in_folders(arc, {hexdigest[:2] for hexdigest in wanted}, workers)
+    if missing:
+        logger.warning("%d blobs of a release are missing from %s; storing them again", len(missing), arc.location)
+    return not missing
+
+
+def _release_around(name: str, version: str, encoded_files: bytes, metadata: Mapping[str, Any] | None,
+                    count: int, total_size: int) -> tuple[Release, bytes]:
+    """A new record whose canonical ``files`` object is ``encoded_files`` (from a stored record
+    of the same files): :meth:`Release.create_encoded` without encoding or checking an entry."""
+    check_name(name)
+    if str(parse_version(version)) != version:
+        raise InvalidInputError(f"version {version!r} is not in canonical form")
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    metadata = json.loads(canonical_json(check_metadata(metadata)))  # as a reader will see it
+    head = Release(name, version, created, metadata, {})
+    before, after = record_around_files(head.head())
+    data = b"".join((before, encoded_files, after))
+    release = dataclasses.replace(head, files=EncodedFiles(data, count, total_size))
+    release.__dict__["record_id"] = BlobId.of_bytes(data)  # the cached_property's own slot
+    return release, data
+
+
+def remember_release(known: StatCache | None, arc: "ArchiveInterface", digest: str, sources: list[SourceFile],
+                     started_ns: int, release: Release, data: bytes) -> None:
+    """Remember ``release`` (just made visible, from ``data``) for scans of ``digest``, if every
+    file had settled before the publish began at ``started_ns`` (the stat cache's racy rule:
+    a later write to any of them then changes its identity, and so the digest)."""
+    if known is None or not sources or not is_settled_all(sources, started_ns):
+        return
+    before, after = record_around_files(release.head())
+    if not (data.startswith(before) and data.endswith(after)):
+        return  # not written by encode_record (a record of a newer version's fields): never reused
+    known.remember_published(digest, arc.identity, Published(release.name, release.version, release.record_id,
+                                                             len(before), len(data) - len(after)))
+
+
+def is_settled_all(sources: list[SourceFile], started_ns: int) -> bool:
+    """True when every file was last changed long enough before ``started_ns``."""
+    return is_settled(max(sources, key=_mtime_of).info, started_ns)
+
+
+def _mtime_of(source: SourceFile) -> int:
+    return source.info.st_mtime_ns
