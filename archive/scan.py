@@ -104,6 +104,17 @@ _SHARED_INTS: dict[int, int] = {}
 _SHARED_MAX = 4096
 
 
+#: ``st_mode & _PLAIN_MASK == _PLAIN_OWN``: a regular file its owner may read.
+_PLAIN_MASK = stat.S_IFMT(0o177777) | stat.S_IRUSR
+_PLAIN_OWN = stat.S_IFREG | stat.S_IRUSR
+_new_tuple = tuple.__new__  # a FileStat made by its C constructor: no Python call per file
+
+
+def _shared_full(value: int, default: int) -> int:
+    """``_SHARED_INTS.setdefault`` once it is full: the shared object if any, else ``value``."""
+    return _SHARED_INTS.get(value, default)
+
+
 def _shared(value: int) -> int:
     found = _SHARED_INTS.get(value)
     if found is not None:
@@ -245,18 +256,46 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
     stack = [top]
     while stack:
         folder = stack.pop()
-        children = []
-        for entry, path in top_listing if folder is top else _listing(folder, problems):
-            if ignored is None or not _is_ignored(ignored, entry, path):
-                child = _visit(root, folder, entry, path, files, problems)
-                if child is not None:
-                    children.append(child)
+        listing = top_listing if folder is top else _listing(folder, problems)
+        children = _visit_listing(root, folder, listing, ignored, files, problems)
         stack.extend(reversed(children))  # folders in name order, so problems come in path order
         if len(files) > MAX_FILES:
             problems.append(f"more than {MAX_FILES} files, more than a release can list"
                             " (do links to folders multiply the paths?); scan stopped")
             break
     return files, problems
+
+
+def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[str], str]],
+                   ignored: pathspec.PathSpec | None, files: list[SourceFile], problems: list[str]) -> list[_Folder]:
+    """:func:`_visit` each entry of one folder's listing; return its folders to list.
+
+    A plain file of ours that we may read, by far the most common entry, is handled here
+    without a Python call of ours (a million files make each call cost a second): its
+    ``lstat`` is the only system call, and every other entry goes through :func:`_visit`
+    (which reuses that ``lstat``: a ``DirEntry`` keeps it)."""
+    children = []
+    append, shared = files.append, _SHARED_INTS.setdefault
+    for entry, path in listing:
+        if ignored is not None and _is_ignored(ignored, entry, path):
+            continue
+        if not entry.is_symlink():
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                info = None  # _visit reports it
+            if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == _EUID:
+                mode, size, dev, uid = info.st_mode, info.st_size, info.st_dev, info.st_uid
+                if len(_SHARED_INTS) >= _SHARED_MAX:
+                    shared = _shared_full
+                append(SourceFile(path, entry.path, _new_tuple(FileStat, (
+                    shared(mode, mode), shared(size, size), shared(dev, dev), info.st_ino, info.st_mtime_ns,
+                    info.st_ctime_ns, shared(uid, uid)))))
+                continue
+        child = _visit(root, folder, entry, path, files, problems)
+        if child is not None:
+            children.append(child)
+    return children
 
 
 def _visit(root: str, folder: _Folder, entry: os.DirEntry[str], path: str, files: list[SourceFile],
@@ -292,6 +331,10 @@ def _listing(folder: _Folder, problems: list[str]) -> list[tuple[os.DirEntry[str
     except OSError as exc:
         problems.append(f"cannot read folder {folder.prefix.rstrip('/') or '.'!r}: {exc.strerror}")
         return []
+    prefix = folder.prefix
+    if unicodedata.is_normalized("NFC", "/".join([entry.name for entry in entries])):
+        # every name is NFC already ("/" composes with nothing), so no two can clash: no check per name
+        return [(entry, prefix + entry.name) for entry in entries if prefix or entry.name != RESERVED_NAME]
     named: dict[str, str] = {}
     found = []
     for entry in entries:
