@@ -27,6 +27,7 @@ from .index import update_indexes
 from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
+from .record_codec import gc_paused
 from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
 from .reuse import remember_release, reused_release, scan_digest
 from .scan import SourceFile, scan_folder, with_modes
@@ -87,15 +88,28 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     check_name(name)
     version = check_release_version(version)
     check_metadata(metadata)  # bad input is refused before the folder is read
-    return publish_sources(arc, scan_folder(folder, exclude), name, version, metadata, jobs=jobs,
-                           progress=progress, stat_cache=stat_cache, stats=stats)
+    with gc_paused():  # see publish_sources; from the scan on, whose 100,000 files would be its first walk
+        return publish_sources(arc, scan_folder(folder, exclude), name, version, metadata, jobs=jobs,
+                               progress=progress, stat_cache=stat_cache, stats=stats)
 
 
 def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: str, version: str,
                     metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
                     progress: bool | None = None, stat_cache: StatCache | None = None,
                     stats: PublishStats | None = None) -> Release:
-    """:func:`publish` of files already gathered (by a scan, or by :mod:`archive.builder`)."""
+    """:func:`publish` of files already gathered (by a scan, or by :mod:`archive.builder`).
+
+    The cyclic garbage collector is paused throughout (:func:`gc_paused`): a publish makes
+    objects per file (sources, entries, ids) and no cycles, and each collection would walk all
+    of them again; reference counting frees them as before."""
+    with gc_paused():
+        return _publish_sources(arc, sources, name, version, metadata, jobs=jobs, progress=progress,
+                                stat_cache=stat_cache, stats=stats)
+
+
+def _publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: str, version: str,
+                     metadata: Mapping[str, Any] | None, *, jobs: int | None, progress: bool | None,
+                     stat_cache: StatCache | None, stats: PublishStats | None) -> Release:
     check_name(name)
     version = check_release_version(version)
     check_metadata(metadata)
