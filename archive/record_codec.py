@@ -95,8 +95,10 @@ def paths_are_fine(paths: list[str]) -> bool:
 
 
 def _sort_keys(paths: list[str]) -> list[str]:
-    """The paths case-folded, ``/`` as NUL (the smallest character), sorted."""
-    return sorted(path.casefold().replace("/", "\0") for path in paths)
+    """The paths case-folded, ``/`` as NUL (the smallest character), sorted. Done on the paths
+    joined by a newline, which none holds (the caller refused control characters) and
+    case folding never makes: three C calls instead of two method calls per path."""
+    return sorted("\n".join(paths).casefold().replace("/", "\0").split("\n"))
 
 
 def _no_prefix(keys: list[str]) -> bool:

@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 #: The blob of an entry, in a record's canonical text (a path's quotes are escaped, so no path
 #: holds this; another field holding it could only add a blob to look for).
-_BLOB_IN_ENTRY = re.compile(r'"blob":"sha256:([0-9a-f]{64})"')
+_BLOB_IN_ENTRY = re.compile(rb'"blob":"sha256:([0-9a-f]{64})"')
+#: Every blob folder: many blobs have one in each, so no need to find which.
+_ALL_FANS = frozenset(f"{n:02x}" for n in range(256))
 
 
 def scan_digest(sources: list[SourceFile]) -> str:
@@ -132,10 +134,12 @@ def _blobs_all_there(arc: "ArchiveInterface", files: bytes, workers: int) -> boo
     listing per blob folder, as an ordinary re-push does), so a blob removed behind the
     archive's back is found and the ordinary publish writes it again. Where blob folders cannot
     be listed, the ordinary publish decides."""
-    wanted = set(_BLOB_IN_ENTRY.findall(files.decode("utf-8")))
     if not arc.listable:
         return False
-    missing = wanted - stored_in_folders(arc, {hexdigest[:2] for hexdigest in wanted}, workers)
+    found = _BLOB_IN_ENTRY.findall(files)
+    wanted = set(b"\n".join(found).decode("ascii").split("\n")) if found else set()  # C calls, not one per blob
+    fans = _ALL_FANS if len(wanted) > 16 * len(_ALL_FANS) else {hexdigest[:2] for hexdigest in wanted}
+    missing = wanted - stored_in_folders(arc, fans, workers)
     if missing:
         logger.warning("%d blobs of a release are missing from %s; storing them again", len(missing), arc.location)
     return not missing

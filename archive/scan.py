@@ -31,14 +31,15 @@ import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
-
-import pathspec
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from .errors import FolderProblemsError, InvalidInputError
 from .media import media_type_of_file
 from .record_codec import gc_paused, paths_are_fine
 from .records import MAX_RECORD_BYTES, FileEntry, path_problems
+
+if TYPE_CHECKING:
+    import pathspec
 
 logger = logging.getLogger(__name__)
 #: The top-level name a publish always leaves out: the marker folder of a pulled destination.
@@ -52,6 +53,7 @@ MAX_FILES = MAX_RECORD_BYTES // 95
 SHOWN_PROBLEMS = 3
 _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
 _NAME_OF = operator.attrgetter("name")  # a listing's sort key, without a Python call per entry
+_PATH_OF = operator.attrgetter("path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +174,7 @@ def scan_folder(folder: Path, exclude: Sequence[str] = ()) -> list[SourceFile]:
     root = os.path.realpath(folder)
     with gc_paused():  # a million found files make no cycles for the collector to find
         files, problems = _walk(root, (exclude,) if isinstance(exclude, str) else exclude)
-    files.sort(key=lambda f: f.path)
+    files.sort(key=_PATH_OF)
     paths = [f.path for f in files]
     if not paths_are_fine(paths):
         problems += path_problems(paths)
@@ -236,6 +238,8 @@ def _ignore_spec(root: str, exclude: Sequence[str], has_file: bool) -> pathspec.
         raise InvalidInputError(f"cannot read {IGNORE_FILE} in {root!r}: {exc.strerror}") from None
     if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
         return None
+    import pathspec  # here: a folder without patterns does not pay for its import (60 ms)
+
     try:
         return pathspec.GitIgnoreSpec.from_lines(lines)
     except ValueError as exc:  # pathspec's GitWildMatchPatternError
