@@ -26,8 +26,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
+from array import array
+from itertools import chain
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -36,7 +39,7 @@ from .errors import IntegrityError, InvalidInputError, NotFoundError
 from .hashing import BlobId
 from .record_codec import MAX_RECORD_BYTES, record_around_files
 from .records import FileEntry, Release, canonical_json, check_metadata, check_name, parse_record
-from .scan import SourceFile
+from .scan import FileStat, SourceFile
 from .statcache import Published, StatCache, is_settled
 from .storing import stored_in_folders
 from .versions import parse_version
@@ -48,16 +51,35 @@ logger = logging.getLogger(__name__)
 #: The blob of an entry, in a record's canonical text (a path's quotes are escaped, so no path
 #: holds this; another field holding it could only add a blob to look for).
 _BLOB_IN_ENTRY = re.compile(rb'"blob":"sha256:([0-9a-f]{64})"')
+_INFO_OF, _PATH_OF, _LOCATION_OF = (operator.attrgetter(name) for name in ("info", "path", "location"))
 #: Every blob folder: many blobs have one in each, so no need to find which.
 _ALL_FANS = frozenset(f"{n:02x}" for n in range(256))
 
 
 def scan_digest(sources: list[SourceFile]) -> str:
     """The sha256 of what a scan found: each file's release path, location, mode, size, device,
-    inode, mtime and ctime, in order. Equal digests mean the same files with the same identities."""
-    lines = [f"{s.path}\0{os.fspath(s.location)}\0{i.st_mode} {i.st_size} {i.st_dev} {i.st_ino}"
-             f" {i.st_mtime_ns} {i.st_ctime_ns}\n" for s in sources for i in (s.info,)]
-    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    inode, mtime and ctime (and owner), in order. Equal digests mean the same files with the
+    same identities.
+
+    The numbers of a scan's :class:`FileStat` values go into one array in C; other stat values
+    (given by :mod:`archive.builder`) are read by name, since an ``os.stat_result`` as a
+    sequence holds whole seconds, not the nanoseconds of the identity."""
+    digest = hashlib.sha256()
+    infos = list(map(_INFO_OF, sources))
+    plain = set(map(type, infos)) <= {FileStat}
+    numbers = chain.from_iterable(infos if plain else map(_identity_of, infos))
+    try:
+        digest.update(b"q" + array("q", numbers).tobytes())
+    except OverflowError:  # a number over 63 bits (an inode on some file systems): as text then
+        digest.update(b"r" + repr([tuple(map(int, _identity_of(info))) for info in infos]).encode("ascii"))
+    digest.update("\0".join(map(_PATH_OF, sources)).encode("utf-8", "surrogateescape"))
+    digest.update("\0".join(map(os.fspath, map(_LOCATION_OF, sources))).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _identity_of(info: Any) -> tuple[int, ...]:
+    """A stat value's numbers in the order of :class:`FileStat`'s fields."""
+    return (info.st_mode, info.st_size, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_uid)
 
 
 class EncodedFiles(Mapping[str, FileEntry]):

@@ -143,3 +143,24 @@ def test_a_repush_reuses_across_names_and_after_a_pause(folder_archive, tmp_path
     assert other.files == first.files and other.name == "other"
     assert push(folder_archive, src, "1.0.0").record_id == first.record_id
     assert folder_archive.verify("other", full=True).ok
+
+
+def test_the_scan_digest_covers_every_part_of_each_identity(tmp_path: Path) -> None:
+    """A scan's compact stat and a full one give the same digest; any part changed, a path or a
+    location changed, or a number too large for the fast form, gives another."""
+    from archive.reuse import scan_digest
+    from archive.scan import FileStat, SourceFile, scan_folder
+
+    src = sample(tmp_path)
+    scanned = scan_folder(src)
+    full = [SourceFile(s.path, s.location, os.stat(s.location)) for s in scanned]
+    digest = scan_digest(scanned)
+    assert scan_digest(full) == digest
+    first = scanned[0]
+    for part in FileStat._fields:
+        changed = SourceFile(first.path, first.location, first.info._replace(**{part: getattr(first.info, part) + 1}))
+        assert scan_digest([changed, *scanned[1:]]) != digest, part
+    assert scan_digest([SourceFile("other", first.location, first.info), *scanned[1:]]) != digest
+    assert scan_digest([SourceFile(first.path, "/elsewhere", first.info), *scanned[1:]]) != digest
+    huge = SourceFile(first.path, first.location, first.info._replace(st_ino=2 ** 64 - 1))
+    assert scan_digest([huge, *scanned[1:]]) not in (digest, scan_digest([huge]))
