@@ -129,7 +129,7 @@ def _publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: s
     workers = jobs or arc.max_workers
     reused = (reused_release(arc, stat_cache, digest, name, version, metadata, sources, stats.bytes, workers)
               if digest else None)
-    if reused is not None:  # every file unchanged since a visible release listed them: no blob to check
+    if reused is not None:  # every file unchanged since a visible release listed them: nothing to read or upload
         committed = commit_release(arc, *reused)
         update_indexes(arc, name)
         logger.info("published %s %s: %d files, all unchanged", name, version, stats.files)
