@@ -96,34 +96,20 @@ class FileStat(NamedTuple):
     def of(cls, info: os.stat_result) -> "FileStat":
         """The parts of ``info``; a mode, size, device or owner met before is the same int object
         (each stat makes its own: 32 bytes apiece, 10 MiB over 100,000 files of one size)."""
-        return cls(_shared(info.st_mode), _shared(info.st_size), _shared(info.st_dev), info.st_ino,
-                   info.st_mtime_ns, info.st_ctime_ns, _shared(info.st_uid))
+        share = _SHARED_INTS.setdefault if len(_SHARED_INTS) < _SHARED_MAX else _SHARED_INTS.get
+        mode, size, dev, uid = info.st_mode, info.st_size, info.st_dev, info.st_uid
+        return _new_tuple(cls, (share(mode, mode), share(size, size), share(dev, dev), info.st_ino,
+                                info.st_mtime_ns, info.st_ctime_ns, share(uid, uid)))
 
 
 #: One int object per value among the few that many files share (see :meth:`FileStat.of`).
 _SHARED_INTS: dict[int, int] = {}
 #: :data:`_SHARED_INTS` stops growing here (a folder of files of a million sizes needs none).
 _SHARED_MAX = 4096
-
-
 #: ``st_mode & _PLAIN_MASK == _PLAIN_OWN``: a regular file its owner may read.
 _PLAIN_MASK = stat.S_IFMT(0o177777) | stat.S_IRUSR
 _PLAIN_OWN = stat.S_IFREG | stat.S_IRUSR
-_new_tuple = tuple.__new__  # a FileStat made by its C constructor: no Python call per file
-
-
-def _shared_full(value: int, default: int) -> int:
-    """``_SHARED_INTS.setdefault`` once it is full: the shared object if any, else ``value``."""
-    return _SHARED_INTS.get(value, default)
-
-
-def _shared(value: int) -> int:
-    found = _SHARED_INTS.get(value)
-    if found is not None:
-        return found
-    if len(_SHARED_INTS) < _SHARED_MAX:
-        _SHARED_INTS[value] = value
-    return value
+_new_tuple = tuple.__new__  # a FileStat made by its C constructor, not NamedTuple's Python __new__
 
 
 class _Folder(NamedTuple):
@@ -274,12 +260,12 @@ def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[s
                    ignored: pathspec.PathSpec | None, files: list[SourceFile], problems: list[str]) -> list[_Folder]:
     """:func:`_visit` each entry of one folder's listing; return its folders to list.
 
-    A plain file of ours that we may read, by far the most common entry, is handled here
-    without a Python call of ours (a million files make each call cost a second): its
+    A plain file of ours that we may read, by far the most common entry, is handled here with
+    one call of ours (a million files make each call cost a second, and there were eight): its
     ``lstat`` is the only system call, and every other entry goes through :func:`_visit`
     (which reuses that ``lstat``: a ``DirEntry`` keeps it)."""
     children = []
-    append, shared = files.append, _SHARED_INTS.setdefault
+    append, file_stat = files.append, FileStat.of
     for entry, path in listing:
         if ignored is not None and _is_ignored(ignored, entry, path):
             continue
@@ -289,12 +275,7 @@ def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[s
             except OSError:
                 info = None  # _visit reports it
             if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == _EUID:
-                mode, size, dev, uid = info.st_mode, info.st_size, info.st_dev, info.st_uid
-                if len(_SHARED_INTS) >= _SHARED_MAX:
-                    shared = _shared_full
-                append(SourceFile(path, entry.path, _new_tuple(FileStat, (
-                    shared(mode, mode), shared(size, size), shared(dev, dev), info.st_ino, info.st_mtime_ns,
-                    info.st_ctime_ns, shared(uid, uid)))))
+                append(SourceFile(path, entry.path, file_stat(info)))
                 continue
         child = _visit(root, folder, entry, path, files, problems)
         if child is not None:
