@@ -126,14 +126,13 @@ def _publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: s
             return existing
     started = time.time_ns()
     digest = scan_digest(sources) if stat_cache is not None else ""
-    workers = jobs or arc.max_workers
-    reused = (reused_release(arc, stat_cache, digest, name, version, metadata, sources, stats.bytes, workers)
-              if digest else None)
+    reused = reused_release(arc, stat_cache, digest, name, version, metadata, sources, stats.bytes) if digest else None
     if reused is not None:  # every file unchanged since a visible release listed them: nothing to read or upload
         committed = commit_release(arc, *reused)
         update_indexes(arc, name)
         logger.info("published %s %s: %d files, all unchanged", name, version, stats.files)
         return committed
+    workers = jobs or arc.max_workers
     reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
         new_sources = [s for s in sources if s.path not in reusable]

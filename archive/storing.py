@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from . import layout
 from .errors import InvalidInputError, KeyNotFoundError
@@ -110,20 +110,6 @@ def blobs_not_stored(blobs: Mapping[BlobId, int], arc: "ArchiveInterface", worke
 
     missing = run_jobs([lambda f=f, w=w: missing_in(f, w) for f, w in by_folder.items()], workers)
     return {blob for blobs_of_folder in missing for blob in blobs_of_folder}
-
-
-def stored_in_folders(arc: "ArchiveInterface", fans: Iterable[str], workers: int) -> set[str]:
-    """The hex digests of the blobs stored in the blob folders of ``fans`` (the first two hex
-    digits of a digest), by one listing per folder, in parallel: strings, not blob ids, for a
-    caller that compares 100,000 digests with them as sets (:mod:`archive.reuse`)."""
-    def listed(fan: str) -> list[str]:
-        folder = layout.blob_key(BlobId(fan + "0" * 62)).rsplit("/", 1)[0]
-        return with_retries(lambda: arc.list_keys(folder), f"listing {folder}")
-
-    stored: set[str] = set()
-    for names in run_jobs([lambda f=f: listed(f) for f in sorted(fans)], workers):
-        stored.update(names)
-    return stored
 
 
 def _has_blob(arc: "ArchiveInterface", blob: BlobId, size: int) -> bool:

@@ -98,19 +98,30 @@ def test_another_archive_gets_every_blob(folder_archive, tmp_path: Path) -> None
         assert fresh.verify("calib", full=True).ok
 
 
-def test_a_damaged_record_or_a_missing_blob_is_not_reused(folder_archive, tmp_path: Path) -> None:
+def test_a_damaged_record_is_not_reused(folder_archive, tmp_path: Path) -> None:
     src = sample(tmp_path)
     first = push(folder_archive, src, "1.0.0")
-    store = Path(folder_archive.location)
-    gone = first.files["d1/f001.txt"].blob
-    (store / layout.blob_key(gone)).unlink()
-    push(folder_archive, src, "1.0.1")  # the ordinary publish finds the blob missing and writes it
-    assert (store / layout.blob_key(gone)).read_bytes() == FILES["d1/f001.txt"]
-    record = store / layout.blob_key(folder_archive.release_id("calib", "1.0.1"))
+    record = Path(folder_archive.location) / layout.blob_key(first.record_id)
     os.chmod(record, 0o644)
     record.write_bytes(record.read_bytes().replace(b'"size":8', b'"size":9', 1))
-    again = push(folder_archive, src, "1.0.2")  # not reused: the bytes no longer hash to the record
-    assert again.files == first.files and folder_archive.verify("calib", "1.0.2", full=True).ok
+    again = push(folder_archive, src, "1.0.1")  # not reused: the bytes no longer hash to the record
+    assert again.files == first.files and folder_archive.verify("calib", "1.0.1", full=True).ok
+
+
+def test_a_blob_removed_behind_the_archive_is_written_by_the_next_ordinary_publish(folder_archive,
+                                                                                   tmp_path: Path) -> None:
+    """A reuse trusts the blobs of a visible release, as the archive's rules allow: a blob
+    removed by hand is damage that verify reports, and the next publish that is not a reuse
+    (a file changed) finds it missing and writes it again."""
+    src = sample(tmp_path)
+    first = push(folder_archive, src, "1.0.0")
+    gone = first.files["d1/f001.txt"].blob
+    (Path(folder_archive.location) / layout.blob_key(gone)).unlink()
+    push(folder_archive, src, "1.0.1")
+    assert not folder_archive.verify("calib", "1.0.1", full=True).ok
+    age(src / "d0/f000.txt")
+    push(folder_archive, src, "1.0.2")
+    assert all(folder_archive.verify("calib", version, full=True).ok for version in ("1.0.0", "1.0.1", "1.0.2"))
 
 
 def test_files_too_young_to_trust_are_not_remembered(folder_archive, tmp_path: Path, hashed) -> None:
