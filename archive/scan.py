@@ -29,9 +29,10 @@ import operator
 import os
 import stat
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from .errors import FolderProblemsError, InvalidInputError
 from .media import media_type_of_file
@@ -109,6 +110,7 @@ _SHARED_MAX = 4096
 #: ``st_mode & _PLAIN_MASK == _PLAIN_OWN``: a regular file its owner may read.
 _PLAIN_MASK = stat.S_IFMT(0o177777) | stat.S_IRUSR
 _PLAIN_OWN = stat.S_IFREG | stat.S_IRUSR
+_FOLDER_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _new_tuple = tuple.__new__  # a FileStat made by its C constructor, not NamedTuple's Python __new__
 
 
@@ -262,25 +264,41 @@ def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[s
 
     A plain file of ours that we may read, by far the most common entry, is handled here with
     one call of ours (a million files make each call cost a second, and there were eight): its
-    ``lstat`` is the only system call, and every other entry goes through :func:`_visit`
-    (which reuses that ``lstat``: a ``DirEntry`` keeps it)."""
+    ``lstat``, by name from the folder's descriptor, is its only system call. Every other entry
+    goes through :func:`_visit`."""
     children = []
-    append, file_stat = files.append, FileStat.of
-    for entry, path in listing:
-        if ignored is not None and _is_ignored(ignored, entry, path):
-            continue
-        if not entry.is_symlink():
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                info = None  # _visit reports it
-            if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == _EUID:
-                append(SourceFile(path, entry.path, file_stat(info)))
+    append, file_stat, stat_at = files.append, FileStat.of, os.stat
+    with _opened_folder(folder.location) as fd:
+        for entry, path in listing:
+            if ignored is not None and _is_ignored(ignored, entry, path):
                 continue
-        child = _visit(root, folder, entry, path, files, problems)
-        if child is not None:
-            children.append(child)
+            if fd is not None and entry.is_file(follow_symlinks=False):  # the listing's type: no system call
+                try:
+                    info = stat_at(entry.name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    info = None  # _visit reports it
+                if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == _EUID:
+                    append(SourceFile(path, entry.path, file_stat(info)))
+                    continue
+            child = _visit(root, folder, entry, path, files, problems)
+            if child is not None:
+                children.append(child)
     return children
+
+
+@contextmanager
+def _opened_folder(location: str) -> Iterator[int | None]:
+    """A descriptor of the folder at ``location``, to stat its files by name (the kernel walks one
+    name, not the whole path); None where it cannot be opened or used so."""
+    try:
+        fd = os.open(location, os.O_RDONLY | _FOLDER_FLAGS) if os.stat in os.supports_dir_fd else None
+    except OSError:
+        fd = None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _visit(root: str, folder: _Folder, entry: os.DirEntry[str], path: str, files: list[SourceFile],
