@@ -424,3 +424,19 @@ def test_a_blob_gone_from_the_archive_is_uploaded_again(folder_archive, tmp_path
     assert all((store / layout.blob_key(blob)).read_bytes() == b"%d" % i
                for blob, i in zip(gone, (0, files // 2, files - 1)))
     assert folder_archive.verify("calib", full=True).ok
+
+
+def test_the_size_hint_is_read_from_the_record_text_and_a_damaged_record_gives_none(folder_archive,
+                                                                                   tmp_path: Path) -> None:
+    """The sizes of the latest release (which files to hash before uploading) come from its
+    verified bytes, without building its entries; a record that does not verify is no hint."""
+    from archive.publish import EarlierRelease
+
+    src = make_tree(tmp_path / "src", {"a": b"abc", "b/c": b"hello", "e": b""})
+    first = folder_archive.publish(src, "calib", "1.0.0", {"size": 77}, progress=False)
+    assert EarlierRelease(folder_archive, "calib").sizes() >= {0, 3, 5}
+    assert EarlierRelease(folder_archive, "other").sizes() == frozenset()
+    record = Path(folder_archive.location) / layout.blob_key(first.record_id)
+    os.chmod(record, 0o644)
+    record.write_bytes(record.read_bytes().replace(b'"size":5', b'"size":6'))
+    assert EarlierRelease(folder_archive, "calib").sizes() == frozenset()
