@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -28,9 +27,9 @@ from .index import update_indexes
 from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
-from .record_codec import MAX_RECORD_BYTES, gc_paused
+from .record_codec import gc_paused
 from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
-from .reuse import remember_release, reused_release, scan_digest
+from .reuse import EarlierRelease, remember_release, reused_release, scan_digest
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
 logger = logging.getLogger(__name__)
-#: An entry's size in a record's canonical text (any other "size" field only adds a size to a hint).
-_SIZE_IN_RECORD = re.compile(rb'"size":(\d+)')
 #: Files up to this size are read whole into memory, hashed, then uploaded if missing.
 BUFFERED_FILE = 4 * 1024 * 1024
 
@@ -156,44 +153,6 @@ def _publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: s
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
     return committed
-
-
-class EarlierRelease:
-    """The files of an earlier release of a name (the latest, or one ``version``), read once and
-    only when first asked: a hint (sizes, media types), so one that cannot be read has none."""
-
-    def __init__(self, arc: "ArchiveInterface", name: str, version: str | None = None) -> None:
-        self._arc, self._name, self._version = arc, name, version
-        self._files: Mapping[str, FileEntry] | None = None
-
-    def sizes(self) -> frozenset[int]:
-        """The sizes of its files, taken from the record's text: no entry of 100,000 is built
-        (50 MB and 0.5 s) for what is only a hint. A record that does not verify gives none."""
-        if self._files is not None:
-            return frozenset(entry.size for entry in self._files.values())
-        try:
-            versions = [self._version] if self._version else self._arc.versions(self._name)
-            if not versions:
-                return frozenset()
-            record = self._arc.release_id(self._name, versions[0])
-            data = self._arc.read_key(layout.blob_key(record), MAX_RECORD_BYTES)
-            if BlobId.of_bytes(data) != record:
-                raise IntegrityError(f"record {record.short} does not match its id")
-        except ArchiveError as exc:
-            logger.info("not using the latest release of %s as a hint: %s", self._name, exc)
-            return frozenset()
-        return frozenset(map(int, _SIZE_IN_RECORD.findall(data)))
-
-    def files(self) -> Mapping[str, FileEntry]:
-        if self._files is None:
-            self._files = {}
-            try:
-                versions = [self._version] if self._version else self._arc.versions(self._name)
-                if versions:
-                    self._files = self._arc.get_release(self._name, versions[0]).files
-            except ArchiveError as exc:
-                logger.info("not using the latest release of %s as a hint: %s", self._name, exc)
-        return self._files
 
 
 def hash_sources(sources: list[SourceFile], progress: bool | None = None,

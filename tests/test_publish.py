@@ -430,7 +430,7 @@ def test_the_size_hint_is_read_from_the_record_text_and_a_damaged_record_gives_n
                                                                                    tmp_path: Path) -> None:
     """The sizes of the latest release (which files to hash before uploading) come from its
     verified bytes, without building its entries; a record that does not verify is no hint."""
-    from archive.publish import EarlierRelease
+    from archive.reuse import EarlierRelease
 
     src = make_tree(tmp_path / "src", {"a": b"abc", "b/c": b"hello", "e": b""})
     first = folder_archive.publish(src, "calib", "1.0.0", {"size": 77}, progress=False)
