@@ -27,7 +27,9 @@ from .index import update_indexes
 from .leases import lease
 from .media import HEAD_BYTES, detect_media_type
 from .namespaces import prepare_for_name
+from .record_codec import gc_paused
 from .records import NO_EXTRA, FileEntry, Release, check_metadata, check_name
+from .reuse import EarlierRelease, remember_release, reused_release, scan_digest
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
@@ -86,15 +88,28 @@ def publish(arc: "ArchiveInterface", folder: Path, name: str, version: str,
     check_name(name)
     version = check_release_version(version)
     check_metadata(metadata)  # bad input is refused before the folder is read
-    return publish_sources(arc, scan_folder(folder, exclude), name, version, metadata, jobs=jobs,
-                           progress=progress, stat_cache=stat_cache, stats=stats)
+    with gc_paused():  # see publish_sources; from the scan on, whose 100,000 files would be its first walk
+        return publish_sources(arc, scan_folder(folder, exclude), name, version, metadata, jobs=jobs,
+                               progress=progress, stat_cache=stat_cache, stats=stats)
 
 
 def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: str, version: str,
                     metadata: Mapping[str, Any] | None = None, *, jobs: int | None = None,
                     progress: bool | None = None, stat_cache: StatCache | None = None,
                     stats: PublishStats | None = None) -> Release:
-    """:func:`publish` of files already gathered (by a scan, or by :mod:`archive.builder`)."""
+    """:func:`publish` of files already gathered (by a scan, or by :mod:`archive.builder`).
+
+    The cyclic garbage collector is paused throughout (:func:`gc_paused`): a publish makes
+    objects per file (sources, entries, ids) and no cycles, and each collection would walk all
+    of them again; reference counting frees them as before."""
+    with gc_paused():
+        return _publish_sources(arc, sources, name, version, metadata, jobs=jobs, progress=progress,
+                                stat_cache=stat_cache, stats=stats)
+
+
+def _publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: str, version: str,
+                     metadata: Mapping[str, Any] | None, *, jobs: int | None, progress: bool | None,
+                     stat_cache: StatCache | None, stats: PublishStats | None) -> Release:
     check_name(name)
     version = check_release_version(version)
     check_metadata(metadata)
@@ -109,8 +124,15 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
             update_indexes(arc, name)
             stats.unchanged = True
             return existing
-    workers = jobs or arc.max_workers
     started = time.time_ns()
+    digest = scan_digest(sources) if stat_cache is not None else ""
+    reused = reused_release(arc, stat_cache, digest, name, version, metadata, sources, stats.bytes) if digest else None
+    if reused is not None:  # every file unchanged since a visible release listed them: nothing to read or upload
+        committed = commit_release(arc, *reused)
+        update_indexes(arc, name)
+        logger.info("published %s %s: %d files, all unchanged", name, version, stats.files)
+        return committed
+    workers = jobs or arc.max_workers
     reusable = reusable_entries(arc, name, sources, progress, stat_cache, latest)
     with lease(arc, (entry.blob for entry in reusable.values())):
         new_sources = [s for s in sources if s.path not in reusable]
@@ -124,31 +146,13 @@ def publish_sources(arc: "ArchiveInterface", sources: list[SourceFile], name: st
         del entries
         with _guard_new_blobs(arc, new_sources, stored, workers, progress, started, stats):
             committed = commit_release(arc, release, data)
+        if committed is release and digest:
+            remember_release(stat_cache, arc, digest, sources, started, release, data)
         del data
     update_indexes(arc, name)
     logger.info("published %s %s: %d files, %d bytes (%d files, %d bytes uploaded)", name, version,
                 len(release.files), release.total_size, stats.uploaded_files, stats.uploaded_bytes)
     return committed
-
-
-class EarlierRelease:
-    """The files of an earlier release of a name (the latest, or one ``version``), read once and
-    only when first asked: a hint (sizes, media types), so one that cannot be read has none."""
-
-    def __init__(self, arc: "ArchiveInterface", name: str, version: str | None = None) -> None:
-        self._arc, self._name, self._version = arc, name, version
-        self._files: Mapping[str, FileEntry] | None = None
-
-    def files(self) -> Mapping[str, FileEntry]:
-        if self._files is None:
-            self._files = {}
-            try:
-                versions = [self._version] if self._version else self._arc.versions(self._name)
-                if versions:
-                    self._files = self._arc.get_release(self._name, versions[0]).files
-            except ArchiveError as exc:
-                logger.info("not using the latest release of %s as a hint: %s", self._name, exc)
-        return self._files
 
 
 def hash_sources(sources: list[SourceFile], progress: bool | None = None,
@@ -193,7 +197,7 @@ def reusable_entries(arc: "ArchiveInterface", name: str, sources: list[SourceFil
     remembered = _remembered(sources, known)
     rest = [s for s in sources if s.path not in remembered]
     latest = latest or EarlierRelease(arc, name)
-    seen_sizes = frozenset(e.size for e in latest.files().values()) if rest else frozenset()
+    seen_sizes = latest.sizes() if rest else frozenset()
     likely = [s for s in rest if s.size in seen_sizes]
     return {**remembered, **(hash_sources(likely, progress, known) if likely else {})}
 

@@ -253,7 +253,13 @@ class Release:
 
     @property
     def total_size(self) -> int:
-        return sum(entry.size for entry in self.files.values())
+        known = getattr(self.files, "total_size", None)  # a mapping parsed only when read knows it
+        return known if isinstance(known, int) else sum(entry.size for entry in self.files.values())
+
+    def head(self) -> dict[str, Any]:
+        """The record's fields but ``files``, as :meth:`to_bytes` writes them."""
+        return {**self.extra, "format": RECORD_FORMAT, "name": self.name, "version": self.version,
+                "created": self.created, "metadata": dict(self.metadata)}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -269,9 +275,7 @@ class Release:
     def to_bytes(self) -> bytes:
         """The canonical JSON form (``canonical_json(self.to_json())``, written without building
         a dict per entry); its sha256 is the record's id."""
-        head = {**self.extra, "format": RECORD_FORMAT, "name": self.name, "version": self.version,
-                "created": self.created, "metadata": dict(self.metadata)}
-        return encode_record(head, self.files)
+        return encode_record(self.head(), self.files)
 
     @cached_property
     def record_id(self) -> BlobId:

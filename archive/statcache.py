@@ -28,7 +28,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple, TypeVar, Union
 
 from .hashing import BlobId
 
@@ -55,6 +55,18 @@ SELECT probe.n, {TABLE}.blob, {TABLE}.media_type FROM probe JOIN {TABLE} ON {TAB
 WHERE {TABLE}.dev = probe.dev AND {TABLE}.ino = probe.ino AND {TABLE}.size = probe.size
   AND {TABLE}.mtime_ns = probe.mtime_ns AND {TABLE}.ctime_ns = probe.ctime_ns
 """
+#: The records published of whole scans: a digest of every file's path, location, identity and
+#: mode (:func:`archive.reuse.scan_digest`) and the archive published to -> the release whose
+#: record lists exactly those files, and where its ``files`` object lies in the record's bytes.
+#: A re-push whose scan has the same digest reuses that record's files (see :mod:`archive.reuse`).
+RECORDS_TABLE = "published_v1"
+_RECORDS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {RECORDS_TABLE} (
+    digest TEXT, archive TEXT, name TEXT, version TEXT, record TEXT,
+    files_start INTEGER, files_end INTEGER, PRIMARY KEY (digest, archive))
+"""
+#: The most scans remembered in :data:`RECORDS_TABLE`: the oldest are forgotten beyond it.
+MAX_PUBLISHED = 1000
 #: A remembered hash: the blob id, and the media type detected when it was hashed (None if unknown).
 Known = Tuple[BlobId, Optional[str]]
 #: What :meth:`StatCache.remember` takes for each file: its path, its stat and its blob id,
@@ -150,6 +162,29 @@ class StatCache:
             self._run(lambda db: db.executemany(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                                 rows), None, commit=True)
 
+    def published(self, digest: str, archive: str) -> "Published | None":
+        """The release remembered for a scan of ``digest`` published to ``archive``, if any."""
+        def query(db: sqlite3.Connection) -> Published | None:
+            row = db.execute(f"SELECT name, version, record, files_start, files_end FROM {RECORDS_TABLE}"
+                             " WHERE digest = ? AND archive = ?", (digest, archive)).fetchone()
+            return None if row is None else _published_row(row)
+
+        return self._run(query, None)
+
+    def remember_published(self, digest: str, archive: str, published: "Published") -> None:
+        """Remember that a scan of ``digest`` was published to ``archive`` as ``published``.
+
+        Only for scans whose every file had settled before it was read (the rule of
+        :meth:`remember`): the caller sees to it."""
+        def store(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT OR REPLACE INTO {RECORDS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (digest, archive, published.name, published.version, str(published.record),
+                        published.files_start, published.files_end))
+            db.execute(f"DELETE FROM {RECORDS_TABLE} WHERE rowid <= (SELECT max(rowid) FROM {RECORDS_TABLE}) - ?",
+                       (MAX_PUBLISHED,))
+
+        self._run(store, None, commit=True)
+
     def forget(self, path: Path) -> None:
         self._run(lambda db: db.execute(f"DELETE FROM {TABLE} WHERE path = ?", (os.fsdecode(path),)), None,
                   commit=True)
@@ -186,6 +221,8 @@ class StatCache:
                 db.execute("PRAGMA temp_store=MEMORY")  # the probe table never touches the disk
                 _migrate(db)
                 db.execute(_PROBE)
+                with db:
+                    db.execute(_RECORDS_SCHEMA)
                 self._db = db
             except (sqlite3.Error, OSError) as exc:
                 self._give_up(exc)
@@ -196,6 +233,30 @@ class StatCache:
         logger.warning("stat cache %s unusable (%s); hashing everything", self.path, exc)
         self._broken = True
         self._db = None
+
+
+class Published(NamedTuple):
+    """A release remembered of a scan: its pointer, its record, and where in the record's bytes
+    its ``files`` object lies (``files_start`` to ``files_end``, the braces included)."""
+
+    name: str
+    version: str
+    record: BlobId
+    files_start: int
+    files_end: int
+
+
+def _published_row(row: tuple[Any, ...]) -> Published | None:
+    """A row of :data:`RECORDS_TABLE` as a :class:`Published`; None when it is not one (a
+    damaged cache only costs the reuse)."""
+    name, version, record, start, end = row
+    try:
+        if not (isinstance(name, str) and isinstance(version, str) and type(start) is int and type(end) is int
+                and 0 < start < end):
+            return None
+        return Published(name, version, BlobId.parse(record), start, end)
+    except (ValueError, TypeError):
+        return None
 
 
 def _known_rows(rows: Iterable[tuple[int, str, str | None]]) -> dict[int, Known]:

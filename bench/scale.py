@@ -7,7 +7,8 @@ archive run (:func:`bench.workloads.user_env`) and peak RSS from GNU time (:mod:
   ``--quick``). Alternating with its anchor, ``--repeat`` times: ``archive push`` to a new folder
   archive against ``openssl dgst -sha256`` of every file (through ``xargs``: the names do not
   fit one command line) + ``cp -r`` + ``sync``; ``archive pull --to NEW`` against ``cp -r``; and
-  a re-push of the unchanged folder (same user cache, a new version) against the first push.
+  a re-push of the unchanged folder (same user cache, a new version) against the first push,
+  and one with a file changed (which cannot reuse the earlier record: :mod:`archive.reuse`).
 * **entries**: one release of N generated files (half empty, half a few bytes drawn from 97
   contents, 1,000 per folder) for N in 10,000, 100,000 and 1,000,000 (1,000 and 5,000 with
   ``--quick``; ``--entries`` to choose): the time and peak RSS of ``push``, ``show --json``,
@@ -115,6 +116,13 @@ def make_small_files(root: Path, count: int, size: int, folders: int) -> Path:
     return root
 
 
+def change_one_file(root: Path, size: int) -> None:
+    """Give the first file of ``root`` new random content of the same ``size``."""
+    first = min((folder for folder in root.iterdir()), key=lambda p: p.name)
+    target = min(first.iterdir(), key=lambda p: p.name)
+    target.write_bytes(os.urandom(size))
+
+
 def make_entries(root: Path, count: int) -> Path:
     """``count`` files, :data:`PER_FOLDER` per folder: even ones empty, odd ones a few bytes
     (one of :data:`TINY_CONTENTS` contents), so the release is large and its blobs few."""
@@ -165,6 +173,7 @@ def small_file_rows(bench: Bench, count: int, folders: int, reps: int) -> list[R
     push = Row(f"push {label}", anchor_label="openssl + cp -r + sync", target=1.5)
     pull = Row(f"pull {label}", anchor_label="cp -r", target=1.5)
     again = Row("push it again, unchanged", anchor_label="the first push", target=0.1)
+    changed = Row("push it again, 1 file changed", anchor_label="the first push")
     anchor_hash = ["sh", "-c", "find . -type f -print0 | xargs -0 openssl dgst -sha256 >/dev/null"]
     try:
         for _ in range(reps):
@@ -179,6 +188,9 @@ def small_file_rows(bench: Bench, count: int, folders: int, reps: int) -> list[R
             push.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.0"))
             again.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.1"))
             again.anchor.append(push.ours[-1])
+            change_one_file(src, KIB)  # the re-push that cannot reuse the record: each file looked up
+            changed.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.2"))
+            changed.anchor.append(push.ours[-1])
             remove(copy)
             pull.anchor.append(bench.timed(["cp", "-r", str(src), str(copy)]))
             pull.ours.append(bench.archive(bench.home(), store, "pull", "bench", "1.0.0", "--to", str(pulled)))
@@ -186,7 +198,7 @@ def small_file_rows(bench: Bench, count: int, folders: int, reps: int) -> list[R
             remove(copy, pulled, store)
     finally:
         remove(src)
-    return [push, pull, again]
+    return [push, pull, again, changed]
 
 
 def entry_rows(bench: Bench, count: int) -> list[Row]:

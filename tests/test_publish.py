@@ -18,6 +18,12 @@ from tests.conftest import count_blob_files, make_tree
 MIB = 1024 * 1024
 
 
+def files_opened_below(root: Path, opens: list[tuple]) -> dict[str, int]:
+    """:func:`opens_below` of the files only: the scan opens each folder once, to stat its
+    files by name from it, which reads none of them."""
+    return {path: count for path, count in opens_below(root, opens).items() if not (root / path).is_dir()}
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file of a folder with its content, to prove that nothing changed (without the
     marker ``.archive/`` a pull writes; see archive.placed)."""
@@ -251,7 +257,7 @@ def test_each_new_file_is_read_once(folder_archive, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", files)
     with audit_events("open") as opens:
         release = folder_archive.publish(src, "calib", "1.0.0", progress=False)
-    assert opens_below(src, opens) == {name: 1 for name in files}
+    assert files_opened_below(src, opens) == {name: 1 for name in files}
     for name, data in files.items():
         stored = Path(folder_archive.location) / layout.blob_key(release.files[name].blob)
         assert stored.read_bytes() == data
@@ -281,7 +287,7 @@ def test_unchanged_files_from_a_new_machine_are_not_uploaded_again(folder_archiv
     assert sorted(blob_writes[:-1]) == sorted([f"deferred:{layout.blob_key(release.files['other.bin'].blob)}",
                                                layout.blob_key(release.files["new.txt"].blob)])
     assert blob_writes[-1] == layout.blob_key(release.record_id)
-    assert opens_below(src, opens) == {"big.bin": 1, "other.bin": 1, "small.txt": 1, "new.txt": 1}
+    assert files_opened_below(src, opens) == {"big.bin": 1, "other.bin": 1, "small.txt": 1, "new.txt": 1}
 
 
 def test_index_files_list_every_version(folder_archive, sample_folder: Path) -> None:
@@ -396,7 +402,10 @@ def test_a_corrupt_index_is_reported_and_rebuilt_not_a_crash(folder_archive, sam
 def test_a_blob_gone_from_the_archive_is_uploaded_again(folder_archive, tmp_path: Path, files: int) -> None:
     """Files the stat cache knows are checked against the archive (by a stat each when they
     are few, by one listing per blob folder when they are many): blobs removed behind the
-    archive's back are written again, the rest are not, and the new release is whole."""
+    archive's back are written again, the rest are not, and the new release is whole.
+
+    One file is touched first: a folder with no change at all reuses the earlier record and
+    trusts its release's blobs (archive.reuse; tests/test_reuse.py)."""
     from archive.publish import PublishStats
 
     src = make_tree(tmp_path / "src", {f"d/f{i:04d}": b"%d" % i for i in range(files)})
@@ -408,9 +417,26 @@ def test_a_blob_gone_from_the_archive_is_uploaded_again(folder_archive, tmp_path
     gone = [first.files[f"d/f{i:04d}"].blob for i in (0, files // 2, files - 1)]
     for blob in gone:
         (store / layout.blob_key(blob)).unlink()
+    os.utime(src / "d/f0001", (old, old))  # its ctime changes: a publish that is not a reuse
     stats = PublishStats()
     again = folder_archive.publish(src, "calib", "1.0.1", progress=False, stats=stats)
     assert (stats.uploaded_files, again.files == first.files) == (3, True)
     assert all((store / layout.blob_key(blob)).read_bytes() == b"%d" % i
                for blob, i in zip(gone, (0, files // 2, files - 1)))
     assert folder_archive.verify("calib", full=True).ok
+
+
+def test_the_size_hint_is_read_from_the_record_text_and_a_damaged_record_gives_none(folder_archive,
+                                                                                   tmp_path: Path) -> None:
+    """The sizes of the latest release (which files to hash before uploading) come from its
+    verified bytes, without building its entries; a record that does not verify is no hint."""
+    from archive.reuse import EarlierRelease
+
+    src = make_tree(tmp_path / "src", {"a": b"abc", "b/c": b"hello", "e": b""})
+    first = folder_archive.publish(src, "calib", "1.0.0", {"size": 77}, progress=False)
+    assert EarlierRelease(folder_archive, "calib").sizes() >= {0, 3, 5}
+    assert EarlierRelease(folder_archive, "other").sizes() == frozenset()
+    record = Path(folder_archive.location) / layout.blob_key(first.record_id)
+    os.chmod(record, 0o644)
+    record.write_bytes(record.read_bytes().replace(b'"size":5', b'"size":6'))
+    assert EarlierRelease(folder_archive, "calib").sizes() == frozenset()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import archive.publish as publish_module
 from archive.cache import default_cache
 from archive.hashing import BlobId
-from archive.statcache import StatCache
+from archive.statcache import RECORDS_TABLE, StatCache
 from tests.conftest import make_tree
 
 
@@ -131,7 +132,6 @@ def test_recall_compares_every_part_of_the_identity_in_sqlite(tmp_path: Path, pa
 def test_the_cache_of_the_version_before_is_taken_over(tmp_path: Path) -> None:
     """A stat cache written before media types were kept (table ``files``) is copied once: an
     upgrade costs no re-hash, and the old table stays for an older client."""
-    import sqlite3
 
     path = tmp_path / "f"
     path.write_bytes(b"x")
@@ -152,8 +152,9 @@ def test_the_cache_of_the_version_before_is_taken_over(tmp_path: Path) -> None:
 
 def test_a_repush_reads_neither_the_files_nor_the_earlier_release(folder_archive, tmp_path: Path, hashed) -> None:
     """The stat cache keeps each file's media type beside its hash, so publishing an unchanged
-    folder again opens no file and no stored object (the earlier record included); rows that
-    lack a media type (written by a pull, or by a version before) get it on the first push."""
+    folder again opens no file and no stored object but the record it reuses (archive.reuse);
+    rows that lack a media type (written by a pull, or by a version before) get it on the first
+    push that is not a reuse."""
     from archive.publish import publish
     from tests.counting import Counting
 
@@ -164,12 +165,30 @@ def test_a_repush_reads_neither_the_files_nor_the_earlier_release(folder_archive
     counting = Counting(folder_archive)
     hashed.clear()
     again = publish(counting, src, "calib", "1.0.1", progress=False, stat_cache=stat_cache)
-    assert hashed == [] and counting.blobs_opened() == []
+    assert hashed == [] and counting.blobs_opened(besides=[first.record_id]) == []
     assert {p: e.media_type for p, e in again.files.items()} == {p: e.media_type for p, e in first.files.items()}
     assert again.files["b.png"].media_type == "image/png"
     stat_cache.remember([(src / "b.png", os.stat(src / "b.png"), first.files["b.png"].blob)], None)  # as a pull does
+    os.utime(src / "c", ns=(0, 0))  # a change the reuse sees: this push recalls each file
     filled = publish(counting, src, "calib", "1.0.2", progress=False, stat_cache=stat_cache)
     assert filled.files["b.png"].media_type == "image/png" and counting.blobs_opened() != []
+    with sqlite3.connect(stat_cache.path) as db:  # no record to reuse: each file is recalled
+        db.execute(f"DELETE FROM {RECORDS_TABLE}")
     counting.opened.clear()
+    hashed.clear()
     publish(counting, src, "calib", "1.0.3", progress=False, stat_cache=stat_cache)
     assert counting.blobs_opened() == [] and hashed == []
+
+
+def test_a_remembered_publish_is_read_back_and_a_damaged_row_is_ignored(tmp_path: Path) -> None:
+    from archive.statcache import Published
+
+    cache = StatCache(tmp_path / "s.sqlite")
+    published = Published("calib", "1.0.0", BlobId.of_bytes(b"record"), 10, 20)
+    cache.remember_published("d" * 64, "id:x", published)
+    assert cache.published("d" * 64, "id:x") == published
+    assert cache.published("d" * 64, "id:y") is None and cache.published("e" * 64, "id:x") is None
+    cache.close()
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        db.execute(f"UPDATE {RECORDS_TABLE} SET record = 'sha256:nothex', files_start = 30")
+    assert StatCache(tmp_path / "s.sqlite").published("d" * 64, "id:x") is None

@@ -30,7 +30,7 @@ from .. import layout
 from ..errors import (ArchiveError, BackendError, InvalidInputError, KeyExistsError, KeyNotFoundError,
                       StorageFullError, UnsafeObjectError)
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
-from ..keys import check_key, check_regular, usable_name
+from ..keys import check_key, check_regular, usable_names
 from .filesystem_batch import MAX_BATCHED_FILE, BatchedWrites
 from .filesystem_folders import Folders
 
@@ -276,7 +276,7 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                 listed = self._folders.within(prefix, False, names)
         except KeyNotFoundError:
             return []
-        return [name for name in listed if usable_name(name, prefix)]
+        return usable_names(listed, prefix)
 
     def delete_key(self, key: str) -> None:
         self._lstat(key)
