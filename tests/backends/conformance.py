@@ -57,6 +57,30 @@ class BackendContract:
         assert arc.read_key("blobs/sha256/cd/three", 10) == b"three"
         assert sorted(arc.list_keys("blobs/sha256/ab")) == ["one", "two"]
 
+    # ------------------------------------------------- read_keys (many at once)
+
+    def test_each_key_in_order_with_its_own_error(self, arc: ArchiveInterface) -> None:
+        stored = _written_keys(arc, {"blobs/sha256/ab/one": b"one", "blobs/sha256/cd/empty": b"",
+                                "blobs/sha256/ab/long": b"x" * 100, "releases/n/1.0.0": b"pointer"})
+        asked = [("blobs/sha256/ab/one", 3), ("blobs/sha256/00/missing", 10), ("blobs/sha256/cd/empty", 0),
+                 ("blobs/sha256/ab/long", 99), ("releases/n/1.0.0", 1000), ("blobs/sha256/ab/one", 3)]
+        got = list(arc.read_keys(asked))
+        assert [key for key, _ in got] == [key for key, _ in asked]
+        assert got[0][1] == got[5][1] == stored["blobs/sha256/ab/one"]
+        assert isinstance(got[1][1], KeyNotFoundError)
+        assert got[2][1] == b""
+        assert isinstance(got[3][1], IntegrityError) and "over the 99 byte limit" in str(got[3][1])
+        assert got[4][1] == b"pointer"
+
+    def test_many_keys_across_groups(self, arc: ArchiveInterface) -> None:
+        stored = _written_keys(arc, {f"blobs/sha256/{i % 7:02x}/k{i}": os.urandom(i % 300)
+                                for i in range(2 * 64 + 5)})
+        got = list(arc.read_keys([(key, len(data)) for key, data in stored.items()]))
+        assert got == list(stored.items())
+
+    def test_nothing_asked_gives_nothing(self, arc: ArchiveInterface) -> None:
+        assert list(arc.read_keys([])) == []
+
     def test_missing_key_raises_not_found(self, arc: ArchiveInterface) -> None:
         with pytest.raises(KeyNotFoundError):
             arc.stat_key("blobs/sha256/00/missing")
@@ -482,3 +506,9 @@ def _release_readers(fifo: Path, thread: threading.Thread) -> None:
         except OSError:  # no reader has it open yet
             time.sleep(0.05)
         thread.join(0.1)
+
+
+def _written_keys(arc: ArchiveInterface, contents: dict[str, bytes]) -> dict[str, bytes]:
+    for key, data in contents.items():
+        arc.write_key(key, [data])
+    return contents

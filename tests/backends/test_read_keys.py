@@ -1,7 +1,8 @@
-"""``read_keys`` (many small objects read at once) on every backend, and the pulls that use it.
+"""SFTP's grouped reads (``read_keys``) on storage that misbehaves, and the pulls that use them.
 
-Each backend's class borrows the ``arc`` fixture of its contract class in ``test_<backend>.py``
-(the same real server), so the primitive is proven wherever the conformance suite runs.
+What every backend's ``read_keys`` must give is in the conformance suite
+(``tests/backends/conformance.py``); this file adds what only SFTP's groups of pipelined
+requests can get wrong, against the real sshd, and pulls of many small files through them.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import pytest
 import archive
 from archive import layout
 from archive.backends.sftp_read import GROUP_FILES
-from archive.errors import IntegrityError, KeyNotFoundError, UnsafeObjectError
+from archive.errors import UnsafeObjectError
 from archive.hashing import BlobId
 from archive.interface import ArchiveInterface
-from tests.backends import test_filesystem, test_ftp, test_http, test_s3, test_sftp, test_webdav
+from tests.backends import test_sftp
 from tests.backends.conformance import BackendContract, _within_seconds
-from tests.backends.test_sftp import transport  # noqa: F401  (the SFTP class runs on both transports)
+from tests.backends.test_sftp import transport  # noqa: F401  (the class runs on both transports)
 from tests.conftest import make_tree
-from tests.davd import davd  # noqa: F401
-from tests.ftpd import ftpd  # noqa: F401
 from tests.sshd import SSHServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,53 +35,9 @@ def _written(arc: ArchiveInterface, contents: dict[str, bytes]) -> dict[str, byt
     return contents
 
 
-class ReadKeysContract:
-    """What every backend's ``read_keys`` gives; subclasses provide ``arc``."""
+class TestSFTPReadKeys:
+    """SFTP's grouped reads where its storage misbehaves (the rest is in the conformance suite)."""
 
-    def test_each_key_in_order_with_its_own_error(self, arc: ArchiveInterface) -> None:
-        stored = _written(arc, {"blobs/sha256/ab/one": b"one", "blobs/sha256/cd/empty": b"",
-                                "blobs/sha256/ab/long": b"x" * 100, "releases/n/1.0.0": b"pointer"})
-        asked = [("blobs/sha256/ab/one", 3), ("blobs/sha256/00/missing", 10), ("blobs/sha256/cd/empty", 0),
-                 ("blobs/sha256/ab/long", 99), ("releases/n/1.0.0", 1000), ("blobs/sha256/ab/one", 3)]
-        got = list(arc.read_keys(asked))
-        assert [key for key, _ in got] == [key for key, _ in asked]
-        assert got[0][1] == got[5][1] == stored["blobs/sha256/ab/one"]
-        assert isinstance(got[1][1], KeyNotFoundError)
-        assert got[2][1] == b""
-        assert isinstance(got[3][1], IntegrityError) and "over the 99 byte limit" in str(got[3][1])
-        assert got[4][1] == b"pointer"
-
-    def test_many_keys_across_groups(self, arc: ArchiveInterface) -> None:
-        stored = _written(arc, {f"blobs/sha256/{i % 7:02x}/k{i}": os.urandom(i % 300)
-                                for i in range(2 * GROUP_FILES + 5)})
-        got = list(arc.read_keys([(key, len(data)) for key, data in stored.items()]))
-        assert got == list(stored.items())
-
-    def test_nothing_asked_gives_nothing(self, arc: ArchiveInterface) -> None:
-        assert list(arc.read_keys([])) == []
-
-
-class TestFileSystemReadKeys(ReadKeysContract):
-    arc = test_filesystem.TestFileSystemContract.arc
-
-
-class TestHTTPReadKeys(ReadKeysContract):
-    arc = test_http.TestContractReadOverHTTP.arc
-
-
-class TestS3ReadKeys(ReadKeysContract):
-    arc = test_s3.TestS3Contract.arc
-
-
-class TestWebDAVReadKeys(ReadKeysContract):
-    arc = test_webdav.TestWebDAVContract.arc
-
-
-class TestFTPReadKeys(ReadKeysContract):
-    arc = test_ftp.TestFTPContract.arc
-
-
-class TestSFTPReadKeys(ReadKeysContract):
     arc = test_sftp.TestSFTPContract.arc
     on_disk = BackendContract.on_disk
 
