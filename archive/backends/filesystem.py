@@ -202,6 +202,8 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                     self._flush_current()
                     self._sync_pending_dirs()
                 self._move(f"{layout.TMP_DIR}/{name}", final, exclusive)
+                if not exclusive:
+                    name = ""  # renamed away: nothing left to remove (an exclusive write linked it)
             finally:
                 if name:
                     self._remove_temporary(name)

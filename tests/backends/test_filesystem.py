@@ -11,6 +11,7 @@ import archive
 from archive import layout
 from archive.backends.filesystem import FileSystemArchive
 from archive.errors import NotAnArchiveError, StorageFullError
+from tests.audit import audit_events
 from tests.backends.conformance import BackendContract
 from tests.conftest import make_tree
 
@@ -26,6 +27,18 @@ def test_objects_are_stored_read_only(folder_archive: FileSystemArchive) -> None
     folder_archive.write_key("blobs/sha256/aa/x", [b"data"])
     mode = os.stat(folder_archive.local_path("blobs/sha256/aa/x")).st_mode & 0o777
     assert mode & 0o222 == 0
+
+
+def test_a_write_removes_its_temporary_only_when_one_is_left(folder_archive: FileSystemArchive) -> None:
+    """A rename leaves no temporary behind, so a write asks for no unlink that can only fail
+    (one wasted system call per blob); a create-only write links its temporary and removes it."""
+    with audit_events("os.remove") as removed:
+        folder_archive.write_key("blobs/sha256/aa/x", [b"data"])
+    assert removed == []
+    with audit_events("os.remove") as removed:
+        folder_archive.write_key("releases/n/1.0.0", [b"pointer"], exclusive=True)
+    assert len(removed) == 1
+    assert os.listdir(folder_archive.local_path(layout.TMP_DIR)) == []
 
 
 def test_folders_removed_between_writes_are_made_again(folder_archive: FileSystemArchive) -> None:
