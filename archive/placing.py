@@ -34,9 +34,9 @@ from .transfer import reporting, with_retries
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
-#: Opening a blob file: never through a link, never waiting for a FIFO swapped in.
 #: The modes in which a small file is written from memory (``reflink`` must reflink or fail).
-_COPYING = frozenset({"auto", "copy"})
+COPYING_MODES = frozenset({"auto", "copy"})
+#: Opening a blob file: never through a link, never waiting for a FIFO swapped in.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -99,7 +99,7 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, sourc
             with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
                          f"download of {placement.path}")
         else:
-            if link in _COPYING and entry.size <= REHASH_BELOW:
+            if link in COPYING_MODES and entry.size <= REHASH_BELOW:
                 _place_small_from_cache(arc, cache, placement, file_mode, set_mode)
             else:
                 source_file = cache.verified_path(arc, entry.blob, entry.size)
@@ -184,7 +184,7 @@ def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placeme
     so like the cache's own files they need no racily-clean margin.
     """
     entry = placement.entry
-    small = link in _COPYING and entry.size <= REHASH_BELOW
+    small = link in COPYING_MODES and entry.size <= REHASH_BELOW
     try:
         if small:
             data = read_verified(blob_file, entry.blob, entry.size, f"blob {entry.blob.short} in {arc.location}")

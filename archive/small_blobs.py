@@ -25,7 +25,7 @@ from . import layout
 from .cache import REHASH_BELOW, BlobCache
 from .errors import DestinationError
 from .materialize import wanted_mode, write_bytes_atomically
-from .placing import Placement, Route, Source
+from .placing import COPYING_MODES, Placement, Route, Source
 from .hashing import BlobId
 from .transfer import check_interrupted, run_jobs
 
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 #: Blobs per group: enough to share the round trips, few enough that every thread gets groups.
 GROUP_BLOBS = 64
 MIN_GROUP_BLOBS = 8
-#: The modes in which a file is written from memory (``reflink`` must reflink from the cache).
-_COPYING = frozenset({"auto", "copy"})
 
 
 def fetch_small_blobs(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement],
@@ -119,7 +117,7 @@ class _Fetch:
                 continue
             if wanted.cached:
                 self.cache.put_verified(wanted.blob, result)
-            if wanted.cached and self.link not in _COPYING:
+            if wanted.cached and self.link not in COPYING_MODES:
                 left.append(wanted)  # its files link to (or reflink) the cache file: placed by the per-file path
                 continue
             for placement in wanted.targets:
