@@ -38,12 +38,19 @@ class SSHServer:
     folder: Path
     client_key: Path
     host_key_line: str  # the known_hosts line that trusts this server
+    sftp_only_port: int = 0  # a second port of the same server where an account may run no command
 
-    def url(self, path: Path | str, user: str | None = None, password: str | None = None) -> str:
+    def known_hosts(self) -> str:
+        """The known_hosts lines that trust this server on both its ports."""
+        key = self.host_key_line.split(" ", 1)[1]
+        return f"{self.host_key_line}\n[{self.host}]:{self.sftp_only_port} {key}\n"
+
+    def url(self, path: Path | str, user: str | None = None, password: str | None = None,
+            sftp_only: bool = False) -> str:
         login = user or self.user
         if password is not None:
             login += f":{password}"
-        return f"sftp://{login}@{self.host}:{self.port}{path}"
+        return f"sftp://{login}@{self.host}:{self.sftp_only_port if sftp_only else self.port}{path}"
 
     def log(self) -> str:
         """What sshd has written to its log so far (for assertions and failure messages)."""
@@ -71,14 +78,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _write_config(folder: Path, port: int) -> Path:
+def _write_config(folder: Path, port: int, sftp_only_port: int) -> Path:
+    """sshd's configuration: everything allowed on ``port``; on ``sftp_only_port`` only SFTP
+    (``ForceCommand internal-sftp``, as a host that hands out SFTP-only accounts has it)."""
     config = folder / "sshd_config"
     config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}",
+        f"Port {port}", f"Port {sftp_only_port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}",
         f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'} %h/.ssh/authorized_keys",
         "StrictModes no", "UsePAM no", "PermitRootLogin yes", "PasswordAuthentication yes",
         "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "MaxStartups 64:30:128",
-        "MaxSessions 64", "Subsystem sftp internal-sftp", "LogLevel VERBOSE", "UseDNS no", "",
+        "MaxSessions 64", "Subsystem sftp internal-sftp", "LogLevel VERBOSE", "UseDNS no",
+        f"Match LocalPort {sftp_only_port}", "    ForceCommand internal-sftp", "",
     ]))
     return config
 
@@ -117,18 +127,18 @@ def start_sshd(folder: Path) -> tuple[subprocess.Popen, SSHServer]:
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
     for _ in range(5):
-        port = free_port()
+        port, sftp_only_port = free_port(), free_port()
         with open(folder / "sshd.log", "ab") as log:
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(_write_config(folder, port))],
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(_write_config(folder, port, sftp_only_port))],
                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        if _wait_ready(proc, port):
+        if port != sftp_only_port and _wait_ready(proc, port) and _wait_ready(proc, sftp_only_port):
             break
         stop_process(proc)
     else:
         raise RuntimeError(f"sshd did not start: {(folder / 'sshd.log').read_text()[-2000:]}")
     host_pub = (folder / "host_key.pub").read_text().split()
     return proc, SSHServer("127.0.0.1", port, _current_user(), folder, client_key,
-                           f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}")
+                           f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}", sftp_only_port)
 
 
 @pytest.fixture(scope="session")
@@ -192,10 +202,11 @@ def keyring_file(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def ssh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sshd: SSHServer, keyring_file: Path) -> Path:
-    """A fresh ``$HOME`` whose ``.ssh/known_hosts`` trusts the test server; no keys, no agent."""
+    """A fresh ``$HOME`` whose ``.ssh/known_hosts`` trusts the test server (both its ports); no
+    keys, no agent."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
-    (home / ".ssh" / "known_hosts").write_text(sshd.host_key_line + "\n")
+    (home / ".ssh" / "known_hosts").write_text(sshd.known_hosts())
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     return home

@@ -54,6 +54,7 @@ from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
 from .sftp_read import READ_CONNECTIONS, groups, read_group
 from .sftp_resume import PartialUploads, resume_upload
+from .sftp_sync import RemoteSync
 
 logger = logging.getLogger(__name__)
 KEYRING_SERVICE = "archive-sftp"
@@ -74,6 +75,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         self._pool = ConnectionPool(Connector(endpoint, target, KEYRING_SERVICE), self.location)
         self._partials = PartialUploads(self.remote_path(layout.TMP_DIR))
         self._folders = CheckedFolders(self.remote_path)
+        self._remote_sync = RemoteSync(self._pool.connector.run_command, self.remote_path(layout.TMP_DIR))
 
     @property
     def transport(self) -> str:

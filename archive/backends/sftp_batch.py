@@ -6,7 +6,7 @@ SFTP server on both ways: for thousands of small files that is most of the time 
 push. Inside :meth:`~archive.interface.ArchiveInterface.batched_writes` an SFTP archive instead
 keeps each small file in memory (:class:`PendingBlobs`) and, once :data:`GROUP_FILES` files or
 :data:`GROUP_BYTES` bytes are waiting, the thread whose write filled the group sends all of them
-on one connection, every step pipelined (:func:`store_group`):
+on one connection, every step pipelined (:mod:`archive.backends.sftp_groups`):
 
 1. the ``open`` of every temporary file;
 2. for each, its writes, ``fsync@openssh.com``, ``fstat`` and ``close``; every reply is checked:
@@ -17,6 +17,10 @@ So the order per file is what an unbatched write does (data durable, then the na
 round trips are shared. The fsyncs of one group run one after the other on the server (one
 session serves one request at a time); groups of different threads run on different
 connections, whose fsyncs the server's filesystem commits together.
+
+Where the server can run ``sync -f`` (:mod:`archive.backends.sftp_sync`), step 2 sends no
+``fsync`` and step 3 waits: the files of many groups are made durable together by one sync on
+the server when the batch is flushed, and renamed into place after it.
 
 A group that fails is retried whole (its data is still in memory) as a failed upload is; one
 that still fails marks the batch failed, and the batch raises at every later write and when
@@ -30,15 +34,16 @@ import threading
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import layout
 from ..errors import BackendError, StorageFullError
-from ..transfer import with_retries
-from .sftp_io import NEW_FILE, interrupted, remove_quietly
-from .sftp_proto import (CLOSE, EXTENDED, FSTAT, HANDLE, NO_ATTRS, OP_UNSUPPORTED, OPEN, WRITE, Reply, SFTPClient,
-                         check_ok, status_code, status_error, string, u32, u64)
+from ..transfer import run_jobs, with_retries
+from .sftp_groups import Unsynced, Upload, remove_group, rename_group, store_group
+from .sftp_io import interrupted
+from .sftp_proto import SFTPClient
+from .sftp_sync import MAX_BYTES as MAX_UNSYNCED_BYTES, MAX_FILES as MAX_UNSYNCED_FILES, RemoteSync
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +53,8 @@ MAX_BATCHED_FILE = 256 * 1024
 #: server spends on one group's fsyncs, one after another).
 GROUP_FILES = 64
 GROUP_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One small file of a group: its key, its data, and its temporary path on the server."""
-
-    key: str
-    data: bytes
-    tmp: str
-    target: str
+#: Renames of files synced together, sent per connection in groups of this many.
+RENAME_GROUP = 1024
 
 
 class PendingBlobs:
@@ -75,6 +72,8 @@ class PendingBlobs:
         self._sending = 0  # groups taken and not yet stored (or failed)
         self._files: list[tuple[str, bytes]] = []
         self._bytes = 0
+        self._unsynced: list[Unsynced] = []
+        self._unsynced_bytes = 0
 
     def add(self, key: str, data: bytes) -> list[tuple[str, bytes]]:
         """Note ``key``'s ``data``; the group to send now (empty: not full yet)."""
@@ -94,6 +93,25 @@ class PendingBlobs:
         files, self._files, self._bytes = self._files, [], 0
         self._sending += 1
         return files
+
+    def add_unsynced(self, stored: list[Unsynced]) -> list[Unsynced]:
+        """Note files stored without an fsync; those to sync and rename now (empty: not yet
+        :data:`MAX_UNSYNCED_FILES` files or :data:`MAX_UNSYNCED_BYTES` bytes)."""
+        with self._lock:
+            self._unsynced += stored
+            self._unsynced_bytes += sum(u.size for u in stored)
+            if len(self._unsynced) < MAX_UNSYNCED_FILES and self._unsynced_bytes < MAX_UNSYNCED_BYTES:
+                return []
+            return self._take_unsynced()
+
+    def take_unsynced(self) -> list[Unsynced]:
+        """Every file stored without an fsync and not yet taken, now the caller's to sync."""
+        with self._lock:
+            return self._take_unsynced()
+
+    def _take_unsynced(self) -> list[Unsynced]:
+        stored, self._unsynced, self._unsynced_bytes = self._unsynced, [], 0
+        return stored
 
     def done(self) -> None:
         """A group taken is stored, or has failed."""
@@ -134,105 +152,16 @@ def _chained(seen: list[bytes], rest: Iterable[bytes]) -> Iterable[bytes]:
     yield from rest
 
 
-def store_group(sftp: SFTPClient, uploads: list[Upload], write_size: int) -> None:
-    """Write every upload to its new temporary file and make it durable, all pipelined.
-
-    Every reply is read, even after a failure, so the session stays in step; then the first
-    failure is raised (the caller removes the temporary files). On return every file is on the
-    server's disk, whole, under its temporary name.
-    """
-    opens = [sftp.send(OPEN, string(u.tmp), u32(NEW_FILE), NO_ATTRS) for u in uploads]
-    handles: list[bytes | None] = []
-    error: BaseException | None = None
-    for num in opens:
-        reply = sftp.reply(num)
-        if reply.kind == HANDLE:
-            handles.append(string(reply.fields().string()))
-        else:
-            handles.append(None)
-            error = error or status_error(reply, "open")
-    pending = [_send_file(sftp, handle, u.data, write_size) for u, handle in zip(uploads, handles) if handle]
-    for upload, requests in zip((u for u, h in zip(uploads, handles) if h), pending):
-        failure = _check_file(sftp, upload, requests)  # read whatever came before
-        error = error or failure
-    if error is not None:
-        raise error
-
-
-def _send_file(sftp: SFTPClient, handle: bytes, data: bytes, write_size: int) -> tuple[list[int], int, int, int]:
-    """Send a file's writes, then its fsync, fstat and close; their request ids."""
-    view, writes = memoryview(data), []
-    for start in range(0, len(view), write_size):
-        piece = view[start:start + write_size]
-        writes.append(sftp.send(WRITE, handle, u64(start), u32(len(piece)), piece))
-    fsync = sftp.send(EXTENDED, string("fsync@openssh.com"), handle)
-    return writes, fsync, sftp.send(FSTAT, handle), sftp.send(CLOSE, handle)
-
-
-def _check_file(sftp: SFTPClient, upload: Upload, requests: tuple[list[int], int, int, int]) -> BaseException | None:
-    """Read the replies of one file's requests; the first failure among them (None: stored whole)."""
-    writes, fsync, fstat, close = requests
-    error: BaseException | None = None
-    for num in writes:
-        failure = _failure(sftp, num, "write")
-        error = error or failure
-    reply = sftp.reply(fsync)
-    if error is None and status_code(reply) != OP_UNSUPPORTED:  # servers without it: as durable as they are
-        error = _failure_of(reply, "fsync")
-    reply = sftp.reply(fstat)
-    if error is None:
-        try:
-            stored = sftp.attrs_of(reply, "fstat").st_size
-        except OSError as exc:
-            error = exc
-        else:
-            if stored != len(upload.data):
-                error = OSError(f"the server stored {stored} of {len(upload.data)} bytes of {upload.key}")
-    closed = _failure(sftp, close, "close")
-    return error or closed
-
-
-def _failure(sftp: SFTPClient, num: int, what: str) -> OSError | None:
-    return _failure_of(sftp.reply(num), what)
-
-
-def _failure_of(reply: Reply, what: str) -> OSError | None:
-    try:
-        check_ok(reply, what)
-    except OSError as exc:
-        return exc
-    return None
-
-
-def rename_group(sftp: SFTPClient, uploads: list[Upload]) -> list[Upload]:
-    """Move every upload into place (``posix-rename@openssh.com``, an atomic replace), pipelined.
-
-    Returns the uploads whose rename found something missing (a target folder removed meanwhile,
-    say), for the caller to move one by one; any other failure is raised after every reply is read.
-    """
-    nums = [sftp.send(EXTENDED, string("posix-rename@openssh.com"), string(u.tmp), string(u.target))
-            for u in uploads]
-    missing, error = [], None
-    for upload, num in zip(uploads, nums):
-        try:
-            check_ok(sftp.reply(num), "rename")
-        except FileNotFoundError:
-            missing.append(upload)
-        except OSError as exc:
-            error = error or exc
-    if error is not None:
-        raise error
-    return missing
-
-
 class BatchedUploads:
     """The batch part of :class:`~archive.backends.sftp.SFTPArchive` (a mixin, kept apart to keep
     each module small): it uses the archive's ``_pool``, ``_folders``, ``_partials``,
-    ``remote_path`` and ``_move_into_place``."""
+    ``_remote_sync``, ``max_workers``, ``remote_path`` and ``_move_into_place``."""
 
     _pool: Any
     _folders: Any
     _partials: Any
+    _remote_sync: RemoteSync
+    max_workers: int
     remote_path: Callable[[str], str]
     _move_into_place: Callable[..., None]
 
@@ -264,6 +193,13 @@ class BatchedUploads:
         self._send(batch, batch.take())
         batch.wait_sent()
         _check_batch(batch)
+        unsynced = batch.take_unsynced()
+        if unsynced:
+            try:
+                self._settle(unsynced)
+            except BaseException as exc:
+                batch.failure = batch.failure or exc
+                raise
 
     def _batch(self) -> PendingBlobs | None:
         batch = CURRENT.get()
@@ -289,15 +225,20 @@ class BatchedUploads:
         failure fails the batch."""
         try:
             if files:
-                with_retries(lambda: self._store_group(files), f"upload of {len(files)} new objects")
+                unsynced = with_retries(lambda: self._store_group(files), f"upload of {len(files)} new objects")
                 logger.debug("stored a group of %d small writes", len(files))
+                due = batch.add_unsynced(unsynced) if unsynced else []
+                if due:
+                    self._settle(due)
         except BaseException as exc:
             batch.failure = batch.failure or exc
             raise
         finally:
             batch.done()
 
-    def _store_group(self, files: list[tuple[str, bytes]]) -> None:
+    def _store_group(self, files: list[tuple[str, bytes]]) -> list[Unsynced]:
+        """Store ``files`` under ``tmp/`` on one connection; in place if each was fsync'd, else
+        (the server syncs many at once) left there, returned for :meth:`_settle`."""
         tmp_dir = self.remote_path(layout.TMP_DIR)
         uploads = [Upload(key, data, f"{tmp_dir}/{uuid.uuid4().hex}.part", self.remote_path(key))
                    for key, data in files]
@@ -305,17 +246,46 @@ class BatchedUploads:
             sftp = conn.sftp
             self._folders.check(sftp, layout.TMP_DIR, create=True)
             self._partials.sweep(sftp)
+            durable = not self._remote_sync.usable()
             try:
-                store_group(sftp, uploads, conn.write_size)
-                for folder in sorted({u.key.rpartition("/")[0] for u in uploads}):
-                    self._folders.check(sftp, folder, create=True)
-                for upload in rename_group(sftp, uploads):
-                    self._move_into_place(sftp, upload.tmp, upload.target, upload.key, False, len(upload.data))
+                store_group(sftp, uploads, conn.write_size, durable)
+                if durable:
+                    self._place(sftp, uploads)
             except BaseException as exc:
                 self._abandon_group(conn, exc, uploads)
                 raise
+        return [] if durable else [Unsynced(u.key, u.tmp, u.target, u.size) for u in uploads]
 
-    def _abandon_group(self, conn: Any, exc: BaseException, uploads: list[Upload]) -> None:
+    def _place(self, sftp: SFTPClient, files: list[Upload] | list[Unsynced]) -> None:
+        """Rename files whose data is durable from ``tmp/`` into place (folders made first), pipelined."""
+        for folder in sorted({f.key.rpartition("/")[0] for f in files}):
+            self._folders.check(sftp, folder, create=True)
+        for stored in rename_group(sftp, files):
+            self._move_into_place(sftp, stored.tmp, stored.target, stored.key, False, stored.size)
+
+    def _settle(self, files: list[Unsynced]) -> None:
+        """One sync on the server for ``files``, stored without an fsync; then their renames, in
+        groups over the archive's connections (a rename done twice by a retry finds its target
+        already there, as it should be). A failed sync removes them: they never appear."""
+        try:
+            with_retries(lambda: self._remote_sync.run(len(files)), f"sync of {len(files)} new objects")
+        except BaseException as exc:
+            with self._pool.borrow() as conn:
+                self._abandon_group(conn, exc, files)
+            raise
+        groups = [files[start:start + RENAME_GROUP] for start in range(0, len(files), RENAME_GROUP)]
+        run_jobs([partial(with_retries, partial(self._place_group, group), f"rename of {len(group)} new objects")
+                  for group in groups], self.max_workers)
+
+    def _place_group(self, files: list[Unsynced]) -> None:
+        with self._pool.borrow() as conn, conn.errors(f"{len(files)} new objects"):
+            try:
+                self._place(conn.sftp, files)
+            except BaseException as exc:
+                self._abandon_group(conn, exc, files)
+                raise
+
+    def _abandon_group(self, conn: Any, exc: BaseException, uploads: list[Upload] | list[Unsynced]) -> None:
         """After a failed group: remove its temporary files, or note them for the next writer to
         remove if the connection broke or was interrupted (see ``SFTPArchive._abandon``)."""
         if interrupted(exc):
@@ -325,8 +295,7 @@ class BatchedUploads:
                 self._partials.remember(upload.tmp, None)
             return
         full = conn.storage_full(exc, self.remote_path(layout.TMP_DIR))
-        for upload in uploads:
-            remove_quietly(conn.sftp, upload.tmp)
+        remove_group(conn.sftp, [upload.tmp for upload in uploads])
         if full:
             raise StorageFullError(f"no space left on {conn.host} for {len(uploads)} new objects") from exc
 

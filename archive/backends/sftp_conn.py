@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -45,6 +46,7 @@ MAX_CONNECTING = 4  # below sshd's MaxStartups (10), which drops extra handshake
 BULK_CONNECTIONS = 2  # enough for streaming large files on loopback with 2 cores (measured: 8 took twice the CPU)
 BULK_BYTES = 512 * 1024  # transfers moving more than this each are streaming, not waiting on round trips
 RECENT_TRANSFERS = 4  # how many transfers tell small files from large ones
+COMMAND_OUTPUT = 4096  # bytes of a command's output kept (its first line is what counts)
 BULK_WAIT = 2.0  # seconds a transfer waits for a connection before opening one anyway (never a deadlock)
 
 
@@ -171,6 +173,38 @@ class Connector:
                 logger.debug("%s: ssh found no usable key; logging in with paramiko", self.target.account)
                 self._chosen = "paramiko"
         return self._open_paramiko()
+
+    def run_command(self, command: str, timeout: float) -> tuple[int, bytes]:
+        """Run the shell ``command`` on the server, over the transport the first connection
+        chose; its exit status and the start of its output, or -1 if it could not run or did
+        not end within ``timeout`` seconds (then it is stopped). Its errors are only logged."""
+        try:
+            if self._chosen == "ssh" and self._ssh is not None:
+                e = self._endpoint
+                argv = ssh_command(self._ssh, self.target, e.host, e.user, e.port, command)
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                      start_new_session=True)  # a Ctrl-C reaches this process, which stops it
+                status, out, said = done.returncode, done.stdout[:COMMAND_OUTPUT], done.stderr
+            else:
+                status, out, said = self._run_over_paramiko(command, timeout)
+        except (ArchiveError, EOFError, OSError, subprocess.TimeoutExpired, *_paramiko_errors()) as exc:
+            logger.debug("%s: could not run %r: %s", self.target.account, command, exc)
+            return -1, b""
+        logger.debug("%s: %r exited with %d: %s", self.target.account, command, status,
+                     said.decode(errors="replace").strip()[-200:])
+        return status, out
+
+    def _run_over_paramiko(self, command: str, timeout: float) -> tuple[int, bytes, bytes]:
+        transport = self._paramiko.connect()
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if not channel.status_event.wait(timeout):
+                raise TimeoutError(f"no exit status within {timeout:g} s")
+            return channel.recv_exit_status(), channel.recv(COMMAND_OUTPUT), channel.recv_stderr(COMMAND_OUTPUT)
+        finally:
+            transport.close()
 
     def _open_pipe(self) -> Connection:
         if self._ssh is None:

@@ -50,8 +50,10 @@ def find_ssh() -> str | None:
     return shutil.which("ssh")
 
 
-def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: int | None) -> list[str]:
-    """The argv that opens an SFTP session to ``host`` as ssh itself would, never prompting.
+def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: int | None,
+                command: str | None = None) -> list[str]:
+    """The argv that opens an SFTP session to ``host`` as ssh itself would, never prompting;
+    with ``command``, the argv that runs that shell command there instead (no terminal).
 
     ``host``, ``user`` and ``port`` are what the URL said (ssh applies ``~/.ssh/config`` to
     them itself); ``target`` is the same host resolved by :func:`archive.credentials.resolve_target`,
@@ -65,6 +67,8 @@ def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: 
         argv += ["-p", str(port)]
     if user:
         argv += ["-l", user]
+    if command is not None:
+        return argv + ["-T", "--", host, command]
     return argv + ["-s", "--", host, "sftp"]
 
 

@@ -1,5 +1,9 @@
 """Small writes of an SFTP archive sent in groups (``archive/backends/sftp_batch.py``), against
-the test sshd: what a batch holds back, when it appears, and that a failed group fails loudly."""
+the test sshd: what a batch holds back, when it appears, and that a failed group fails loudly.
+
+Each runs against both ports of the test server: one where the account may run ``sync -f``
+(files synced together, :mod:`archive.backends.sftp_sync`), one where ``ForceCommand
+internal-sftp`` refuses every command (each file fsync'd on its own)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import pytest
 import archive
 from archive import layout
 from archive.backends.sftp_batch import GROUP_FILES, MAX_BATCHED_FILE
+from archive.backends.sftp_sync import REMOTE_SYNC_ENV
 from archive.errors import BackendError, StorageFullError, UnsafeObjectError
 from archive.transfer import run_jobs
 from tests.conftest import make_tree
@@ -25,10 +30,16 @@ from tests.sshd import SSHServer
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def arc(tmp_path: Path, sshd: SSHServer, ssh_key_home: Path):
-    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+@pytest.fixture(params=["synced together", "each fsync'd"])
+def arc(request: pytest.FixtureRequest, tmp_path: Path, sshd: SSHServer, ssh_key_home: Path):
+    url = sshd.url(tmp_path / "store", sftp_only=request.param == "each fsync'd")
+    with archive.get_interface(url, create=True) as arc:
         yield arc
+
+
+def commands_run(sshd: SSHServer) -> int:
+    """How many commands (not SFTP sessions) the test server has started so far."""
+    return sshd.log().count("Starting session: command")
 
 
 def test_a_small_write_waits_for_its_group_and_a_large_one_does_not(arc, tmp_path: Path) -> None:
@@ -44,14 +55,69 @@ def test_a_small_write_waits_for_its_group_and_a_large_one_does_not(arc, tmp_pat
     assert arc.list_keys(layout.TMP_DIR) == []
 
 
-def test_a_full_group_is_sent_by_the_thread_that_filled_it(arc) -> None:
+def test_a_full_group_is_sent_by_the_thread_that_filled_it(arc, request: pytest.FixtureRequest) -> None:
     keys = [f"blobs/sha256/{i % 5:02x}/{i}" for i in range(GROUP_FILES * 3 + 7)]
     with arc.batched_writes():
         run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
         visible = sum(arc.has_key(key) for key in keys)
-        assert visible == GROUP_FILES * 3  # whole groups only; the rest waits for the end
+        stored = len(arc.list_keys(layout.TMP_DIR))
+        if "together" in request.node.callspec.params["arc"]:
+            assert (visible, stored) == (0, GROUP_FILES * 3)  # stored whole groups, named after the sync
+        else:
+            assert (visible, stored) == (GROUP_FILES * 3, 0)  # whole groups only; the rest waits for the end
     assert all(arc.read_key(key, 100) == key.encode() for key in keys)
     assert arc.list_keys(layout.TMP_DIR) == []
+
+
+@pytest.mark.parametrize("transport", ["ssh", "paramiko"])
+def test_one_sync_on_the_server_makes_a_whole_batch_durable(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, transport: str) -> None:
+    """Where the account may run commands, a batch of many groups costs one ``sync -f`` run
+    when it ends, plus one the first time (which finds out that the server can), over either
+    transport."""
+    monkeypatch.setenv("ARCHIVE_SFTP_TRANSPORT", transport)
+    keys = [f"blobs/sha256/{i % 7:02x}/{i}" for i in range(GROUP_FILES * 5)]
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        for round_ in (1, 2):
+            before = commands_run(sshd)
+            with arc.batched_writes():
+                run_jobs([lambda key=key: arc.write_key(key, [f"{round_}{key}".encode()]) for key in keys], 4)
+            assert commands_run(sshd) - before == (2 if round_ == 1 else 1)
+            assert all(arc.read_key(key, 100) == f"{round_}{key}".encode() for key in keys)
+        assert arc.list_keys(layout.TMP_DIR) == []
+
+
+def test_no_command_runs_where_the_user_says_so_or_the_server_refuses(sshd: SSHServer, ssh_key_home: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [f"blobs/sha256/aa/{i}" for i in range(GROUP_FILES + 1)]
+    before = commands_run(sshd)
+    with archive.get_interface(sshd.url(tmp_path / "refused", sftp_only=True), create=True) as arc:
+        with arc.batched_writes():  # tried once, refused by ForceCommand: each file fsync'd
+            run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
+        assert all(arc.read_key(key, 100) == key.encode() for key in keys)
+    monkeypatch.setenv(REMOTE_SYNC_ENV, "0")
+    with archive.get_interface(sshd.url(tmp_path / "unwelcome"), create=True) as arc:
+        with arc.batched_writes():
+            run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
+        assert all(arc.read_key(key, 100) == key.encode() for key in keys)
+    assert commands_run(sshd) - before == 0
+
+
+def test_a_sync_that_fails_fails_the_batch_and_names_nothing(sshd: SSHServer, ssh_key_home: Path,
+                                                            tmp_path: Path) -> None:
+    """The server's sync exits with an error (an I/O error writing back, say) after the first
+    run said it can: the batch fails in one line and none of its files appears under its name."""
+    keys = [f"blobs/sha256/bb/{i}" for i in range(GROUP_FILES * 2)]
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        arc.write_key(f"{layout.TMP_DIR}/x", [b""])  # the folder the first run syncs
+        assert arc._remote_sync.usable()
+        arc._remote_sync.command = lambda word: "echo 'sync: error syncing: Input/output error' >&2; exit 1"
+        with pytest.raises(BackendError, match="could not make 128 new objects durable") as info:
+            with arc.batched_writes():
+                run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
+        assert "\n" not in str(info.value)
+        assert not any(arc.has_key(key) for key in keys)
 
 
 def test_a_block_that_fails_sends_nothing_it_held(arc) -> None:
@@ -139,7 +205,9 @@ def killed_at_random(sshd: SSHServer, tmp_path: Path, runs: int, files: int = 60
             visible = arc.versions("many")
             assert visible in ([], ["1.0.0"])
             tally["visible"] += bool(visible)
-            arc.publish(source, "many", "1.0.0", progress=False)
+        rerun = subprocess.run([*push[:3], "-a", url, *push[3:]], env={**env, **cache}, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr  # the same command (its metadata too) completes
+        with archive.get_interface(url) as arc:
             out = arc.download("many", "1.0.0", tmp_path / f"out{run}", progress=False)
         assert all((out / p.relative_to(source)).read_bytes() == p.read_bytes()
                    for p in source.rglob("*") if p.is_file())
@@ -196,3 +264,18 @@ def test_a_group_that_fills_the_disk_is_one_line_and_leaves_nothing(sshd: SSHSer
         assert arc.list_keys(layout.TMP_DIR) == []  # the same connections still answer, in step
         arc.write_bytes("releases/x/note", b"fits")
         assert arc.read_key("releases/x/note", 10) == b"fits"
+
+
+def test_a_server_that_answers_0_without_syncing_is_not_trusted(sshd: SSHServer, ssh_key_home: Path,
+                                                                tmp_path: Path) -> None:
+    """A server may run something else in the command's place and exit with 0 (a forced
+    command, a menu): only a run that says the word it was given counts, so each file is then
+    fsync'd on its own and appears with its group."""
+    keys = [f"blobs/sha256/cc/{i}" for i in range(GROUP_FILES)]
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        arc.write_key(f"{layout.TMP_DIR}/x", [b""])
+        arc._remote_sync.command = lambda word: "exit 0"
+        with arc.batched_writes():
+            run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
+            assert all(arc.has_key(key) for key in keys)  # stored and named with the full group
+        assert not arc._remote_sync.usable()
