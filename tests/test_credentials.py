@@ -13,8 +13,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from archive.credentials import (SSHConnector, SSHTarget, check_host_key, load_known_hosts, prompt_password,
-                                 resolve_target, store_password, stored_password)
+from archive.credentials import SSHTarget, check_host_key, load_known_hosts, resolve_target
+from archive.passwords import prompt_password, store_password, stored_password
+from archive.ssh_login import SSHConnector
 from archive.errors import AuthenticationError
 from tests.sshd import (LocalUser, SSHServer, keyring_file, password_user, ssh_home, ssh_key_home,  # noqa: F401
                         sshd)

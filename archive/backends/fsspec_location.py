@@ -73,7 +73,7 @@ def find_credentials(where: Location, keyring_service: str) -> tuple[str | None,
     if found and (where.user is None or found[0] == where.user):
         return found[0], found[2]
     if where.user is not None:
-        from ..credentials import stored_password
+        from ..passwords import stored_password
 
         return where.user, stored_password(keyring_service, f"{where.user}@{where.host}")
     return None, None

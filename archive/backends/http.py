@@ -190,7 +190,7 @@ class HTTPArchive(ArchiveInterface):
         Asked only when needed, as git asks its credential helper: a keyring may be slow or
         locked, and most web archives are public.
         """
-        from ..credentials import stored_password  # not at import: it loads paramiko
+        from ..passwords import stored_password  # not at import: it loads keyring
 
         with self._auth_lock:
             if self._keyring_asked:

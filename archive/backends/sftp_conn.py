@@ -6,7 +6,7 @@ over one of two transports, picked once per archive:
 * the system ``ssh`` client as a child process (:mod:`archive.backends.sftp_pipe`), whenever
   an ``ssh`` binary exists and it logs in without a password (keys, agent, ssh_config). Its
   C crypto runs on its own core: on loopback this is what reaches OpenSSH's own speed;
-* paramiko's own SSH transport (:mod:`archive.credentials`) otherwise: a password in the URL,
+* paramiko's own SSH transport (:mod:`archive.ssh_login`) otherwise: a password in the URL,
   a password from the keyring or a prompt, or no ``ssh`` on this machine.
 
 ``$ARCHIVE_SFTP_TRANSPORT`` (``ssh`` or ``paramiko``) forces one of them; ``auto`` (the
@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from ..credentials import SSHConnector, SSHTarget
+from ..credentials import SSHTarget
+from ..ssh_login import SSHConnector
 from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits

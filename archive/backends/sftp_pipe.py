@@ -26,7 +26,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..credentials import SSHTarget, probe_host_key, ssh_dir
+from ..credentials import SSHTarget, ssh_dir
+from ..ssh_login import probe_host_key
 from ..errors import ArchiveError, AuthenticationError, BackendUnavailableError, HostKeyError
 from .sftp_proto import SFTPClient, SFTPConnectionLost
 
