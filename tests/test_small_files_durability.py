@@ -372,6 +372,7 @@ def test_a_publish_of_many_small_files_killed_at_random_is_sound(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 100 pushes, each killed and checked: about 10 minutes on a busy machine
 def test_a_publish_of_many_small_files_killed_at_random_100_times(tmp_path: Path) -> None:
     runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
     tally = killed_at_random(tmp_path, runs)

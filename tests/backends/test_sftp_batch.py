@@ -224,6 +224,7 @@ def test_a_publish_of_small_files_killed_at_random_is_sound(sshd: SSHServer, ssh
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 100 pushes, each killed and checked: about 10 minutes on a busy machine
 def test_a_publish_of_small_files_killed_at_random_100_times(sshd: SSHServer, ssh_key_home: Path,
                                                              tmp_path: Path) -> None:
     runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
