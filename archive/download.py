@@ -314,6 +314,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     :class:`DestinationConflictError`.
     """
     folders = Folders(root)
+    if not os.path.isdir(root):  # a new folder: nothing there to compare, nothing in the way
+        target_of = folders.target_of
+        return [Placement(path, entry, target_of(path)) for path, entry in release.files.items()], 0, []
     todo: list[Placement] = []
     conflicts: list[Conflict] = []
     kept = 0

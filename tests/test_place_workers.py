@@ -24,6 +24,7 @@ from archive import layout
 from archive.hashing import BlobId
 from archive.place_workers import MIN_FILES_PER_WORKER
 from tests.conftest import make_tree
+from tests.httpd import httpd  # noqa: F401 - fixtures
 
 FOLDERS = 30
 FILES = 3 * MIN_FILES_PER_WORKER  # enough for every worker of a 2- or 3-core machine
@@ -50,13 +51,13 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return store, source
 
 
-def pull_argv(store: Path, dest: Path, *options: str, verbose: bool = True) -> list[str]:
+def pull_argv(store: "Path | str", dest: Path, *options: str, verbose: bool = True) -> list[str]:
     """``-vv`` logs how many processes placed the files."""
     return [sys.executable, "-m", "archive", *(["-vv"] if verbose else []), "--no-progress", "--archive", str(store),
             *options, "pull", "many", "1.0.0", "--to", str(dest)]
 
 
-def pull(store: Path, dest: Path, *options: str, verbose: bool = True) -> subprocess.CompletedProcess:
+def pull(store: "Path | str", dest: Path, *options: str, verbose: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(pull_argv(store, dest, *options, verbose=verbose), capture_output=True, text=True,
                           timeout=300)
 
@@ -208,3 +209,27 @@ def test_killing_the_pull_leaves_no_worker_and_no_partial_file(published, tmp_pa
     assert len(placed) < FILES and not (dest / ".archive/pulled.json").exists()
     assert all(placed[path][0] == (source / path).read_bytes() for path in placed)
     assert part_files(dest) == []
+
+
+def test_a_pull_from_the_cache_places_through_workers(published, httpd, tmp_path: Path,
+                                                      isolated_user_dirs: Path) -> None:
+    """From a remote archive (nginx), a second pull copies the cached blobs from worker
+    processes; a cached blob found corrupt is fetched again by the in-process path."""
+    store, source = published
+    mirrored = subprocess.run([sys.executable, "-m", "archive", "mirror", str(store), str(httpd.root / "store"),
+                               "--create"], capture_output=True, text=True, timeout=300)
+    assert mirrored.returncode == 0, mirrored.stderr
+    remote = httpd.url("store")
+    first = pull(remote, tmp_path / "first")
+    assert first.returncode == 0, first.stderr
+    rel = f"d{(FILES - 3) % FOLDERS:02d}/f{FILES - 3:05d}.bin"
+    content = (source / rel).read_bytes()
+    cached = next((isolated_user_dirs / "cache" / "archive").rglob(BlobId.of_bytes(content).hexdigest))
+    cached.chmod(0o644)
+    cached.write_bytes(bytes(len(content)))
+    second = pull(remote, tmp_path / "second")
+    assert second.returncode == 0, second.stderr
+    processes = expected_processes()
+    assert (f"small files in {processes} processes" in second.stderr) == (processes > 1), second.stderr
+    assert tree(tmp_path / "second") == tree(source)
+    assert cached.read_bytes() == content  # evicted and fetched again
