@@ -25,10 +25,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from . import layout
-from .cache import REHASH_BELOW, BlobCache, default_cache
+from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
 from .errors import InvalidInputError, InvalidPathError
@@ -37,8 +36,8 @@ from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker
     write_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
-from .placing import COPYING_MODES, Placement, Route, Source, place, source_of
-from .place_workers import place_split, processes_for
+from .placing import Placement, Route, Source, place, source_of
+from .place_workers import place_small, plan_split
 from .small_blobs import cache_small_blobs, fetch_small_blobs
 from .transfer import Progress, make_progress, run_jobs
 
@@ -159,13 +158,13 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     writes = [p for p in placements if not p.mode_only]
     started = time.time_ns()
     mode_given = _make_parent_folders(root, placements)
-    split = _split_small(arc, cache, writes, link, use_cache, workers)
+    split = plan_split(arc, cache, writes, link, use_cache, workers)
     sources, missing = _sources(arc, cache, writes, link, use_cache) if split is None else ({}, {})
     bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
                         progress)
     try:
         if split is not None:  # the small files from local blobs, in worker processes first
-            placements = _place_in_workers(placements, split, mode_given, bar)
+            placements = place_small(placements, split, lambda p: p.path.rpartition("/")[0] not in mode_given, bar)
             sources, missing = _sources(arc, cache, [p for p in placements if not p.mode_only], link, use_cache)
         no_source = Source(Route.CACHE)
         rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, mode_given)
@@ -209,54 +208,6 @@ def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement],
     missing = {key: threading.Lock() for key, source in sources.items()
                if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     return sources, missing
-
-
-def _split_small(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement], link: str,
-                 use_cache: bool, workers: int) -> "Split | None":
-    """How worker processes (at most ``workers``, the pull's ``--jobs``) may place the small
-    files of ``writes`` (:mod:`archive.place_workers`), or None where they should not: too few
-    files, a linking mode, or blobs neither on a local disk nor (the first one) in the cache.
-
-    The route is asked of one blob: it depends on the archive and the mode, not on the blob. A
-    blob the workers cannot place as asked is left to the in-process path, which asks again.
-    """
-    small = [p for p in writes if p.entry.size <= REHASH_BELOW]
-    processes = min(workers, processes_for(len(small))) if link in COPYING_MODES else 1
-    if processes < 2:
-        return None
-    sample = small[0].entry
-    route = source_of(arc, sample, link, use_cache).route
-    if route is Route.LOCAL:
-        def blob_file_of(entry: FileEntry) -> str | None:
-            return arc.local_file(layout.blob_key(entry.blob))
-    elif route is Route.CACHE and cache.has(sample.blob, sample.size):
-        def blob_file_of(entry: FileEntry) -> str | None:
-            return os.fspath(cache.path_of(entry.blob))
-    else:
-        return None
-    return Split(small, processes, blob_file_of)
-
-
-@dataclass(frozen=True)
-class Split:
-    """The small files worker processes place, over how many processes, and where their blobs are."""
-
-    small: list[Placement]
-    processes: int
-    blob_file_of: Callable[[FileEntry], "str | None"]
-
-
-def _place_in_workers(placements: list[Placement], split: Split, mode_given: set[str], bar: Progress,
-                      ) -> list[Placement]:
-    """Place ``split.small`` over worker processes; return ``placements`` without those placed."""
-    def on_file(size: int) -> None:
-        bar.advance(size)
-        bar.file_done()
-
-    left = place_split(split.small, split.processes, split.blob_file_of,
-                       lambda placement: placement.path.rpartition("/")[0] not in mode_given, on_file)
-    done = {id(p) for p in split.small}.difference(id(p) for p in left)
-    return [p for p in placements if id(p) not in done]
 
 
 def _fetch_small(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement], sources: dict[str, Source],

@@ -22,12 +22,12 @@ import pytest
 import archive
 from archive import layout
 from archive.hashing import BlobId
-from archive.place_workers import MIN_FILES_PER_WORKER
+from archive.place_workers import MAX_PROCESSES, MIN_FILES_PER_WORKER
 from tests.conftest import make_tree
 from tests.httpd import httpd  # noqa: F401 - fixtures
 
 FOLDERS = 30
-FILES = 3 * MIN_FILES_PER_WORKER  # enough for every worker of a 2- or 3-core machine
+FILES = max(3000, 3 * MIN_FILES_PER_WORKER)  # workers on 2 or 3 cores, and long enough to be killed
 
 
 def _content(index: int) -> bytes:
@@ -63,7 +63,7 @@ def pull(store: "Path | str", dest: Path, *options: str, verbose: bool = True) -
 
 
 def expected_processes() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), FILES // MIN_FILES_PER_WORKER))
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_PROCESSES, FILES // MIN_FILES_PER_WORKER))
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, bool]]:
