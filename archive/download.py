@@ -11,6 +11,10 @@ folder where a file goes, a file where a folder goes) is found before anything i
 the whole download is refused unless ``force`` settles them. Nothing is ever written outside
 the destination, whatever the record says and whatever symbolic links the destination holds.
 
+A pull of many small files in a mode that copies places them from worker processes first
+(:mod:`archive.place_workers`: one core cannot keep up with ``cp -r``), and the files they
+could not place through the path described here, which also says what went wrong.
+
 A pull into a folder ends by writing its marker (:mod:`archive.placed`), which ``status`` and
 ``exact`` read. In the ``hard`` and ``symlink`` modes an executable file is a read-only copy,
 never a link: a cache blob is never made executable.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +35,7 @@ from typing import TYPE_CHECKING
 from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
-from .errors import InvalidInputError, InvalidPathError
+from .errors import DestinationError, InvalidInputError, InvalidPathError
 from .materialize import INDEPENDENT_MODES, check_link_mode, creation_gives_mode, remove_stale_temporaries
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
@@ -233,10 +238,28 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
     folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
     for folder in folders:
         make_folders(root, folder, made)
-    paths = {folder: root.joinpath(*folder.split("/")) if folder else root for folder in folders}
-    for folder, path in paths.items():
-        check_inside(root, path, folder or ".")
+    prefix = os.path.join(str(root), "")
+    paths = {folder: prefix + folder.replace("/", os.sep) if folder else str(root) for folder in folders}
+    _check_folders_inside(root, prefix, made)
     return creation_gives_mode(paths)
+
+
+def _check_folders_inside(root: Path, prefix: str, folders: set[str]) -> None:
+    """Refuse the pull if one of ``folders`` (release-relative, with all their parents) leads
+    outside ``root``: an ``lstat`` each, and the full check only for a symbolic link (one an
+    earlier pull or the user made, which may lead inside). A path of real folders below
+    ``root`` (already resolved) cannot leave it; a ``realpath`` of each costs a ``stat`` per level.
+    """
+    for folder in folders:
+        path = prefix + folder.replace("/", os.sep)
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as exc:
+            raise DestinationError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(mode):
+            check_inside(root, Path(path), folder)
+        elif not stat.S_ISDIR(mode):
+            raise DestinationError(f"{path!r} exists and is not a folder")
 
 
 def _placing_workers(placements: list[Placement], sources: dict[str, Source], workers: int) -> int:

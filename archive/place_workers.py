@@ -32,6 +32,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -68,8 +69,8 @@ NeedsMode = Callable[[Placement], bool]
 def processes_for(files: int) -> int:
     """How many processes (the parent included) should place ``files`` small files: 1 where
     workers cannot start safely (no ``fork``, another thread running) or would not pay."""
-    if not hasattr(os, "fork") or threading.active_count() > 1:
-        return 1
+    if not hasattr(os, "fork") or sys.platform == "darwin" or threading.active_count() > 1:
+        return 1  # macOS: its system libraries are not safe in a forked child (multiprocessing stopped forking there)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
