@@ -287,17 +287,31 @@ def _stop_all(children: list[_Child]) -> None:
         if not child.reaped:
             _signal(child.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
+    interrupted: BaseException | None = None
     for child in children:
         while not child.reaped:
-            pid, _ = os.waitpid(child.pid, os.WNOHANG)
-            if pid:
-                child.reaped = True
-            elif time.monotonic() > deadline:
-                _signal(child.pid, signal.SIGKILL)
-                os.waitpid(child.pid, 0)
-                child.reaped = True
-            else:
-                time.sleep(0.005)
+            try:
+                _reap(child, deadline)
+            except KeyboardInterrupt as exc:  # a second Ctrl-C: reap all the same (at most STOP_GRACE)
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _reap(child: _Child, deadline: float) -> None:
+    """Reap ``child`` if it has ended; kill it once past ``deadline``; else wait a moment."""
+    try:
+        pid, _ = os.waitpid(child.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped already, by a wait an interrupt cut short before it was noted
+        pid = child.pid
+    if pid:
+        child.reaped = True
+    elif time.monotonic() > deadline:
+        _signal(child.pid, signal.SIGKILL)
+        os.waitpid(child.pid, 0)
+        child.reaped = True
+    else:
+        time.sleep(0.005)
 
 
 def _signal(pid: int, signum: int) -> None:
