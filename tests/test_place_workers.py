@@ -233,3 +233,45 @@ def test_a_pull_from_the_cache_places_through_workers(published, httpd, tmp_path
     assert (f"small files in {processes} processes" in second.stderr) == (processes > 1), second.stderr
     assert tree(tmp_path / "second") == tree(source)
     assert cached.read_bytes() == content  # evicted and fetched again
+
+
+def processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds ``text`` (a forked worker keeps its parent's)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                    if text.encode() in cmdline.read() and running(int(entry.name)):
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_pull_killed_at_random_leaves_no_worker_and_no_partial_file(published, tmp_path: Path) -> None:
+    """SIGKILL or SIGTERM at a random moment of a pull through the workers, many times."""
+    import random
+
+    store, source = published
+    runs = int(os.environ.get("ARCHIVE_KILL_RUNS", "100"))
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    killed = 0
+    for run in range(runs):
+        dest = tmp_path / f"dest{run}"
+        process = subprocess.Popen(pull_argv(store, dest, verbose=False), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 1.0))
+        process.send_signal(rng.choice([signal.SIGKILL, signal.SIGTERM]))
+        killed += process.wait(timeout=60) != 0
+        gone_by = time.monotonic() + 10
+        while processes_naming(str(dest)) and time.monotonic() < gone_by:
+            time.sleep(0.01)
+        assert processes_naming(str(dest)) == [], f"seed {seed}, run {run}"
+        if dest.exists():  # a pull killed before it made its folder wrote nothing
+            placed = tree(dest)
+            assert all(placed[path][0] == (source / path).read_bytes() for path in placed), f"seed {seed}, run {run}"
+            assert part_files(dest) == [], f"seed {seed}, run {run}"
+    assert killed >= runs // 4, f"seed {seed}: only {killed} of {runs} pulls were killed before they ended"
