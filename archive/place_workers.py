@@ -64,6 +64,7 @@ STOP_GRACE = 2.0
 
 BlobFileOf = Callable[[FileEntry], "str | None"]
 NeedsMode = Callable[[Placement], bool]
+OnFiles = Callable[[int, int], None]
 
 
 def processes_for(files: int) -> int:
@@ -120,11 +121,12 @@ def place_small(placements: list[Placement], split: Split, needs_mode: NeedsMode
     ``needs_mode(placement)``: False where a new file gets its mode from its creation alone
     (:func:`archive.materialize.creation_gives_mode`), so no ``chmod`` is needed.
     """
-    def on_file(size: int) -> None:
-        bar.advance(size)
-        bar.file_done()
+    def on_files(nbytes: int, files: int) -> None:
+        bar.advance(nbytes)
+        for _ in range(files):
+            bar.file_done()
 
-    left = place_split(split.small, split.processes, split.blob_file_of, needs_mode, on_file)
+    left = place_split(split.small, split.processes, split.blob_file_of, needs_mode, on_files)
     if len(split.small) == len(placements):  # the usual case: every file was a small one to write
         return left
     done = {id(p) for p in split.small}.difference(id(p) for p in left)
@@ -132,13 +134,13 @@ def place_small(placements: list[Placement], split: Split, needs_mode: NeedsMode
 
 
 def place_split(placements: Sequence[Placement], processes: int, blob_file_of: BlobFileOf, needs_mode: NeedsMode,
-                on_file: Callable[[int], None]) -> list[Placement]:
+                on_files: OnFiles) -> list[Placement]:
     """Place ``placements`` (small files, independent modes) over ``processes`` processes; return
     those left to the in-process path (not placed: missing or bad blobs, a failed worker).
 
     ``blob_file_of(entry)``: the file holding the entry's blob (a local archive's, or the
-    cache's). ``on_file(size)`` hears of each file placed, in the parent (a child's files
-    when it has reported).
+    cache's). ``on_files(nbytes, files)`` hears of the files placed, in the parent: each of
+    its own as it is placed, a child's all at once when it has reported.
     """
     if threading.active_count() > 1:  # started since processes_for: forking now would not be safe
         processes = 1
@@ -155,16 +157,16 @@ def place_split(placements: Sequence[Placement], processes: int, blob_file_of: B
                     unstarted.extend(range(bounds[part], bounds[part + 1]))  # placed by the in-process path
         finally:
             gc.unfreeze()
-        left = place_slice(placements, 0, bounds[1], blob_file_of, needs_mode, on_file) + unstarted
+        left = place_slice(placements, 0, bounds[1], blob_file_of, needs_mode, on_files) + unstarted
         for child in children:
-            left.extend(_collect(child, placements, on_file))
+            left.extend(_collect(child, placements, on_files))
     finally:
         _stop_all(children)
     return [placements[index] for index in sorted(left)]
 
 
 def place_slice(placements: Sequence[Placement], start: int, end: int, blob_file_of: BlobFileOf,
-                needs_mode: NeedsMode, on_file: Callable[[int], None] | None = None,
+                needs_mode: NeedsMode, on_files: OnFiles | None = None,
                 parent: int | None = None) -> list[int]:
     """Place ``placements[start:end]`` from verified blobs; return the indexes not placed.
 
@@ -186,8 +188,8 @@ def place_slice(placements: Sequence[Placement], start: int, end: int, blob_file
         except Exception:  # the in-process path places it again, and says what is wrong
             left.append(index)
             continue
-        if on_file is not None:
-            on_file(entry.size)
+        if on_files is not None:
+            on_files(entry.size, 1)
     return left
 
 
@@ -255,7 +257,7 @@ def _write_report(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _collect(child: _Child, placements: Sequence[Placement], on_file: Callable[[int], None]) -> list[int]:
+def _collect(child: _Child, placements: Sequence[Placement], on_files: OnFiles) -> list[int]:
     """Wait for ``child``; the indexes of its slice left to the parent (all of it if it failed)."""
     chunks = []
     while chunk := os.read(child.report, 1 << 16):
@@ -264,17 +266,17 @@ def _collect(child: _Child, placements: Sequence[Placement], on_file: Callable[[
     child.report = -1
     _, status = os.waitpid(child.pid, 0)
     child.reaped = True
+    data = b"".join(chunks)
     report = array.array("q")
-    report.frombytes(b"".join(chunks)[:len(b"".join(chunks)) // 8 * 8])
+    report.frombytes(data[:len(data) // 8 * 8])
     if os.waitstatus_to_exitcode(status) != 0 or not report or report[-1] != -1:
         logger.debug("place worker %d ended with status %d: its %d files are placed here", child.pid, status,
                      child.end - child.start)
         return list(range(child.start, child.end))
     left = report[:-1].tolist()
     skipped = set(left)
-    for index in range(child.start, child.end):
-        if index not in skipped:
-            on_file(placements[index].entry.size)
+    placed = [placements[index].entry.size for index in range(child.start, child.end) if index not in skipped]
+    on_files(sum(placed), len(placed))
     return left
 
 
