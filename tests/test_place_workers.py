@@ -106,6 +106,18 @@ def test_workers_place_what_one_process_places(published, tmp_path: Path) -> Non
     assert part_files(split) == []
 
 
+def test_a_progress_bar_does_not_keep_the_workers_from_starting(published, tmp_path: Path) -> None:
+    """The bar (tqdm) starts no thread, so the pull may still fork its workers."""
+    store, source = published
+    argv = [arg if arg != "--no-progress" else "--progress" for arg in pull_argv(store, tmp_path / "dest")]
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    processes = expected_processes()
+    assert (f"small files in {processes} processes" in shown.stderr) == (processes > 1), shown.stderr
+    assert "writing" in shown.stderr  # the bar was drawn
+    assert tree(tmp_path / "dest") == tree(source)
+
+
 def test_a_second_pull_into_the_folder_finds_everything_there(published, tmp_path: Path) -> None:
     store, _ = published
     dest = tmp_path / "again"
