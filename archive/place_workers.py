@@ -21,8 +21,9 @@ Safety: a child uses no thread, no lock and no connection of the parent (only lo
 calls: no stat cache, no cache bookkeeping, no network), and leaves with ``os._exit`` (no exit
 handlers, no flush of inherited buffers). It stops when its parent is gone (``getppid`` per
 file: a SIGKILLed pull leaves no worker placing files). On an interrupt or error in the parent,
-every child is sent SIGTERM (which the inherited handler turns into KeyboardInterrupt, so a
-named temporary is removed) and reaped before the parent goes on.
+every child is sent SIGTERM (which the CLI's handler, inherited, turns into KeyboardInterrupt,
+so a named temporary is removed; an unnamed file needs nothing) and reaped before the parent
+goes on; a child still running after :data:`STOP_GRACE` is killed.
 """
 
 from __future__ import annotations
