@@ -11,6 +11,10 @@ folder where a file goes, a file where a folder goes) is found before anything i
 the whole download is refused unless ``force`` settles them. Nothing is ever written outside
 the destination, whatever the record says and whatever symbolic links the destination holds.
 
+A pull of many small files in a mode that copies places them from worker processes first
+(:mod:`archive.place_workers`: one core cannot keep up with ``cp -r``), and the files they
+could not place through the path described here, which also says what went wrong.
+
 A pull into a folder ends by writing its marker (:mod:`archive.placed`), which ``status`` and
 ``exact`` read. In the ``hard`` and ``symlink`` modes an executable file is a read-only copy,
 never a link: a cache blob is never made executable.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -30,13 +35,14 @@ from typing import TYPE_CHECKING
 from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
-from .errors import InvalidInputError, InvalidPathError
+from .errors import DestinationError, InvalidInputError, InvalidPathError
 from .materialize import INDEPENDENT_MODES, check_link_mode, creation_gives_mode, remove_stale_temporaries
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
 from .placing import Placement, Route, Source, place, source_of
+from .place_workers import place_small, plan_split
 from .small_blobs import cache_small_blobs, fetch_small_blobs
 from .transfer import Progress, make_progress, run_jobs
 
@@ -155,18 +161,17 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     the copies after the last transfer. Files of one blob wait for its one fetch.
     """
     writes = [p for p in placements if not p.mode_only]
-    # keyed by the hex digest, whose hash Python keeps, not by the BlobId, whose hash is
-    # computed anew by each lookup (a few per file)
-    blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
-    sources = {key: source_of(arc, entry, link, use_cache) for key, entry in blobs.items()}  # asked once per blob
-    missing = {key: threading.Lock() for key, source in sources.items()
-               if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     started = time.time_ns()
     mode_given = _make_parent_folders(root, placements)
+    split = plan_split(arc, cache, writes, link, use_cache, workers)
+    sources, missing = _sources(arc, cache, writes, link, use_cache) if split is None else ({}, {})
     bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
                         progress)
-    no_source = Source(Route.CACHE)
     try:
+        if split is not None:  # the small files from local blobs, in worker processes first
+            placements = place_small(placements, split, lambda p: p.path.rpartition("/")[0] not in mode_given, bar)
+            sources, missing = _sources(arc, cache, [p for p in placements if not p.mode_only], link, use_cache)
+        no_source = Source(Route.CACHE)
         rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, mode_given)
 
         def job(placement: Placement) -> None:
@@ -196,6 +201,20 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     _remember_placed(cache, placements, started, link)
 
 
+def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement], link: str, use_cache: bool,
+             ) -> tuple[dict[str, Source], dict[str, threading.Lock]]:
+    """Each blob's source (asked once per blob), and a lock for each the cache must fetch first.
+
+    Keyed by the hex digest, whose hash Python keeps, not by the BlobId, whose hash is computed
+    anew by each lookup (a few per file).
+    """
+    blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
+    sources = {key: source_of(arc, entry, link, use_cache) for key, entry in blobs.items()}
+    missing = {key: threading.Lock() for key, source in sources.items()
+               if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
+    return sources, missing
+
+
 def _fetch_small(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement], sources: dict[str, Source],
                  missing: set[str], link: str, workers: int, bar: Progress, mode_given: set[str]) -> list[Placement]:
     """Read the small blobs the cache lacks, or that a pull without the cache streams, in groups
@@ -219,10 +238,28 @@ def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
     folders = {placement.path.rpartition("/")[0] for placement in placements}  # strings: 1 per file
     for folder in folders:
         make_folders(root, folder, made)
-    paths = {folder: root.joinpath(*folder.split("/")) if folder else root for folder in folders}
-    for folder, path in paths.items():
-        check_inside(root, path, folder or ".")
+    prefix = os.path.join(str(root), "")
+    paths = {folder: prefix + folder.replace("/", os.sep) if folder else str(root) for folder in folders}
+    _check_folders_inside(root, prefix, made)
     return creation_gives_mode(paths)
+
+
+def _check_folders_inside(root: Path, prefix: str, folders: set[str]) -> None:
+    """Refuse the pull if one of ``folders`` (release-relative, with all their parents) leads
+    outside ``root``: an ``lstat`` each, and the full check only for a symbolic link (one an
+    earlier pull or the user made, which may lead inside). A path of real folders below
+    ``root`` (already resolved) cannot leave it; a ``realpath`` of each costs a ``stat`` per level.
+    """
+    for folder in folders:
+        path = prefix + folder.replace("/", os.sep)
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError as exc:
+            raise DestinationError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(mode):
+            check_inside(root, Path(path), folder)
+        elif not stat.S_ISDIR(mode):
+            raise DestinationError(f"{path!r} exists and is not a folder")
 
 
 def _placing_workers(placements: list[Placement], sources: dict[str, Source], workers: int) -> int:
@@ -251,6 +288,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     :class:`DestinationConflictError`.
     """
     folders = Folders(root)
+    if not os.path.isdir(root):  # a new folder: nothing there to compare, nothing in the way
+        target_of = folders.target_of
+        return [Placement(path, entry, target_of(path)) for path, entry in release.files.items()], 0, []
     todo: list[Placement] = []
     conflicts: list[Conflict] = []
     kept = 0

@@ -173,7 +173,7 @@ def write_bytes_atomically(target: "str | Path", data: bytes, file_mode: int, *,
     create, write, link, close, and a ``chmod`` unless ``set_mode`` is False because the
     creation gives the file ``file_mode`` already, see :func:`creation_gives_mode`)."""
     path = os.fspath(target)  # strings, not Paths: this runs once per small file
-    fd = _open_unnamed(os.path.dirname(path), file_mode)
+    fd = _open_unnamed(_folder_of(path), file_mode) if _can_name_unnamed() else None
     if fd is None:
         return write_file_atomically(Path(path), [data], file_mode)
     try:
@@ -183,6 +183,12 @@ def write_bytes_atomically(target: "str | Path", data: bytes, file_mode: int, *,
         link_unnamed(fd, path)
     finally:
         os.close(fd)
+
+
+def _folder_of(path: str) -> str:
+    """``os.path.dirname`` of a path below a folder, without its generality (a few us a file)."""
+    folder, sep, _ = path.rpartition(os.sep)
+    return folder if folder and sep else os.path.dirname(path)
 
 
 def creation_gives_mode(folders: "dict[str, str | Path]") -> set[str]:

@@ -120,6 +120,7 @@ class TqdmProgress(Progress):
         from tqdm import tqdm  # imported here: the CLI starts faster without it
 
         self._started = time.monotonic()
+        tqdm.monitor_interval = 0  # no monitor thread: a pull forks its place workers only while no thread runs
         self._bar = tqdm(total=total_bytes, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
                          file=sys.stderr, leave=False, dynamic_ncols=True, postfix=f"0/{total_files} files")
         with _bars_lock:

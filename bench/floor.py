@@ -11,7 +11,8 @@ progress), beside the same anchors as ``bench.run``:
   blob into its hash-named folder (the folder archive's batched durability, without fsync per
   file);
 * **pull floor**: per file ``open``/``read``/``close`` of the blob, sha256, ``open`` of the new
-  file, ``write``, ``close`` (no temporary, no link, no mode change: less than a pull must do).
+  file, ``write``, ``close`` (no temporary, no link, no mode change: less than a pull must do);
+  and in two processes as a pull makes a file appear whole: ``O_TMPFILE``, ``write``, ``linkat``.
 
 Each loop runs in one process and split over two (``fork``; the second core is the only way
 around the interpreter lock). Wall and CPU seconds (the process and its children) are printed
@@ -78,25 +79,34 @@ def push(sources: list[str], store: str, processes: int) -> None:
         store, push_loop(sources[part::processes], store, f"p{part}")))
 
 
-def pull_loop(blobs: list[str], targets: list[str]) -> None:
-    """Read, hash and write each blob to its target."""
+def pull_loop(blobs: list[str], targets: list[str], unnamed: bool = False) -> None:
+    """Read, hash and write each blob to its target; ``unnamed``: as a pull makes a file
+    appear whole, written unnamed (``O_TMPFILE``) and then linked (``linkat``)."""
     for blob, target in zip(blobs, targets):
         fd = os.open(blob, os.O_RDONLY)
         data = os.read(fd, FILE_SIZE * 2)
         os.close(fd)
         hashlib.sha256(data).hexdigest()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, data)
+        if unnamed:
+            fd = os.open(os.path.dirname(target), os.O_TMPFILE | os.O_WRONLY, 0o644)
+            os.write(fd, data)
+            os.link(f"/proc/self/fd/{fd}", target, src_dir_fd=fd, follow_symlinks=True)
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, data)
         os.close(fd)
 
 
-def pull(store: str, dest: str, processes: int) -> None:
-    """The pull floor: every blob of ``store`` into ``dest``, split over ``processes``."""
+def pull(store: str, dest: str, processes: int, unnamed: bool = False) -> None:
+    """The pull floor: every blob of ``store`` into ``dest``, split over ``processes``
+    (contiguous slices, as the pull's place workers take them)."""
     blobs = sorted(entry.path for prefix in range(256) for entry in os.scandir(f"{store}/{prefix:02x}"))
     targets = [f"{dest}/{index // PER_FOLDER:03d}/{index:05d}" for index in range(len(blobs))]
     for folder in sorted({os.path.dirname(target) for target in targets}):
         os.makedirs(folder)
-    in_parallel(processes, lambda part: pull_loop(blobs[part::processes], targets[part::processes]))
+    bounds = [len(blobs) * part // processes for part in range(processes + 1)]
+    in_parallel(processes, lambda part: pull_loop(blobs[bounds[part]:bounds[part + 1]],
+                                                  targets[bounds[part]:bounds[part + 1]], unnamed))
 
 
 def in_parallel(processes: int, work: Callable[[int], None]) -> None:
@@ -140,7 +150,7 @@ def run(scratch: Path, files: int, repeat: int) -> dict[str, list[tuple[float, f
     paths = [str(source / name) for name in names]
     samples: dict[str, list[tuple[float, float]]] = {}
     for _ in range(repeat):
-        for name in ("anchor", "store1", "store2", "copy", "out1", "out2"):
+        for name in ("anchor", "store1", "store2", "copy", "out1", "out2", "out3"):
             shutil.rmtree(scratch / name, ignore_errors=True)
         steps = {
             "push anchor: openssl dgst + cp -r + sync": lambda: _run_all(
@@ -152,6 +162,9 @@ def run(scratch: Path, files: int, repeat: int) -> dict[str, list[tuple[float, f
             "pull floor, 1 process": lambda: pull(str(scratch / "store1"), str(scratch / "out1"), 1),
             "pull floor, 2 processes": lambda: pull(str(scratch / "store1"), str(scratch / "out2"), 2),
         }
+        if hasattr(os, "O_TMPFILE"):
+            steps["pull floor, O_TMPFILE + linkat, 2 processes"] = lambda: pull(
+                str(scratch / "store1"), str(scratch / "out3"), 2, unnamed=True)
         for label, step in steps.items():
             samples.setdefault(label, []).append(timed(step))
             print(f"  {label:42s} {samples[label][-1][0] * 1000:7.0f} ms wall "
