@@ -262,6 +262,7 @@ def processes_naming(text: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 100 pulls, each killed and checked
 def test_a_pull_killed_at_random_leaves_no_worker_and_no_partial_file(published, tmp_path: Path) -> None:
     """SIGKILL or SIGTERM at a random moment of a pull through the workers, many times."""
     import random
