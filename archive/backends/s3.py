@@ -110,10 +110,33 @@ class S3Archive(ArchiveInterface):
                 with self.errors(key):
                     return lean.read(name, key, max_bytes)
             except Redirected as exc:
-                self._lean = None
-                logger.info("%s: the server redirected a GET (%s); reading through botocore from now on",
-                            self.location, exc)
+                self._leave_lean(exc)
         return super().read_key(key, max_bytes)
+
+    def _leave_lean(self, why: Redirected) -> None:
+        self._lean = None
+        logger.info("%s: the server redirected a GET (%s); reading through botocore from now on", self.location, why)
+
+    def _get(self, key: str, byte_range: str | None, etag: str | None = None) -> tuple[bytes, str, str | None]:
+        """One GET of ``key`` (with ``Range`` and ``If-Match`` when given): the body, its
+        ``Content-Range`` and the object's ETag; a lean GET unless the server redirected one.
+        botocore's ``ClientError`` passes (the caller maps it)."""
+        name = self.object_key(key)
+        lean = self._lean
+        if lean is not None:
+            headers = {"Range": byte_range} if byte_range else {}
+            if etag:
+                headers["If-Match"] = etag
+            try:
+                answer = lean.get(name, key, headers)
+                return answer.body, answer.headers.get("Content-Range", ""), answer.headers.get("ETag")
+            except Redirected as exc:
+                self._leave_lean(exc)
+        extra = {"Range": byte_range} if byte_range else {}
+        if etag:
+            extra["IfMatch"] = etag
+        answer = self.client.get_object(Bucket=self.bucket, Key=name, **extra)
+        return s3_io.read_body(answer, f"{self.location}/{key}"), answer.get("ContentRange", ""), answer.get("ETag")
 
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
@@ -130,20 +153,16 @@ class S3Archive(ArchiveInterface):
         """The first part of ``key``, the object's size and its ETag (an empty object: no range)."""
         import botocore.exceptions
 
-        name = self.object_key(key)
-
         def read() -> tuple[bytes, int, str | None]:
             with self.errors(key):
                 try:
-                    answer = self.client.get_object(Bucket=self.bucket, Key=name,
-                                                     Range=f"bytes=0-{s3_io.PART_SIZE - 1}")
+                    data, content_range, etag = self._get(key, f"bytes=0-{s3_io.PART_SIZE - 1}")
                 except botocore.exceptions.ClientError as exc:
                     if error_code(exc) != "InvalidRange":
                         raise
-                    answer = self.client.get_object(Bucket=self.bucket, Key=name)  # an empty object
-                data = s3_io.read_body(answer, f"{self.location}/{key}")
-            total = answer.get("ContentRange", "").rpartition("/")[2]
-            return data, int(total) if total.isdigit() else len(data), answer.get("ETag")
+                    data, content_range, etag = self._get(key, None)  # an empty object
+            total = content_range.rpartition("/")[2]
+            return data, int(total) if total.isdigit() else len(data), etag
 
         return s3_io.with_body_retries(read)
 
@@ -151,18 +170,14 @@ class S3Archive(ArchiveInterface):
         """Bytes ``start..end`` of ``key``, only while it still has ``etag``."""
         import botocore.exceptions
 
-        condition = {"IfMatch": etag} if etag else {}
-
         def read() -> bytes:
             with self.errors(key):
                 try:
-                    answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key),
-                                                     Range=f"bytes={start}-{end}", **condition)
+                    data = self._get(key, f"bytes={start}-{end}", etag)[0]
                 except botocore.exceptions.ClientError as exc:
                     if s3_io.changed_while_read(exc):
                         raise s3_io.object_changed(self.location, key) from None
                     raise
-                data = s3_io.read_body(answer, f"{self.location}/{key}")
             if len(data) != end - start + 1:
                 raise s3_io.object_changed(self.location, key)
             return data

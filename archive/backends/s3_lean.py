@@ -28,8 +28,10 @@ them on the wire. Nothing here logs a header, a signature or a credential.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import IntegrityError
@@ -47,6 +49,14 @@ _RETRY_CODES = frozenset({  # botocore's standard mode: throttling and transient
 _REDIRECT_CODES = frozenset({"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed",
                              "IllegalLocationConstraintException"})
 _SIGNING = frozenset({"v4", "s3v4"})
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A GET's body and its headers (case-insensitive: ``Content-Range``, ``ETag``...)."""
+
+    body: bytes
+    headers: Any
 
 
 class Redirected(Exception):
@@ -109,7 +119,13 @@ class LeanGets:
         return f"{self._base}/{self._quote(name, safe='/~')}"
 
     def read(self, name: str, key: str, max_bytes: int) -> bytes:
-        """The whole content of object ``name`` (archive key ``key``), at most ``max_bytes``.
+        """The whole content of object ``name`` (archive key ``key``), at most ``max_bytes``
+        (:class:`IntegrityError` if larger); see :meth:`get` for what else it raises."""
+        return self.get(name, key, None, max_bytes).body
+
+    def get(self, name: str, key: str, headers: dict[str, str] | None = None,
+            max_bytes: int | None = None) -> "Answer":
+        """A GET of object ``name`` (archive key ``key``) with ``headers`` (``Range``, ``If-Match``).
 
         Raises
         ------
@@ -118,14 +134,14 @@ class LeanGets:
         botocore.exceptions.BotoCoreError
             No credentials, or the connection failed on every attempt.
         IntegrityError
-            The object is larger than ``max_bytes``.
+            The body is larger than ``max_bytes``.
         Redirected
             The server sent the request elsewhere.
         """
         url = self.url(name)
         for attempt in range(1, self._attempts + 1):
             try:
-                return self._attempt(url, key, max_bytes)
+                return self._attempt(url, key, headers or {}, max_bytes)
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise retry.cause from None
@@ -136,36 +152,36 @@ class LeanGets:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _attempt(self, url: str, key: str, max_bytes: int) -> bytes:
-        """One signed GET of ``url``: the body, or an exception (:class:`_Retry` when retryable)."""
+    def _attempt(self, url: str, key: str, headers: dict[str, str], max_bytes: int | None) -> "Answer":
+        """One signed GET of ``url``: the answer, or an exception (:class:`_Retry` when retryable)."""
         import botocore.exceptions as bce
 
         try:
-            response = self._session.send(self._signed(url))
+            response = self._session.send(self._signed(url, headers))
         except (bce.ConnectionError, bce.HTTPClientError) as exc:  # refused, reset, timed out, cut
             raise _Retry(exc) from None
         raw = response.raw
         try:
-            if response.status_code == 200:
-                return self._body(raw, url, key, max_bytes)
+            if response.status_code in (200, 206):
+                return Answer(self._body(raw, url, key, max_bytes), raw.headers)
             raise self._error(response.status_code, raw)
         finally:
             raw.release_conn()
 
-    def _signed(self, url: str) -> Any:
+    def _signed(self, url: str, headers: dict[str, str]) -> Any:
         """A prepared GET of ``url``, signed with the credentials of this moment."""
         import botocore.exceptions
 
         credentials = self._credentials.get_frozen_credentials() if self._credentials is not None else None
         if credentials is None:
             raise botocore.exceptions.NoCredentialsError()
-        request = self._request("GET", url, headers={"User-Agent": self._user_agent})
+        request = self._request("GET", url, headers={"User-Agent": self._user_agent, **headers})
         self._auth(credentials, self._signing_name, self._region).add_auth(request)
         prepared = request.prepare()
         prepared.stream_output = True
         return prepared
 
-    def _body(self, raw: Any, url: str, key: str, max_bytes: int) -> bytes:
+    def _body(self, raw: Any, url: str, key: str, max_bytes: int | None) -> bytes:
         """Read the whole body, refusing one over ``max_bytes``; a cut body is retried, and so is
         an answer with neither a length nor chunks (a head cut short reads as an empty body)."""
         import botocore.exceptions as bce
@@ -174,14 +190,15 @@ class LeanGets:
         length = raw.headers.get("Content-Length")
         if length is None and "chunked" not in raw.headers.get("Transfer-Encoding", "").lower():
             raise _Retry(bce.ConnectionClosedError(endpoint_url=url, error="an answer without a length"))
-        if length is not None and length.isdigit() and int(length) > max_bytes:
+        limit = math.inf if max_bytes is None else max_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
             raw.close()  # not read: the connection is dropped, not reused
             raise IntegrityError(f"{key}: over the {max_bytes} byte limit")
         try:
-            data = raw.read(max_bytes + 1 if length is None else None)
+            data = raw.read(None if length is not None or max_bytes is None else max_bytes + 1)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retry(bce.ConnectionClosedError(endpoint_url=url, error=exc)) from None
-        if len(data) > max_bytes:
+        if len(data) > limit:
             raise IntegrityError(f"{key}: over the {max_bytes} byte limit")
         return data
 

@@ -1,17 +1,16 @@
 """The S3 backend's lean GETs (archive/backends/s3_lean.py), seen on the wire.
 
-``read_key`` (a pull's small blobs, records, pointers) sends its GET without botocore's client,
-so its requests are watched where they travel: :class:`WireRelay`, a relay on 127.0.0.1 in
-front of the real moto server that records each request's head and can answer the next GETs
-itself (a 503, a redirect) or cut the next answer short, as a failing server would.
+``read_key`` (a pull's small blobs, records, pointers) and the ranged reads of ``open_key`` send
+their GETs without botocore's client, so their requests are watched where they travel:
+:class:`~tests.backends.s3_wire.WireRelay`, a relay on 127.0.0.1 in front of the real moto
+server that records each request's head and can answer the next GETs itself (a 503, a
+redirect) or cut the next answer short, as a failing server would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -20,102 +19,10 @@ import pytest
 import archive
 from archive.backends.s3 import S3Archive
 from archive.errors import AuthenticationError, BackendUnavailableError, IntegrityError, KeyNotFoundError
+from tests.backends.s3_wire import WireRelay, s3_error
 from tests.backends.test_s3 import run
 from tests.conftest import make_tree
 from tests.s3d import S3Server, new_bucket, start_s3_server, stop_s3_server
-
-
-def http_answer(status: str, body: bytes = b"", headers: str = "") -> bytes:
-    """A whole HTTP/1.1 answer that closes its connection."""
-    return (f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{headers}\r\n").encode() + body
-
-
-def s3_error(status: str, code: str, headers: str = "") -> bytes:
-    body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
-    return http_answer(status, body, "Content-Type: application/xml\r\n" + headers)
-
-
-class WireRelay:
-    """A relay from 127.0.0.1:``port`` to the S3 server, one request per connection.
-
-    ``heads``: the head of each request (request line and headers, lower-case names).
-    ``answers``: raw answers sent, in turn, to the next GETs instead of passing them on.
-    ``cut_next_get``: the next GET's answer is cut after that many bytes.
-    """
-
-    def __init__(self, upstream: int) -> None:
-        self._upstream = upstream
-        self.heads: list[dict[str, str]] = []
-        self.answers: list[bytes] = []
-        self.cut_next_get: int | None = None
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def gets(self) -> list[dict[str, str]]:
-        return [head for head in self.heads if head["method"] == "GET"]
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        with client:
-            request = _read_request(client)
-            if request is None:
-                return
-            head, raw = request
-            with self._lock:
-                self.heads.append(head)
-                answer = self.answers.pop(0) if head["method"] == "GET" and self.answers else None
-                cut, self.cut_next_get = (self.cut_next_get, None) if head["method"] == "GET" else (None,
-                                                                                                     self.cut_next_get)
-            if answer is not None:
-                client.sendall(answer)
-                return
-            with socket.create_connection(("127.0.0.1", self._upstream)) as server:
-                server.sendall(raw)
-                sent = 0
-                while data := server.recv(65536):  # moto closes each connection after its answer
-                    if cut is not None and sent + len(data) > cut:
-                        client.sendall(data[:cut - sent])
-                        return
-                    client.sendall(data)
-                    sent += len(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-
-def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes] | None:
-    """One whole request (head and body) from ``sock``, and its parsed head."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = sock.recv(65536)
-        if not more:
-            return None
-        data += more
-    head_text, _, body = data.partition(b"\r\n\r\n")
-    lines = head_text.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    head = {"method": method, "target": target}
-    head.update((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines[1:]))
-    while len(body) < int(head.get("content-length", "0")):
-        body += sock.recv(65536)
-    return head, data[:len(head_text) + 4] + body
 
 
 @pytest.fixture
@@ -157,8 +64,7 @@ def test_read_key_is_one_signed_get_that_skips_botocore(arc: S3Archive, relay: W
 def test_a_key_is_encoded_as_botocore_encodes_it(arc: S3Archive, relay: WireRelay, key: str) -> None:
     arc.write_key(key, [key.encode()])
     through_botocore = botocore_sends(arc)
-    with arc.open_key(key) as stream:  # the client's GET
-        assert stream.read() == key.encode()
+    assert arc.client.get_object(Bucket=arc.bucket, Key=arc.object_key(key))["Body"].read() == key.encode()
     relay.heads.clear()
     assert arc.read_key(key, 1000) == key.encode()
     assert [h["target"] for h in relay.gets()] == ["/" + through_botocore[0].split("/", 3)[3]]
@@ -256,3 +162,42 @@ def test_a_pull_of_small_files_sends_one_get_each(s3_env: S3Server, s3_bucket: s
 
 def snapshot_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file() and ".archive" not in p.parts}
+
+
+# ------------------------------------------------------------------ the ranged reads of open_key
+@pytest.fixture
+def three_parts(arc: S3Archive, monkeypatch: pytest.MonkeyPatch) -> tuple[str, bytes]:
+    """An object of three parts of 64 KiB (the part size made small for the test)."""
+    from archive.backends import s3_io
+
+    data = os.urandom(3 * 64 * 1024 - 100)
+    arc.write_key("tmp/three-parts", [data])  # one PUT: parts that small are refused by S3
+    monkeypatch.setattr(s3_io, "PART_SIZE", 64 * 1024)
+    return "tmp/three-parts", data
+
+
+def read_all(arc: S3Archive, key: str) -> bytes:
+    with arc.open_key(key) as stream:
+        return stream.read()
+
+
+def test_ranged_reads_retry_a_server_error_and_a_cut_body(arc: S3Archive, relay: WireRelay,
+                                                          three_parts: tuple[str, bytes]) -> None:
+    key, data = three_parts
+    relay.heads.clear()
+    relay.answers = [s3_error("503 Service Unavailable", "SlowDown")]
+    relay.cut_next_get = 1000
+    assert read_all(arc, key) == data
+    assert len(relay.gets()) == 5  # three ranges, one answered 503, one cut
+    relay.heads.clear()
+    arc.write_key("tmp/empty", [b""])
+    assert read_all(arc, "tmp/empty") == b""  # a range of an empty object is refused: read whole
+
+
+def test_a_redirected_ranged_read_goes_back_to_the_client(arc: S3Archive, relay: WireRelay,
+                                                          three_parts: tuple[str, bytes]) -> None:
+    key, data = three_parts
+    relay.answers = [s3_error("307 Temporary Redirect", "TemporaryRedirect")]
+    through_botocore = botocore_sends(arc)
+    assert read_all(arc, key) == data
+    assert len(through_botocore) == 3
