@@ -9,8 +9,9 @@ whole story. The primitives map to S3 like this:
   (``x-amz-meta-archive-mtime``, set on every write, since S3 has no rename and a copy resets
   ``LastModified``), else ``LastModified`` for objects written by other tools.
 * ``open_key``: ranged GETs of 8 MiB, the next ones fetched in parallel (:mod:`.s3_io`).
-* ``read_key`` (a whole small object: a blob of a pull, a record, a pointer): one GET, made by
-  :mod:`.s3_lean` with half the CPU of a request through botocore's client.
+* ``read_key`` (a whole small object: a blob of a pull, a record, a pointer): one GET.
+  Every GET is made by :mod:`.s3_lean`, with about half the CPU of one through botocore's
+  client, until the server redirects one (then through the client, which follows redirects).
 * ``write_key``: one PUT for up to 8 MiB; above, a parallel multipart upload that streams the
   chunks with bounded memory. An object appears whole on completion or not at all. A key
   known only at the end (a blob named by its hash) that did not fit one part is uploaded under
