@@ -1,8 +1,8 @@
 """A relay on 127.0.0.1 in front of the test S3 server that shows what goes on the wire.
 
 Requests the S3 backend makes without botocore's client (archive/backends/s3_lean.py) skip the
-client's event hooks, so tests watch them here: each request's head, how many were in flight at
-once, and, to play a failing server, answers of its own for the next GETs or a cut answer.
+client's event hooks, so tests watch them here: each request's head and when it came, and, to
+play a failing server, answers of its own for the next GETs or a cut answer.
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ def s3_error(status: str, code: str, headers: str = "") -> bytes:
 class WireRelay:
     """A relay from 127.0.0.1:``port`` to the S3 server, one request per connection.
 
-    ``heads``: the head of each request (request line and headers, lower-case names).
+    ``heads``: the head of each request (request line, headers with lower-case names, and
+    ``at``: the ``time.monotonic()`` of its arrival).
     ``answers``: raw answers sent, in turn, to the next GETs instead of passing them on.
     ``cut_next_get``: the answer to the next GET passed on is cut after that many bytes.
-    ``delay``: seconds each request waits before it is passed on; ``most_in_flight``: the most
-    requests seen at once.
+    ``delay``: seconds each request waits before it is passed on.
     """
 
     def __init__(self, upstream: int, delay: float = 0.0) -> None:
         self._upstream, self.delay = upstream, delay
-        self.in_flight = self.most_in_flight = 0
         self.heads: list[dict[str, str]] = []
         self.answers: list[bytes] = []
         self.cut_next_get: int | None = None
@@ -61,16 +60,6 @@ class WireRelay:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            self._relay(client)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-    def _relay(self, client: socket.socket) -> None:
         with client:
             request = _read_request(client)
             if request is None:
@@ -113,7 +102,7 @@ def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes] | None:
     head_text, _, body = data.partition(b"\r\n\r\n")
     lines = head_text.decode("latin-1").split("\r\n")
     method, target, _ = lines[0].split(" ", 2)
-    head = {"method": method, "target": target}
+    head = {"method": method, "target": target, "at": repr(time.monotonic())}  # when it arrived
     head.update((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines[1:]))
     while len(body) < int(head.get("content-length", "0")):
         body += sock.recv(65536)
