@@ -14,7 +14,9 @@ the same server in the same run, each into a bucket of its own, removed after ea
 (moto scans every key of a bucket for each listing, which S3 does not); rclone runs with its defaults (4 transfers, 8 checkers), the
 archive with its own (the backend's ``max_workers``). It prints median seconds, the ratio
 (rclone seconds / archive seconds: above 1 means archive is faster), the archive command's
-median CPU seconds (user + sys, steadier than wall time on a shared machine) and peak RSS.
+median CPU seconds (user + sys, steadier than wall time on a shared machine), its peak RSS, and
+the server's CPU seconds during the archive command and during rclone's (moto runs on the same
+machine: what it spends, the client cannot).
 ``--anchor TREE`` times a second archive source tree too (a ``git worktree`` of an earlier
 commit), alternating with this one in the same run, so that a change is measured against the
 code before it under the same load.
@@ -65,6 +67,7 @@ class Row:
     theirs: list[Sample] = field(default_factory=list)
     anchor: list[Sample] = field(default_factory=list)
     cpu: dict[str, list[float]] = field(default_factory=dict)  # "ours"/"anchor" -> CPU seconds
+    server_cpu: dict[str, list[float]] = field(default_factory=dict)  # "ours"/"anchor"/"rclone" -> moto's
 
     @property
     def ratio(self) -> float:
@@ -75,16 +78,27 @@ class Row:
         rss = max(s.max_rss_kib for s in self.ours) / 1024
         cpu = statistics.median(self.cpu["ours"])
         text = (f"{self.label:<48} {_median(self.ours):>9.2f} {_median(self.theirs):>9.2f} {self.ratio:>8.2f}x"
-                f" {cpu:>7.2f} {rss:>7.0f} MiB")
+                f" {cpu:>7.2f} {rss:>7.0f} MiB {self.server('ours'):>7.2f} {self.server('rclone'):>7.2f}")
         if self.anchor:
             text += (f" | anchor {_median(self.anchor):.2f} s ({_median(self.theirs) / _median(self.anchor):.2f}x),"
-                     f" cpu {statistics.median(self.cpu['anchor']):.2f}")
+                     f" cpu {statistics.median(self.cpu['anchor']):.2f}, srv cpu {self.server('anchor'):.2f}")
         return text
 
-    def add(self, side: str, timed: tuple[Sample, float]) -> None:
-        """Keep one archive command's sample and CPU seconds (``side``: "ours" or "anchor")."""
+    def server(self, side: str) -> float:
+        """The server's median CPU seconds during ``side``'s commands (nan if none)."""
+        values = self.server_cpu.get(side)
+        return statistics.median(values) if values else float("nan")
+
+    def add(self, side: str, timed: tuple[Sample, float, float]) -> None:
+        """Keep one archive command's sample, CPU seconds and the server's (``side``: "ours" or "anchor")."""
         getattr(self, side).append(timed[0])
         self.cpu.setdefault(side, []).append(timed[1])
+        self.server_cpu.setdefault(side, []).append(timed[2])
+
+    def add_rclone(self, timed: tuple[Sample, float]) -> None:
+        """Keep one rclone command's sample and the server's CPU seconds during it."""
+        self.theirs.append(timed[0])
+        self.server_cpu.setdefault("rclone", []).append(timed[1])
 
 
 def _median(samples: list[Sample]) -> float:
@@ -118,24 +132,32 @@ class Runner:
         client.delete_bucket(Bucket=bucket)
 
     def archive(self, prefix: str, *args: str, cache: Path | None = None,
-                tree: Path = REPO) -> tuple[Sample, float]:
-        """Run the archive of source ``tree``: its sample and CPU seconds (user + sys)."""
+                tree: Path = REPO) -> tuple[Sample, float, float]:
+        """Run the archive of source ``tree``: its sample, CPU seconds (user + sys), the server's."""
         env = {**self.env, "ARCHIVE_CACHE_DIR": str(cache or self.work / "cache"), "PYTHONPATH": str(tree)}
         jobs = ["--jobs", str(self.jobs)] if self.jobs else []
         argv = [sys.executable, "-m", "archive", "--no-progress", "-q", "--archive", self.location(prefix), *jobs, *args]
         self.settle()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before, server = resource.getrusage(resource.RUSAGE_CHILDREN), self.server_seconds()
         sample = run_timed(argv, env=env, cwd=tree)  # python -m looks in the working folder first
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return sample, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        after, server = resource.getrusage(resource.RUSAGE_CHILDREN), self.server_seconds() - server
+        return sample, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, server
+
+    def server_seconds(self) -> float:
+        """The CPU seconds (user + sys) the server process has spent so far."""
+        fields = Path(f"/proc/{self.server.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
     def init(self, prefix: str, tree: Path = REPO) -> None:
         run_timed([sys.executable, "-m", "archive", "init", self.location(prefix)], env={**self.env, "PYTHONPATH": str(tree)},
                   cwd=tree)
 
-    def rclone(self, source: str, target: str) -> Sample:
+    def rclone(self, source: str, target: str) -> tuple[Sample, float]:
+        """Run ``rclone copy``: its sample and the server's CPU seconds during it."""
         self.settle()
-        return run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
+        server = self.server_seconds()
+        sample = run_timed(["rclone", "copy", "--config", "/dev/null", source, target], env=self.env)
+        return sample, self.server_seconds() - server
 
     def settle(self) -> None:
         """Before every timed command, of either side: write back the dirty pages of the ones
@@ -178,9 +200,9 @@ def bench_data_set(runner: Runner, data: DataSet, reps: int, anchor: Path | None
             buckets = {side: runner.new_bucket() for side in ["rclone", *dict(trees)]}
             local = runner.fresh("local")
             try:
-                rows[0].theirs.append(runner.rclone(str(src), runner.remote(f"{buckets['rclone']}/data")))
-                rows[1].theirs.append(runner.rclone(runner.remote(f"{buckets['rclone']}/data"), str(local / "rclone")))
-                rows[2].theirs.append(rows[1].theirs[-1])
+                rows[0].add_rclone(runner.rclone(str(src), runner.remote(f"{buckets['rclone']}/data")))
+                rows[1].add_rclone(runner.rclone(runner.remote(f"{buckets['rclone']}/data"), str(local / "rclone")))
+                rows[2].add_rclone((rows[1].theirs[-1], rows[1].server_cpu["rclone"][-1]))
                 for side, tree in trees[rep % 2:] + trees[:rep % 2]:
                     _bench_archive(runner, src, f"{buckets[side]}/archive", local / side, rows, side, tree)
                     _same_files(src, local / "rclone", local / side / "pulled", local / side / "direct")
@@ -261,12 +283,14 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"{'workload':<48} {'archive s':>9} {'rclone s':>9} {'ratio':>9} {'arc CPU':>7} {'arc RSS':>11}")
+    print(f"{'workload':<48} {'archive s':>9} {'rclone s':>9} {'ratio':>9} {'arc CPU':>7} {'arc RSS':>11}"
+          f" {'srv CPU':>7} {'srv/rcl':>7}")
     for row in rows:
         print(row.line())
     exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
     print(f"ratio: rclone seconds / archive seconds (above 1: archive faster); arc CPU: user + sys seconds;"
-          f" arc RSS: peak of the archive command ({exact}); load after: {os.getloadavg()[0]:.2f}")
+          f" arc RSS: peak of the archive command ({exact}); srv CPU, srv/rcl: the server's CPU seconds during"
+          f" the archive command, during rclone's; load after: {os.getloadavg()[0]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,9 @@ whole story. The primitives map to S3 like this:
   (``x-amz-meta-archive-mtime``, set on every write, since S3 has no rename and a copy resets
   ``LastModified``), else ``LastModified`` for objects written by other tools.
 * ``open_key``: ranged GETs of 8 MiB, the next ones fetched in parallel (:mod:`.s3_io`).
+* ``read_key`` (a whole small object: a blob of a pull, a record, a pointer): one GET.
+  Every GET is made by :mod:`.s3_lean`, with about half the CPU of one through botocore's
+  client, until the server redirects one (then through the client, which follows redirects).
 * ``write_key``: one PUT for up to 8 MiB; above, a parallel multipart upload that streams the
   chunks with bounded memory. An object appears whole on completion or not at all. A key
   known only at the end (a blob named by its hash) that did not fit one part is uploaded under
@@ -45,6 +48,7 @@ from ..interface import ArchiveInterface, KeyInfo, key_of
 from ..keys import check_key, usable_name
 from ..locations import redact
 from . import s3_io
+from .s3_lean import LeanGets, Redirected
 from .s3_client import S3Settings, error_code, make_client, parse_location, s3_errors
 from .s3_conditional import ConditionalWrites
 
@@ -69,6 +73,7 @@ class S3Archive(ArchiveInterface):
         self._pool = ThreadPoolExecutor(PART_THREADS, thread_name_prefix="archive-s3")
         self._budget = s3_io.PartBudget(s3_io.BUDGET)
         self._conditional = ConditionalWrites(self, settings.unsafe_no_conditional_writes)
+        self._lean: LeanGets | None = LeanGets.of_client(self.client, self.bucket)
 
     @classmethod
     def from_location(cls, location: str) -> "S3Archive":
@@ -96,6 +101,44 @@ class S3Archive(ArchiveInterface):
         with self.errors(key):
             return self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
 
+    def read_key(self, key: str, max_bytes: int) -> bytes:
+        """One GET of the whole object (:mod:`.s3_lean`); through the client once the server
+        redirected a request (botocore follows S3's redirects to another region)."""
+        lean = self._lean
+        if lean is not None:
+            name = self.object_key(key)
+            try:
+                with self.errors(key):
+                    return lean.read(name, key, max_bytes)
+            except Redirected as exc:
+                self._leave_lean(exc)
+        return super().read_key(key, max_bytes)
+
+    def _leave_lean(self, why: Redirected) -> None:
+        self._lean = None
+        logger.info("%s: the server redirected a GET (%s); reading through botocore from now on", self.location, why)
+
+    def _get(self, key: str, byte_range: str | None, etag: str | None = None) -> tuple[bytes, str, str | None]:
+        """One GET of ``key`` (with ``Range`` and ``If-Match`` when given): the body, its
+        ``Content-Range`` and the object's ETag; a lean GET unless the server redirected one.
+        botocore's ``ClientError`` passes (the caller maps it)."""
+        name = self.object_key(key)
+        lean = self._lean
+        if lean is not None:
+            headers = {"Range": byte_range} if byte_range else {}
+            if etag:
+                headers["If-Match"] = etag
+            try:
+                answer = lean.get(name, key, headers)
+                return answer.body, answer.headers.get("Content-Range", ""), answer.headers.get("ETag")
+            except Redirected as exc:
+                self._leave_lean(exc)
+        extra = {"Range": byte_range} if byte_range else {}
+        if etag:
+            extra["IfMatch"] = etag
+        answer = self.client.get_object(Bucket=self.bucket, Key=name, **extra)
+        return s3_io.read_body(answer, f"{self.location}/{key}"), answer.get("ContentRange", ""), answer.get("ETag")
+
     @contextmanager
     def open_key(self, key: str) -> Iterator[BinaryIO]:
         """Ranged GETs of 8 MiB, those after the first fetched ahead in parallel."""
@@ -111,20 +154,16 @@ class S3Archive(ArchiveInterface):
         """The first part of ``key``, the object's size and its ETag (an empty object: no range)."""
         import botocore.exceptions
 
-        name = self.object_key(key)
-
         def read() -> tuple[bytes, int, str | None]:
             with self.errors(key):
                 try:
-                    answer = self.client.get_object(Bucket=self.bucket, Key=name,
-                                                     Range=f"bytes=0-{s3_io.PART_SIZE - 1}")
+                    data, content_range, etag = self._get(key, f"bytes=0-{s3_io.PART_SIZE - 1}")
                 except botocore.exceptions.ClientError as exc:
                     if error_code(exc) != "InvalidRange":
                         raise
-                    answer = self.client.get_object(Bucket=self.bucket, Key=name)  # an empty object
-                data = s3_io.read_body(answer, f"{self.location}/{key}")
-            total = answer.get("ContentRange", "").rpartition("/")[2]
-            return data, int(total) if total.isdigit() else len(data), answer.get("ETag")
+                    data, content_range, etag = self._get(key, None)  # an empty object
+            total = content_range.rpartition("/")[2]
+            return data, int(total) if total.isdigit() else len(data), etag
 
         return s3_io.with_body_retries(read)
 
@@ -132,18 +171,14 @@ class S3Archive(ArchiveInterface):
         """Bytes ``start..end`` of ``key``, only while it still has ``etag``."""
         import botocore.exceptions
 
-        condition = {"IfMatch": etag} if etag else {}
-
         def read() -> bytes:
             with self.errors(key):
                 try:
-                    answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key),
-                                                     Range=f"bytes={start}-{end}", **condition)
+                    data = self._get(key, f"bytes={start}-{end}", etag)[0]
                 except botocore.exceptions.ClientError as exc:
                     if s3_io.changed_while_read(exc):
                         raise s3_io.object_changed(self.location, key) from None
                     raise
-                data = s3_io.read_body(answer, f"{self.location}/{key}")
             if len(data) != end - start + 1:
                 raise s3_io.object_changed(self.location, key)
             return data

@@ -1,7 +1,8 @@
 """The S3 backend's connection: the location's settings, one boto3 client, errors mapped once.
 
 Everything the S3 backend asks of the server goes through one boto3 client (thread-safe, one
-connection pool sized for the transfer threads), made from the standard AWS chain of
+connection pool sized for the transfer threads; GETs use its signer, credentials and HTTP
+session without its per-request machinery, see :mod:`.s3_lean`), made from the standard AWS chain of
 credentials and settings: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
 ``AWS_PROFILE`` (or ``?profile=``), the shared credentials and config files, SSO, web identity,
 instance metadata. A location never holds credentials, and none is ever shown or logged.
