@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +22,7 @@ import archive
 from archive import layout
 from archive.backends.sftp_conn import TRANSPORT_ENV
 from tests.conftest import make_tree
+from tests.relay import Relay
 from tests.sshd import SSHServer, keyring_file, ssh_home, ssh_key_home, sshd  # noqa: F401
 
 MIB = 1024 * 1024
@@ -37,52 +36,10 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return request.param
 
 
-class SlowRelay:
-    """A TCP relay on 127.0.0.1 to the test sshd that passes at most ``rate`` bytes a second each
-    way per connection: a transfer then lasts long enough that finishing the files in progress
-    (instead of stopping) would take longer than :data:`EXIT_WITHIN`."""
-
-    def __init__(self, upstream_port: int, rate: int) -> None:
-        self._upstream, self._rate = upstream_port, rate
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-        for sock in self._sockets:
-            sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # closed
-                return
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(64 * 1024):
-                sink.sendall(data)
-                time.sleep(len(data) / self._rate)
-        except OSError:  # one side closed
-            pass
-        for sock in (source, sink):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 @pytest.fixture
-def relay(sshd: SSHServer, ssh_key_home: Path) -> Iterator[SlowRelay]:
+def relay(sshd: SSHServer, ssh_key_home: Path) -> Iterator[Relay]:
     """A slow relay to the test sshd, whose port known_hosts trusts with the server's key."""
-    slow = SlowRelay(sshd.port, rate=4 * MIB)
+    slow = Relay(sshd.port, rate=4 * MIB)  # a transfer outlasts EXIT_WITHIN
     with open(ssh_key_home / ".ssh" / "known_hosts", "a") as known:
         known.write(f"[127.0.0.1]:{slow.port} {sshd.host_key_line.split(' ', 1)[1]}\n")
     try:
@@ -91,7 +48,7 @@ def relay(sshd: SSHServer, ssh_key_home: Path) -> Iterator[SlowRelay]:
         slow.close()
 
 
-def through(relay: SlowRelay, sshd: SSHServer, store: Path) -> str:
+def through(relay: Relay, sshd: SSHServer, store: Path) -> str:
     return f"sftp://{sshd.user}@127.0.0.1:{relay.port}{store}"
 
 
@@ -156,7 +113,7 @@ def uploading(store: Path) -> bool:
 
 
 @pytest.mark.parametrize("jobs", ["1", "4"])
-def test_sigint_during_an_sftp_push_exits_130_promptly(sshd: SSHServer, store: Path, relay: SlowRelay,
+def test_sigint_during_an_sftp_push_exits_130_promptly(sshd: SSHServer, store: Path, relay: Relay,
                                                         tmp_path: Path, transport: str, jobs: str) -> None:
     """With -j 4, files in progress are stopped too, not finished (the pool used to wait for them)."""
     src = big_folder(tmp_path / "src")
@@ -170,7 +127,7 @@ def test_sigint_during_an_sftp_push_exits_130_promptly(sshd: SSHServer, store: P
 
 
 @pytest.mark.parametrize("jobs", ["1", "4"])
-def test_sigint_during_an_sftp_pull_exits_130_promptly(sshd: SSHServer, store: Path, relay: SlowRelay,
+def test_sigint_during_an_sftp_pull_exits_130_promptly(sshd: SSHServer, store: Path, relay: Relay,
                                                         tmp_path: Path, transport: str, jobs: str) -> None:
     src = big_folder(tmp_path / "src")
     with archive.get_interface(sshd.url(store)) as arc:

@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+from tests.relay import Relay
+
 
 def http_answer(status: str, body: bytes = b"", headers: str = "") -> bytes:
     """A whole HTTP/1.1 answer that closes its connection."""
@@ -22,7 +24,7 @@ def s3_error(status: str, code: str, headers: str = "") -> bytes:
     return http_answer(status, body, "Content-Type: application/xml\r\n" + headers)
 
 
-class WireRelay:
+class WireRelay(Relay):
     """A relay from 127.0.0.1:``port`` to the S3 server, one request per connection.
 
     ``heads``: the head of each request (request line, headers with lower-case names, and
@@ -33,33 +35,18 @@ class WireRelay:
     """
 
     def __init__(self, upstream: int, delay: float = 0.0) -> None:
-        self._upstream, self.delay = upstream, delay
+        self.delay = delay
         self.heads: list[dict[str, str]] = []
         self.answers: list[bytes] = []
         self.cut_next_get: int | None = None
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(upstream)
 
     def gets(self) -> list[dict[str, str]]:
         return [head for head in self.heads if head["method"] == "GET"]
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
+    def serve(self, client: socket.socket) -> None:
+        """Answer one request: from ``answers``, or passed on (perhaps cut)."""
         with client:
             request = _read_request(client)
             if request is None:
@@ -75,7 +62,7 @@ class WireRelay:
                 client.sendall(answer)
                 return
             time.sleep(self.delay)
-            with socket.create_connection(("127.0.0.1", self._upstream)) as server:
+            with socket.create_connection(("127.0.0.1", self.upstream)) as server:
                 server.sendall(raw)
                 sent = 0
                 while data := server.recv(65536):  # moto closes each connection after its answer
@@ -84,11 +71,6 @@ class WireRelay:
                         return
                     client.sendall(data)
                     sent += len(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
 
 
 def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes] | None:

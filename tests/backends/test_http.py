@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -26,6 +24,7 @@ from archive.errors import (AuthenticationError, BackendError, BackendUnavailabl
 from archive.hashing import BlobId
 from tests.backends.conformance import BackendContract
 from tests.conftest import make_tree
+from tests.relay import Relay
 from tests.httpd import WebServer, make_ca, start_nginx, stop_nginx
 from tests.test_publish import snapshot
 
@@ -375,57 +374,8 @@ def test_a_redirect_on_the_same_host_is_followed(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ a transfer cut half-way
-class CuttingRelay:
-    """A TCP relay from 127.0.0.1:``port`` to the web server that, once, cuts the first response
-    that carries more than ``budget`` bytes to the client (both sockets closed)."""
-
-    def __init__(self, upstream: int, budget: int) -> None:
-        self._upstream, self._budget = upstream, budget
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.cuts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
-        sent = 0
-        try:
-            while data := source.recv(65536):
-                if downstream and self.cuts == 0 and sent + len(data) > self._budget:
-                    target.sendall(data[:self._budget - sent])
-                    self.cuts += 1
-                    break
-                target.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for sock in (source, target):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-
 def test_a_cut_transfer_resumes_with_a_range_request(site: str, httpd: WebServer, tmp_path: Path) -> None:
-    relay = CuttingRelay(httpd.port, budget=len(BIG) // 2)
+    relay = Relay(httpd.port, cut_after=len(BIG) // 2, cut_requests=False)
     try:
         url = f"http://127.0.0.1:{relay.port}/store"
         # the cut must land in the big blob, so the small index and record reads come first
@@ -449,7 +399,7 @@ def test_a_server_that_ignores_range_fails_clearly(tmp_path: Path) -> None:
     root = tmp_path / "www"
     publish_site(root, tmp_path)
     server = start_nginx(tmp_path / "nginx", root, extra="max_ranges 0;")
-    relay = CuttingRelay(server.port, budget=len(BIG) // 2)
+    relay = Relay(server.port, cut_after=len(BIG) // 2, cut_requests=False)
     try:
         with archive.get_interface(f"http://127.0.0.1:{relay.port}/store") as arc:
             key = layout.blob_key(arc.resolve("other").files["big.bin"].blob)

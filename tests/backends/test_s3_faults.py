@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,72 +20,15 @@ from archive.backends import s3_io
 from archive.errors import BackendError, InvalidInputError, NotAnArchiveError
 from tests.backends.test_s3 import one_line_error, run
 from tests.conftest import make_tree
+from tests.relay import Relay
 from tests.s3d import S3Server, new_bucket, start_s3_server, stop_s3_server
 from tests.sshd import free_port
 from tests.test_publish import snapshot
 
-class Relay:
-    """A TCP relay from 127.0.0.1:``port`` to the S3 server that can misbehave on purpose.
-
-    ``cut_after``: the first connection that carries more than that many bytes to the server
-    is cut there (both sockets closed), once. ``hide_condition``: every ``If-None-Match``
-    header is renamed on its way, so the server sees a plain PUT, as a server that ignores
-    the header would. ``rate``: at most that many bytes a second each way per connection.
-    """
-
-    def __init__(self, upstream: int, cut_after: int | None = None, hide_condition: bool = False,
-                 rate: int | None = None) -> None:
-        self._upstream, self._cut_after, self._hide, self._rate = upstream, cut_after, hide_condition, rate
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.cuts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                continue
-            server = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, upstream: bool) -> None:
-        sent = 0
-        try:
-            while data := source.recv(65536):
-                if upstream and self._hide:
-                    data = data.replace(b"If-None-Match", b"Xx-None-Match").replace(b"if-none-match", b"xx-none-match")
-                if upstream and self._cut_after is not None and self.cuts == 0 and sent + len(data) > self._cut_after:
-                    target.sendall(data[:self._cut_after - sent])
-                    self.cuts += 1
-                    break
-                target.sendall(data)
-                sent += len(data)
-                if self._rate:
-                    time.sleep(len(data) / self._rate)
-        except OSError:
-            pass
-        for sock in (source, target):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-
-
+def hide_condition(data: bytes) -> bytes:
+    """Every ``If-None-Match`` header renamed, so the server sees a plain PUT, as a server that
+    ignores the header would."""
+    return data.replace(b"If-None-Match", b"Xx-None-Match").replace(b"if-none-match", b"xx-none-match")
 
 
 # ------------------------------------------------------------------ failures, each in one line
@@ -96,7 +38,7 @@ def test_a_connection_cut_mid_upload_is_retried(s3_env: S3Server, s3_bucket: str
     try:
         url = s3_env.location(s3_bucket, "store").replace(s3_env.endpoint, relay.endpoint())
         assert run("init", url).returncode == 0
-        relay._cut_after = 1024 * 1024  # from now on: the first request past 1 MiB is cut
+        relay.cut_after = 1024 * 1024  # from now on: the first request past 1 MiB is cut
         push = run("-a", url, "push", str(make_tree(tmp_path / "src", {"big.bin": big})), "cut", "1.0.0")
         assert push.returncode == 0, push.stderr
         assert relay.cuts == 1
@@ -135,7 +77,7 @@ def test_sigint_during_a_multipart_push_aborts_the_upload(s3_env: S3Server, s3_b
 
 
 def test_a_server_that_ignores_if_none_match_is_refused(s3_env: S3Server, s3_bucket: str, tmp_path: Path) -> None:
-    relay = Relay(s3_env.port, hide_condition=True)
+    relay = Relay(s3_env.port, rewrite=hide_condition)
     try:
         url = s3_env.location(s3_bucket, "store").replace(s3_env.endpoint, relay.endpoint())
         one_line_error(run("init", url), "does not enforce If-None-Match")
