@@ -188,11 +188,11 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
         under ``tmp/``: it is synced with the rest of its batch, then renamed, by a flush
         (see :mod:`~archive.backends.filesystem_batch`), so this returns before the key exists.
         """
-        name = _temporary_name()
+        name, fd = _temporary_name(), -1
         batch = self._batch() if not exclusive else None
         with self._errors(shown_key(key), writing=True):
-            fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
-            try:
+            try:  # the create inside: an interrupt landing as it returns still removes the file
+                fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
                 size = _write_file(fd, chunks, self.durable, MAX_BATCHED_FILE if batch else -1)
                 final = key_of(key)
                 if batch is not None and size <= MAX_BATCHED_FILE:
@@ -204,6 +204,9 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                 self._move(f"{layout.TMP_DIR}/{name}", final, exclusive)
                 if not exclusive:
                     name = ""  # renamed away: nothing left to remove (an exclusive write linked it)
+            except OSError:
+                name = name if fd >= 0 else ""  # the create itself failed: nothing to remove
+                raise
             finally:
                 if name:
                     self._remove_temporary(name)
