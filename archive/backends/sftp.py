@@ -75,7 +75,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         self._pool = ConnectionPool(Connector(endpoint, target, KEYRING_SERVICE), self.location)
         self._partials = PartialUploads(self.remote_path(layout.TMP_DIR))
         self._folders = CheckedFolders(self.remote_path)
-        self._remote_sync = RemoteSync(self._pool.connector.run_command, self.remote_path(layout.TMP_DIR))
+        self._remote_sync = RemoteSync(self._pool.connector.run_command, self.remote_path(layout.TMP_DIR), self.root)
 
     @property
     def transport(self) -> str:

@@ -172,6 +172,8 @@ class BatchedUploads:
             yield  # already in a batch of this archive, sent at its end
             return
         batch = PendingBlobs(self)
+        if self._pool.connector.transport != "auto":  # a command goes the way the connections went
+            self._remote_sync.find_out_ahead()
         token = CURRENT.set(batch)
         try:
             yield

@@ -17,7 +17,8 @@ durable as any rename over SFTP (which cannot sync a folder): the server's journ
 before the record that names them, which is written and fsync'd after them.
 
 Whether a server can do this is found once per archive, by running the command on the archive's
-``tmp/`` folder before the first file relies on it. The command runs only on Linux (``uname``),
+root before the first file relies on it: in the background from the start of a batch, when
+the transport is known by then, so that no group waits for that login. The command runs only on Linux (``uname``),
 where ``syncfs`` and ``sync`` wait until the data is on disk (BSD's ``sync(2)`` may return
 before). A run counts only if it exits with 0 *and* prints the word it was given, new each
 time: a server that runs something else in its place (a ``ForceCommand``, a menu) and exits
@@ -66,20 +67,26 @@ def remote_sync_wanted() -> bool:
 class RemoteSync:
     """``sync -f`` of one folder's filesystem on the server, if the server can run it."""
 
-    def __init__(self, run: CommandRunner, folder: str) -> None:
+    def __init__(self, run: CommandRunner, folder: str, root: str) -> None:
         self._run = run
-        self._folder = folder
+        self._folder, self._root = folder, root
         self._usable: bool | None = None if remote_sync_wanted() else False
         self._lock = threading.Lock()
 
     def usable(self) -> bool:
-        """Whether the server syncs on request; found by running the sync once (the folder must
-        exist by then), remembered for the archive's life."""
+        """Whether the server syncs on request; found by running the sync once, of the archive's
+        root (which exists before its ``tmp/`` may), remembered for the archive's life."""
         with self._lock:
             if self._usable is None:
-                self._usable = self._synced(PROBE_TIMEOUT) == 0
+                self._usable = self._synced(PROBE_TIMEOUT, self._root) == 0
                 logger.debug("the server %s new files together", "syncs" if self._usable else "cannot sync")
             return self._usable
+
+    def find_out_ahead(self) -> None:
+        """Start finding out :meth:`usable` in the background, so that the first group does not
+        wait for a login of its own (on a distant server, several round trips)."""
+        if self._usable is None:
+            threading.Thread(target=self.usable, name="archive-sync-probe", daemon=True).start()
 
     def run(self, files: int) -> None:
         """Make the data of everything written so far durable.
@@ -91,21 +98,21 @@ class RemoteSync:
         BackendError
             It ran and failed (an I/O error writing the data back, say).
         """
-        status = self._synced(SYNC_TIMEOUT)
+        status = self._synced(SYNC_TIMEOUT, self._folder)
         if status == -1:
             raise BackendUnavailableError(f"could not run sync on the server for {files} new objects")
         if status != 0:
             raise BackendError(f"the server could not make {files} new objects durable (sync exited with {status})")
         logger.debug("one sync on the server made %d new objects durable", files)
 
-    def command(self, word: str) -> str:
-        """The shell command that syncs the folder's filesystem and then says ``word``."""
-        return f'test "$(uname -s)" = Linux && sync -f -- {shlex.quote(self._folder)} && echo {word}'
+    def command(self, word: str, folder: str) -> str:
+        """The shell command that syncs ``folder``'s filesystem and then says ``word``."""
+        return f'test "$(uname -s)" = Linux && sync -f -- {shlex.quote(folder)} && echo {word}'
 
-    def _synced(self, timeout: float) -> int:
+    def _synced(self, timeout: float, folder: str) -> int:
         """Run the sync: its exit status, -1 if it did not run or did not say its word."""
         word = f"archive-synced-{secrets.token_hex(8)}"
-        status, out = self._run(self.command(word), timeout)
+        status, out = self._run(self.command(word, folder), timeout)
         if status == 0 and out.split(b"\n", 1)[0].strip() != word.encode():
             logger.debug("the server answered the sync without running it")
             return -1

@@ -110,9 +110,9 @@ def test_a_sync_that_fails_fails_the_batch_and_names_nothing(sshd: SSHServer, ss
     run said it can: the batch fails in one line and none of its files appears under its name."""
     keys = [f"blobs/sha256/bb/{i}" for i in range(GROUP_FILES * 2)]
     with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
-        arc.write_key(f"{layout.TMP_DIR}/x", [b""])  # the folder the first run syncs
+        arc.write_key(f"{layout.TMP_DIR}/x", [b""])  # a connection first: the transport is known
         assert arc._remote_sync.usable()
-        arc._remote_sync.command = lambda word: "echo 'sync: error syncing: Input/output error' >&2; exit 1"
+        arc._remote_sync.command = lambda word, folder: "echo 'sync: error syncing: Input/output error' >&2; exit 1"
         with pytest.raises(BackendError, match="could not make 128 new objects durable") as info:
             with arc.batched_writes():
                 run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
@@ -275,7 +275,7 @@ def test_a_server_that_answers_0_without_syncing_is_not_trusted(sshd: SSHServer,
     keys = [f"blobs/sha256/cc/{i}" for i in range(GROUP_FILES)]
     with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
         arc.write_key(f"{layout.TMP_DIR}/x", [b""])
-        arc._remote_sync.command = lambda word: "exit 0"
+        arc._remote_sync.command = lambda word, folder: "exit 0"
         with arc.batched_writes():
             run_jobs([lambda key=key: arc.write_key(key, [key.encode()]) for key in keys], 4)
             assert all(arc.has_key(key) for key in keys)  # stored and named with the full group
