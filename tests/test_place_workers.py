@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 import pytest
@@ -174,19 +175,24 @@ def test_a_missing_blob_is_refused_as_on_one_process(own_store: Path, published,
     assert not (split / rel).exists() and part_files(split) == []
 
 
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
+def processes_whose(file: str, holds: Callable[[bytes, int], bool]) -> list[int]:
+    """The processes whose ``/proc/PID/file`` content (and pid) ``holds`` approves (one that
+    ends while it is read is left out)."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                with open(f"/proc/{entry.name}/stat", "rb") as stat_file:
-                    fields = stat_file.read().rsplit(b")", 1)[1].split()
+                with open(f"/proc/{entry.name}/{file}", "rb") as proc_file:
+                    if holds(proc_file.read(), int(entry.name)):
+                        found.append(int(entry.name))
             except OSError:
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    return processes_whose("stat", lambda line, _: int(line.rsplit(b")", 1)[1].split()[1]) == pid)
 
 
 def running(pid: int) -> bool:
@@ -249,16 +255,7 @@ def test_a_pull_from_the_cache_places_through_workers(published, httpd, tmp_path
 
 def processes_naming(text: str) -> list[int]:
     """Live processes whose command line holds ``text`` (a forked worker keeps its parent's)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-                    if text.encode() in cmdline.read() and running(int(entry.name)):
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return processes_whose("cmdline", lambda cmdline, pid: text.encode() in cmdline and running(pid))
 
 
 @pytest.mark.slow
