@@ -104,8 +104,7 @@ def make_client(settings: S3Settings, shown: str) -> Any:
     InvalidInputError
         boto3 is not installed, or the profile named does not exist.
     """
-    try:
-        import boto3
+    try:  # botocore alone: boto3 would add its own import and s3transfer's (50 ms) to every command
         import botocore.exceptions
         import botocore.session
         from botocore.config import Config
@@ -120,9 +119,10 @@ def make_client(settings: S3Settings, shown: str) -> Any:
                     response_checksum_validation="when_required",
                     user_agent=f"archive/{__version__} {core.user_agent()}")  # built once, not per request
     try:
-        session = boto3.session.Session(botocore_session=core, profile_name=settings.profile)
-        region = settings.region or session.region_name or "us-east-1"
-        client = session.client("s3", region_name=region, endpoint_url=settings.endpoint, config=config)
+        if settings.profile:
+            core.set_config_variable("profile", settings.profile)
+        region = settings.region or core.get_config_variable("region") or "us-east-1"
+        client = core.create_client("s3", region_name=region, endpoint_url=settings.endpoint, config=config)
         _sign_checksummed_bodies_once(client)
         _resolve_endpoints_per_bucket(client, core.get_component("data_loader"))
         return client
