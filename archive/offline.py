@@ -53,8 +53,9 @@ class KnownReleases:
     def __init__(self, cache: "BlobCache") -> None:
         self.cache = cache
 
-    def remember(self, arc: ArchiveInterface, release: "Release") -> None:
-        """Note ``release`` (already verified) as read from ``arc``; never fails a read."""
+    def remember(self, arc: ArchiveInterface, release: "Release", data: bytes) -> None:
+        """Note ``release`` (already verified), read from ``arc`` as the record bytes ``data``
+        (kept as they are: they hash to its id); never fails a read."""
         root = offline_root(self.cache, arc.location)
         key = layout.release_key(release.name, release.version)
         record_id, record_key = release.record_id, layout.blob_key(release.record_id)
@@ -63,7 +64,7 @@ class KnownReleases:
                     root.joinpath(*record_key.split("/")).is_file():
                 return  # known already: one small read and one stat
             notes = FileSystemArchive(root, durable=False, local=True)
-            notes.write_key(record_key, [release.to_bytes()])
+            notes.write_key(record_key, [data])
             if _read_text(root / layout.MARKER_KEY) != _marker(arc).decode():
                 notes.write_key(layout.MARKER_KEY, [_marker(arc)])
             notes.write_key(key, [f"{record_id}\n".encode()])

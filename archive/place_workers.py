@@ -10,7 +10,7 @@ How: once the pull is planned (conflicts refused, folders made) and while no oth
 the process forks. Each child inherits the plan and places one contiguous slice of it (nothing
 is sent to it: its slice is two numbers); the parent places the first slice itself. Each file
 is placed as the in-process path places a small blob: read whole, checked against its id and
-size (:func:`~archive.placing.read_verified`), written unnamed and linked whole
+size (:func:`~archive.placing.read_verified_fd`), written unnamed and linked whole
 (:func:`~archive.materialize.write_bytes_atomically`). A child sends back only the indexes of
 the files it did not place (a blob missing, corrupt, anything else); the parent then places
 those through the full in-process path, which fetches what is missing and raises the same error
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from . import layout
 from .cache import REHASH_BELOW
 from .materialize import wanted_mode, write_bytes_atomically
-from .placing import COPYING_MODES, Placement, Route, read_verified, source_of
+from .placing import COPYING_MODES, Placement, Route, open_blob_file, read_verified_fd, source_of
 from .records import FileEntry
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ MAX_PROCESSES = 8
 #: Seconds a child gets to stop on SIGTERM before it is killed.
 STOP_GRACE = 2.0
 
-BlobFileOf = Callable[[FileEntry], "str | None"]
+OpenBlob = Callable[[FileEntry], "int | None"]
 NeedsMode = Callable[[Placement], bool]
 OnFiles = Callable[[int, int], None]
 
@@ -96,14 +96,14 @@ def plan_split(arc: "ArchiveInterface", cache: "BlobCache", writes: list[Placeme
     sample = small[0].entry
     route = source_of(arc, sample, link, use_cache).route
     if route is Route.LOCAL:
-        def blob_file_of(entry: FileEntry) -> str | None:
-            return arc.local_file(layout.blob_key(entry.blob))
+        def open_blob(entry: FileEntry) -> int | None:
+            return arc.open_local(layout.blob_key(entry.blob))
     elif route is Route.CACHE and cache.has(sample.blob, sample.size):
-        def blob_file_of(entry: FileEntry) -> str | None:
-            return os.fspath(cache.path_of(entry.blob))
+        def open_blob(entry: FileEntry) -> int | None:
+            return open_blob_file(cache.path_of(entry.blob))
     else:
         return None
-    return Split(small, processes, blob_file_of)
+    return Split(small, processes, open_blob)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Split:
 
     small: list[Placement]
     processes: int
-    blob_file_of: BlobFileOf
+    open_blob: OpenBlob
 
 
 def place_small(placements: list[Placement], split: Split, needs_mode: NeedsMode, bar: "Progress",
@@ -127,20 +127,20 @@ def place_small(placements: list[Placement], split: Split, needs_mode: NeedsMode
         for _ in range(files):
             bar.file_done()
 
-    left = place_split(split.small, split.processes, split.blob_file_of, needs_mode, on_files)
+    left = place_split(split.small, split.processes, split.open_blob, needs_mode, on_files)
     if len(split.small) == len(placements):  # the usual case: every file was a small one to write
         return left
     done = {id(p) for p in split.small}.difference(id(p) for p in left)
     return [p for p in placements if id(p) not in done]
 
 
-def place_split(placements: Sequence[Placement], processes: int, blob_file_of: BlobFileOf, needs_mode: NeedsMode,
+def place_split(placements: Sequence[Placement], processes: int, open_blob: OpenBlob, needs_mode: NeedsMode,
                 on_files: OnFiles) -> list[Placement]:
     """Place ``placements`` (small files, independent modes) over ``processes`` processes; return
     those left to the in-process path (not placed: missing or bad blobs, a failed worker).
 
-    ``blob_file_of(entry)``: the file holding the entry's blob (a local archive's, or the
-    cache's). ``on_files(nbytes, files)`` hears of the files placed, in the parent: each of
+    ``open_blob(entry)``: a descriptor reading the file that holds the entry's blob (a local
+    archive's, or the cache's), None if there is none. ``on_files(nbytes, files)`` hears of the files placed, in the parent: each of
     its own as it is placed, a child's all at once when it has reported.
     """
     if threading.active_count() > 1:  # started since processes_for: forking now would not be safe
@@ -154,11 +154,11 @@ def place_split(placements: Sequence[Placement], processes: int, blob_file_of: B
         gc.freeze()  # the children's collector would otherwise touch (copy) every object they share
         try:
             for part in range(1, processes):
-                if not _start(children, placements, bounds[part], bounds[part + 1], blob_file_of, needs_mode):
+                if not _start(children, placements, bounds[part], bounds[part + 1], open_blob, needs_mode):
                     unstarted.extend(range(bounds[part], bounds[part + 1]))  # placed by the in-process path
         finally:
             gc.unfreeze()
-        left = place_slice(placements, 0, bounds[1], blob_file_of, needs_mode, on_files) + unstarted
+        left = place_slice(placements, 0, bounds[1], open_blob, needs_mode, on_files) + unstarted
         for child in children:
             left.extend(_collect(child, placements, on_files))
     finally:
@@ -166,7 +166,7 @@ def place_split(placements: Sequence[Placement], processes: int, blob_file_of: B
     return [placements[index] for index in sorted(left)]
 
 
-def place_slice(placements: Sequence[Placement], start: int, end: int, blob_file_of: BlobFileOf,
+def place_slice(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob,
                 needs_mode: NeedsMode, on_files: OnFiles | None = None,
                 parent: int | None = None) -> list[int]:
     """Place ``placements[start:end]`` from verified blobs; return the indexes not placed.
@@ -180,10 +180,10 @@ def place_slice(placements: Sequence[Placement], start: int, end: int, blob_file
         placement = placements[index]
         entry = placement.entry
         try:
-            blob_file = blob_file_of(entry)
-            if blob_file is None:
+            fd = open_blob(entry)
+            if fd is None:
                 raise FileNotFoundError(entry.blob.hexdigest)
-            data = read_verified(blob_file, entry.blob, entry.size, "blob")
+            data = read_verified_fd(fd, entry.blob, entry.size, "blob")
             write_bytes_atomically(placement.target, data, wanted_mode(entry.executable),
                                    set_mode=needs_mode(placement))
         except Exception:  # the in-process path places it again, and says what is wrong
@@ -203,7 +203,7 @@ class _Child:
 
 
 def _start(children: list[_Child], placements: Sequence[Placement], start: int, end: int,
-           blob_file_of: BlobFileOf, needs_mode: NeedsMode) -> bool:
+           open_blob: OpenBlob, needs_mode: NeedsMode) -> bool:
     """Fork a child placing ``placements[start:end]`` and add it to ``children``; it reports the
     indexes it left, then ``-1``. False if no process could be started.
 
@@ -224,7 +224,7 @@ def _start(children: list[_Child], placements: Sequence[Placement], start: int, 
             os.close(write_end)
             return False
         if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
-            _child(placements, start, end, blob_file_of, needs_mode, parent, read_end, write_end, held)
+            _child(placements, start, end, open_blob, needs_mode, parent, read_end, write_end, held)
         os.close(write_end)
         children.append(_Child(pid, read_end, start, end))
         return True
@@ -235,7 +235,7 @@ def _start(children: list[_Child], placements: Sequence[Placement], start: int, 
 _INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _child(placements: Sequence[Placement], start: int, end: int, blob_file_of: BlobFileOf, needs_mode: NeedsMode,
+def _child(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob, needs_mode: NeedsMode,
            parent: int, read_end: int, write_end: int, held: "set[signal.Signals]") -> None:  # pragma: no cover
     """The body of a worker process: place its slice, report, and leave without unwinding."""
     status = 1
@@ -243,7 +243,7 @@ def _child(placements: Sequence[Placement], start: int, end: int, blob_file_of: 
         signal.pthread_sigmask(signal.SIG_SETMASK, held)  # an interrupt now lands in this try
         os.close(read_end)
         gc.disable()
-        left = place_slice(placements, start, end, blob_file_of, needs_mode, parent=parent)
+        left = place_slice(placements, start, end, open_blob, needs_mode, parent=parent)
         _write_report(write_end, array.array("q", [*left, -1]).tobytes())
         status = 0
     except BaseException:  # interrupted (SIGTERM, Ctrl-C) or broken: the parent places the slice itself

@@ -118,7 +118,16 @@ def read_verified(path: "str | Path", blob: BlobId, size: int, what: str) -> byt
     (no second read to see the end: the bytes kept are hashed, and a longer file shows itself
     by the extra byte).
     """
-    fd = os.open(path, _READ_FLAGS)
+    return read_verified_fd(open_blob_file(path), blob, size, what)
+
+
+def open_blob_file(path: "str | Path") -> int:
+    """A descriptor reading the blob file ``path``: never through a link, never waiting on a FIFO."""
+    return os.open(path, _READ_FLAGS)
+
+
+def read_verified_fd(fd: int, blob: BlobId, size: int, what: str) -> bytes:
+    """:func:`read_verified` of the file open as ``fd``, which this closes."""
     try:
         data = os.read(fd, size + 1)
         while len(data) < size:  # a short read (rare on a regular file): read on

@@ -279,7 +279,9 @@ class Release:
 
     @cached_property
     def record_id(self) -> BlobId:
-        """The sha256 of :meth:`to_bytes`, computed once (a record is immutable)."""
+        """The record's id: the sha256 of its bytes, as stored when it was read from an archive
+        (:meth:`archive.interface.ArchiveInterface.read_record` sets it), else of :meth:`to_bytes`,
+        computed once (a record is immutable)."""
         return BlobId.of_bytes(self.to_bytes())
 
     def same_content(self, other: "Release") -> bool:

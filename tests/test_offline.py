@@ -73,3 +73,33 @@ def test_a_blob_never_fetched_is_named(tmp_path: Path, monkeypatch: pytest.Monke
     with archive.get_interface(location) as arc:
         with pytest.raises(NotFoundError, match="offline: the cache does not hold blob"):
             arc.download("calib", "1", tmp_path / "out")
+
+
+def test_a_record_another_writer_stored_keeps_its_id_and_bytes(tmp_path: Path) -> None:
+    """A record in canonical JSON that this version would encode otherwise (an explicit
+    ``"executable": false``) is known by the id it is stored under, and the cache keeps its
+    very bytes: offline, it still resolves, with that id."""
+    from archive import layout
+    from archive.hashing import BlobId
+    from archive.records import RECORD_FORMAT, canonical_json
+
+    location = str(tmp_path / "store")
+    with archive.get_interface(location, create=True) as arc:
+        content = b"gain 1.5\n"
+        blob = BlobId.of_bytes(content)
+        arc.write_key(layout.blob_key(blob), [content])
+        record = canonical_json({"format": RECORD_FORMAT, "name": "calib", "version": "1.0.0",
+                                 "created": "2020-01-02T03:04:05Z", "metadata": {},
+                                 "files": {"gains.csv": {"blob": str(blob), "size": len(content),
+                                                         "executable": False}}})
+        stored = BlobId.of_bytes(record)
+        arc.write_key(layout.blob_key(stored), [record])
+        arc.write_key(layout.release_key("calib", "1.0.0"), [f"{stored}\n".encode()], exclusive=True)
+        release = arc.get_release("calib", "1.0.0")
+        assert release.to_bytes() != record  # the premise: encoded again, it would hash otherwise
+        assert release.record_id == stored
+    assert run("-a", location, "pull", "calib", "1.0.0", "--to", str(tmp_path / "out")).returncode == 0
+    Path(location).rename(tmp_path / "elsewhere")
+    result = run("-a", location, "show", "calib", "1.0.0", env={"ARCHIVE_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"  record   {stored}\n" in result.stdout

@@ -110,6 +110,34 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
             raise UnsafeObjectError(key, "a symbolic link")  # a folder on its path was swapped for one
         return path
 
+    def open_local(self, key: str) -> int | None:
+        """See :meth:`ArchiveInterface.open_local`: opened in its folder's kept descriptor, two
+        path walks fewer than opening what :meth:`local_file` returns (a tenth of the read of a
+        small blob)."""
+        if self.local is None:
+            self.local = on_local_disk(self.root)
+        return self._open_checked(key) if self.local else None
+
+    def _open_checked(self, key: str) -> int:
+        """A descriptor reading ``key``: a FIFO or device is refused before it is opened, and
+        opened without blocking (``O_NONBLOCK`` is still set) and checked again, should it be
+        swapped in between."""
+        self._lstat(key)
+        folder, _, name = key.rpartition("/")
+        kept = self._folders.kept(folder)
+        try:  # the common case, as in _lstat: the folder is kept open
+            fd = os.open(name, READ_FLAGS, dir_fd=kept) if kept is not None else -1
+        except OSError:
+            fd = -1
+        if fd < 0:
+            fd = self._at(key, lambda folder, name: os.open(name, READ_FLAGS, dir_fd=folder))
+        try:
+            check_regular(key, os.fstat(fd).st_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     @contextmanager
     def _errors(self, key: str, writing: bool = False) -> Iterator[None]:
         """Turn ``OSError`` into the archive's errors at the backend boundary.
@@ -163,10 +191,8 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
     def open_key(self, key: str) -> Iterator[BinaryIO]:
         """See :meth:`ArchiveInterface.open_key`: a FIFO or device is refused before it is
         opened, and opened without blocking and checked again, should it be swapped in between."""
-        self._lstat(key)
-        fd = self._at(key, lambda folder, name: os.open(name, READ_FLAGS, dir_fd=folder))
+        fd = self._open_checked(key)
         try:
-            check_regular(key, os.fstat(fd).st_mode)
             os.set_blocking(fd, True)  # opened with O_NONBLOCK not to hang on a FIFO; reads block as usual
             stream = open(fd, "rb")
         except BaseException:

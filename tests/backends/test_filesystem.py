@@ -138,6 +138,39 @@ def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSy
         folder_archive.local_file(key)
 
 
+def test_open_local_reads_the_archives_own_file_or_nothing(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
+    """The descriptor ``open_local`` gives (the small files of a pull read blobs through it) is
+    of the archive's own regular file: not of a file behind a link swapped in for its folder,
+    never a FIFO (refused at once, without waiting for a writer)."""
+    from archive.errors import UnsafeObjectError
+
+    key = "blobs/sha256/ab/x"
+    folder_archive.write_key(key, [b"archive's"])
+    folder_archive.local = True
+    fd = folder_archive.open_local(key)
+    assert fd is not None
+    with open(fd, "rb") as stream:
+        assert stream.read() == b"archive's"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not the archive's")
+    fan = folder_archive.local_path("blobs/sha256/ab")
+    fan.rename(fan.with_name("ab.old"))
+    fan.symlink_to(outside)
+    try:
+        fd = folder_archive.open_local(key)
+    except UnsafeObjectError:
+        pass
+    else:
+        with open(fd, "rb") as stream:
+            assert stream.read() == b"archive's"
+    os.mkfifo(folder_archive.local_path("blobs/sha256/ab.old/fifo"))
+    with pytest.raises(UnsafeObjectError, match="not a regular file|FIFO"):
+        folder_archive.open_local("blobs/sha256/ab/fifo")
+    folder_archive.local = False
+    assert folder_archive.open_local(key) is None
+
+
 def test_an_archive_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
     """A folder that cannot exist (below a file) is a storage error naming the folder, not 'no
     such object: archive.json'."""
