@@ -107,7 +107,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
             except BaseException as exc:
                 if not isinstance(exc, Exception):  # Ctrl-C may have stopped a reply mid-packet
-                    conn.close()
+                    conn.abandon()
                 raise
             finally:
                 _finish_reading(conn, raw, key)
@@ -192,6 +192,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
 
     def close(self) -> None:
         self._pool.close()
+        self._pool.connector.close()
 
     # ------------------------------------------------------------------ helpers
     def _abandon(self, conn: Connection, exc: BaseException, tmp: str, key: str, blob: str | None) -> None:
@@ -201,7 +202,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         Nothing here may wait on a connection that was interrupted: it is closed at once (Ctrl-C
         may have stopped a request mid-packet, and no reply would ever come)."""
         if interrupted(exc):
-            conn.close()
+            conn.abandon()
         if interrupted(exc) or conn.broken(exc):
             self._partials.remember(tmp, blob)  # a retry resumes a blob; gc removes the rest
             return

@@ -291,7 +291,7 @@ class BatchedUploads:
         """After a failed group: remove its temporary files, or note them for the next writer to
         remove if the connection broke or was interrupted (see ``SFTPArchive._abandon``)."""
         if interrupted(exc):
-            conn.close()
+            conn.abandon()
         if interrupted(exc) or conn.broken(exc):
             for upload in uploads:
                 self._partials.remember(upload.tmp, None)

@@ -1,11 +1,13 @@
 """SFTP connections for :class:`~archive.backends.sftp.SFTPArchive`: two transports and a pool.
 
-A connection is one SFTP session on one SSH connection, used by one thread at a time. It runs
-over one of two transports, picked once per archive:
+A connection is one SFTP session, used by one thread at a time. It runs over one of two
+transports, picked once per archive:
 
 * the system ``ssh`` client as a child process (:mod:`archive.backends.sftp_pipe`), whenever
   an ``ssh`` binary exists and it logs in without a password (keys, agent, ssh_config). Its
-  C crypto runs on its own core: on loopback this is what reaches OpenSSH's own speed;
+  C crypto runs on its own core: on loopback this is what reaches OpenSSH's own speed. The
+  sessions of an archive are channels of one SSH connection, logged in once
+  (:mod:`archive.backends.sftp_mux`);
 * paramiko's own SSH transport (:mod:`archive.ssh_login`) otherwise: a password in the URL,
   a password from the keyring or a prompt, or no ``ssh`` on this machine.
 
@@ -38,7 +40,8 @@ from ..timeouts import io_timeout
 from ..errors import ArchiveError, BackendError, BackendUnavailableError, InvalidInputError, KeyNotFoundError
 from .sftp_io import free_space, interrupted, server_limits
 from .sftp_proto import SFTPClient, SFTPConnectionLost
-from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command
+from .sftp_mux import MasterFailed, SharedConnection, sharing_wanted
+from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command, startup_error
 
 logger = logging.getLogger(__name__)
 TRANSPORT_ENV = "ARCHIVE_SFTP_TRANSPORT"
@@ -81,15 +84,25 @@ class Endpoint:
 class Connection:
     """One SFTP session on one SSH connection, used by one thread at a time."""
 
-    def __init__(self, link: Link, sftp: SFTPClient, host: str) -> None:
+    def __init__(self, link: Link, sftp: SFTPClient, host: str, drop_shared: Callable[[], None] | None = None) -> None:
         self.link, self.sftp, self.host = link, sftp, host
         self.read_size, self.write_size = server_limits(sftp)
+        self._drop_shared = drop_shared  # ends the SSH connection this session is a channel of
 
     def alive(self) -> bool:
         return self.link.is_active()
 
     def close(self) -> None:
         self.link.close()
+
+    def abandon(self) -> None:
+        """Close at once after an interrupt (Ctrl-C, SIGTERM): a request or reply may have
+        stopped mid-packet. The SSH connection this session shares with the command's others
+        ends too, so that they stop now rather than after their next reply: the command is
+        stopping."""
+        if self._drop_shared is not None:
+            self._drop_shared()
+        self.close()
 
     def broken(self, exc: BaseException) -> bool:
         """True if ``exc`` (or the state of the link) means this connection is gone.
@@ -155,6 +168,7 @@ class Connector:
         self._ssh = find_ssh()
         self._paramiko = SSHConnector(target, endpoint.password, keyring_service=keyring_service,
                                       window_size=WINDOW_SIZE)
+        self._shared = SharedConnection(self._ssh_argv) if self._ssh and sharing_wanted() else None
 
     @property
     def transport(self) -> str:
@@ -181,8 +195,7 @@ class Connector:
         not end within ``timeout`` seconds (then it is stopped). Its errors are only logged."""
         try:
             if self._chosen == "ssh" and self._ssh is not None:
-                e = self._endpoint
-                argv = ssh_command(self._ssh, self.target, e.host, e.user, e.port, command)
+                argv = self._ssh_argv(self._shared_options()[0], command)
                 done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
                                       start_new_session=True)  # a Ctrl-C reaches this process, which stops it
                 status, out, said = done.returncode, done.stdout[:COMMAND_OUTPUT], done.stderr
@@ -207,13 +220,34 @@ class Connector:
         finally:
             transport.close()
 
+    def close(self) -> None:
+        """End the shared SSH connection, if any (after the connections of the pool)."""
+        if self._shared is not None:
+            self._shared.close()
+
+    def _ssh_argv(self, options: list[str], command: str | None = None) -> list[str]:
+        assert self._ssh is not None
+        e = self._endpoint
+        return ssh_command(self._ssh, self.target, e.host, e.user, e.port, command, options)
+
+    def _shared_options(self) -> tuple[list[str], Callable[[], None] | None]:
+        """The options that make an ssh session a client of this archive's shared connection
+        (:mod:`~archive.backends.sftp_mux`) and what to call if the session stalls; ``([], None)``
+        when it has none."""
+        if self._shared is None:
+            return [], None
+        try:
+            return self._shared.client_options(2 * self.target.connect_timeout)
+        except MasterFailed as exc:
+            raise startup_error(exc.stderr, self.target) from None
+
     def _open_pipe(self) -> Connection:
         if self._ssh is None:
             raise InvalidInputError(f"{TRANSPORT_ENV}=ssh, but there is no ssh client on PATH")
-        e = self._endpoint
-        pipe, sftp = open_pipe_sftp(ssh_command(self._ssh, self.target, e.host, e.user, e.port), self.target)
+        options, on_stall = self._shared_options()
+        pipe, sftp = open_pipe_sftp(self._ssh_argv(options), self.target, on_stall)
         try:
-            conn = Connection(pipe, sftp, self.target.hostname)
+            conn = Connection(pipe, sftp, self.target.hostname, on_stall)
         except (EOFError, OSError, *_paramiko_errors()) as exc:
             raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {pipe.reason()}") from exc
         pipe.timeout = io_timeout()
@@ -277,8 +311,9 @@ class ConnectionPool:
 
     A connection is opened when every open one is busy and kept for reuse afterwards; one that
     broke is dropped, and the next borrower gets a fresh one. How far the pool grows depends
-    on what the transfers move (see :meth:`borrow`): a connection costs about 0.15 s of CPU to
-    open (ssh and sshd together, measured on loopback), which pays off only while transfers
+    on what the transfers move (see :meth:`borrow`): a connection of its own costs about 0.15 s
+    of CPU to open (ssh and sshd together, measured on loopback; a session of the shared
+    connection costs little, but its crypto shares one process), which pays off only while transfers
     wait on round trips and the server (many small files: one connection per thread), not
     while they stream (large files: :data:`BULK_CONNECTIONS` keep ssh's crypto busy on every
     core; more only compete for the same cores).
@@ -318,7 +353,7 @@ class ConnectionPool:
             yield conn
         except BaseException as exc:
             if interrupted(exc):
-                conn.close()
+                conn.abandon()
             raise
         finally:
             self._give_back(conn, conn.sftp.moved - moved if transfer else None)

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ..credentials import SSHTarget, ssh_dir
 from ..ssh_login import probe_host_key
@@ -52,9 +53,10 @@ def find_ssh() -> str | None:
 
 
 def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: int | None,
-                command: str | None = None) -> list[str]:
+                command: str | None = None, options: Sequence[str] = ()) -> list[str]:
     """The argv that opens an SFTP session to ``host`` as ssh itself would, never prompting;
-    with ``command``, the argv that runs that shell command there instead (no terminal).
+    with ``command``, the argv that runs that shell command there instead (no terminal);
+    ``options`` (``-o NAME=VALUE``...) go before the host (:mod:`~archive.backends.sftp_mux`'s).
 
     ``host``, ``user`` and ``port`` are what the URL said (ssh applies ``~/.ssh/config`` to
     them itself); ``target`` is the same host resolved by :func:`archive.credentials.resolve_target`,
@@ -68,6 +70,7 @@ def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: 
         argv += ["-p", str(port)]
     if user:
         argv += ["-l", user]
+    argv += options
     if command is not None:
         return argv + ["-T", "--", host, command]
     return argv + ["-s", "--", host, "sftp"]
@@ -119,9 +122,11 @@ class SSHPipe:
     only when there is nothing to read or no room to write.
     """
 
-    def __init__(self, argv: list[str], name: str, timeout: float | None = None) -> None:
+    def __init__(self, argv: list[str], name: str, timeout: float | None = None,
+                 on_stall: Callable[[], None] | None = None) -> None:
         self.name = name
         self.timeout = timeout
+        self._on_stall = on_stall  # called before a TimeoutError: the connection may have stalled
         self._stderr = tempfile.TemporaryFile()
         self._sock, theirs = socket.socketpair()  # ssh's stdin: as OpenSSH's sftp feeds it (faster writes here)
         try:
@@ -221,6 +226,8 @@ class SSHPipe:
     def _wait(self, fd: int, write: bool) -> None:
         ready = select.select([], [fd], [], self.timeout) if write else select.select([fd], [], [], self.timeout)
         if not any(ready):
+            if self._on_stall is not None:
+                self._on_stall()
             raise TimeoutError(f"no reply from the server in {self.timeout:g} s")
 
     @property
@@ -275,8 +282,10 @@ def _grow_pipe(fd: int) -> None:
         logger.debug("cannot grow a pipe to ssh: %s", exc)
 
 
-def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, SFTPClient]:
+def open_pipe_sftp(argv: list[str], target: SSHTarget,
+                   on_stall: Callable[[], None] | None = None) -> tuple[SSHPipe, SFTPClient]:
     """Start ssh and the SFTP session over it; failures become one-line archive errors.
+    ``on_stall``: see :class:`SSHPipe` (a session over a shared connection stops it).
 
     ssh's ``ConnectTimeout`` bounds reaching the server; login and the start of SFTP get as
     long again (ssh says nothing on its stdout until SFTP answers), so a server that accepts
@@ -291,7 +300,7 @@ def open_pipe_sftp(argv: list[str], target: SSHTarget) -> tuple[SSHPipe, SFTPCli
     BackendUnavailableError
         The host cannot be reached, or it offers no SFTP service.
     """
-    pipe = SSHPipe(argv, f"ssh:{target.account}", timeout=2 * target.connect_timeout)
+    pipe = SSHPipe(argv, f"ssh:{target.account}", timeout=2 * target.connect_timeout, on_stall=on_stall)
     try:
         return pipe, SFTPClient(pipe).start()
     except TimeoutError as exc:

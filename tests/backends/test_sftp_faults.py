@@ -28,6 +28,7 @@ from archive import layout
 from archive.backends.filesystem import FileSystemArchive
 from archive.backends.sftp_batch import MAX_BATCHED_FILE
 from archive.backends.sftp_conn import TRANSPORT_ENV
+from archive.backends.sftp_mux import SHARE_ENV
 from archive.backends.sftp_resume import FOREIGN_IDLE_SECONDS
 from archive.errors import BackendUnavailableError, StorageFullError
 from archive.hashing import CHUNK_SIZE, BlobId
@@ -198,9 +199,11 @@ def assert_nothing_half_written(store: Path, sshd: SSHServer, name: str, publish
 # ------------------------------------------------------------------ connections cut after K bytes
 @pytest.mark.parametrize("k", [30, 1_500, 5_000, 40_000])
 def test_cut_in_a_new_connection_is_retried(sshd: SSHServer, proxy: CuttingProxy, store: Path, tmp_path: Path,
-                                            transport: str, k: int) -> None:
+                                            transport: str, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """K bytes into a handshake (banner, key exchange, login, SFTP start): the upload retries.
-    The files are too large to wait in a group, so each thread streams its own on a new connection."""
+    The files are too large to wait in a group, so each thread streams its own on a new connection
+    (ssh's connection sharing off: with it, the upload threads' sessions open no connection)."""
+    monkeypatch.setenv(SHARE_ENV, "0")
     src = make_tree(tmp_path / "src", {f"f{i}.bin": os.urandom(MAX_BATCHED_FILE + 20_000) for i in range(12)})
     with archive.get_interface(through(proxy, sshd, store)) as arc:
         proxy.arm(after=k, new_only=True)  # the connections the upload threads open
