@@ -206,8 +206,9 @@ def test_an_object_replaced_while_read_is_never_spliced(s3_location: str, s3_env
 
 
 def test_without_boto3_the_error_says_what_to_install(s3_env: S3Server) -> None:
-    """An installation without the ``s3`` extra (boto3 made unimportable in the child)."""
-    code = ("import runpy, sys; sys.modules['boto3'] = None; sys.argv = ['archive', '-a', 's3://bucket/x', 'ls'];"
+    """An installation without the ``s3`` extra (boto3 and its botocore made unimportable in the child)."""
+    code = ("import runpy, sys; sys.modules['boto3'] = sys.modules['botocore'] = None;"
+            " sys.argv = ['archive', '-a', 's3://bucket/x', 'ls'];"
             " runpy.run_module('archive', run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     one_line_error(result, "s3:// locations need boto3: pip install 'archive[s3]'")
