@@ -119,6 +119,17 @@ def test_a_folder_swapped_for_a_link_while_in_use_is_never_followed(folder_archi
     assert list(outside.iterdir()) == []
 
 
+def swap_fan_folder_for_a_link(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
+    """Rename ``blobs/sha256/ab`` (kept open by the archive) to ``ab.old`` and put a link to a
+    folder outside the archive, holding another ``x``, in its place."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not the archive's")
+    fan = folder_archive.local_path("blobs/sha256/ab")
+    fan.rename(fan.with_name("ab.old"))
+    fan.symlink_to(outside)
+
+
 def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSystemArchive, tmp_path: Path) -> None:
     """Downloads open the path of ``local_file`` themselves: it must lead to the archive's own
     file even when a folder this archive keeps open was renamed away and a link put in its place."""
@@ -128,12 +139,7 @@ def test_local_file_never_hands_out_a_path_through_a_link(folder_archive: FileSy
     folder_archive.write_key(key, [b"archive's"])
     folder_archive.local = True
     assert folder_archive.local_file(key) == str(folder_archive.local_path(key))
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "x").write_bytes(b"not the archive's")
-    fan = folder_archive.local_path("blobs/sha256/ab")
-    fan.rename(fan.with_name("ab.old"))
-    fan.symlink_to(outside)
+    swap_fan_folder_for_a_link(folder_archive, tmp_path)
     with pytest.raises(UnsafeObjectError, match=f"{key} is a symbolic link inside the archive"):
         folder_archive.local_file(key)
 
@@ -151,12 +157,7 @@ def test_open_local_reads_the_archives_own_file_or_nothing(folder_archive: FileS
     assert fd is not None
     with open(fd, "rb") as stream:
         assert stream.read() == b"archive's"
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "x").write_bytes(b"not the archive's")
-    fan = folder_archive.local_path("blobs/sha256/ab")
-    fan.rename(fan.with_name("ab.old"))
-    fan.symlink_to(outside)
+    swap_fan_folder_for_a_link(folder_archive, tmp_path)
     try:
         fd = folder_archive.open_local(key)
     except UnsafeObjectError:
