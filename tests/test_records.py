@@ -242,3 +242,18 @@ def test_path_problems_lists_every_problem() -> None:
                         "unsafe path '../x' in release: empty, '.' or '..' component",
                         "unsafe path 'n\\nl' in release: control character",
                         "'b' is a file but 'b/c' needs it to be a folder"]
+
+
+def test_a_record_written_here_is_parsed_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes :meth:`Release.to_bytes` writes are recognized by encoding what the C parser
+    read (no second parse, no re-dump); any other text takes the checking path."""
+    import archive.records as records
+
+    release = Release.create("calib", "1.2.3", {f"d/f{i}.csv": FileEntry(BLOB, i, media_type="text/csv")
+                                                for i in range(3)}, {"note": "x"})
+    data = release.to_bytes()
+    monkeypatch.setattr(records, "load_canonical", lambda data: pytest.fail("parsed a second time"))
+    assert parse_record(data) == release
+    other = data.replace(b'"metadata":{"note":"x"}', b'"metadata": {"note":"x"}')  # valid, not canonical
+    with pytest.raises(pytest.fail.Exception, match="parsed a second time"):
+        parse_record(other)
