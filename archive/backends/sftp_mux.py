@@ -14,9 +14,10 @@ that only this process holds: when the archive closes, or this process dies in a
 pipe ends, the master's session with it, and the master exits as soon as its last client has
 (OpenSSH waits for them). So no ssh is ever left behind, even after a ``kill -9``.
 
-Where the master cannot be had (its socket path would be too long, or it fails to start) the
-sessions connect each on their own, as before: ``ssh`` falls back by itself when the socket is
-missing. ``$ARCHIVE_SSH_SHARE=0`` turns sharing off. All sessions then share the crypto of one
+Where the master cannot be had (its socket path would be too long, or it does not log in
+within the connect timeout) the sessions connect each on their own, as before: ``ssh`` falls
+back by itself when the socket is missing. A master that exits instead (a refused key, an
+unknown host key) is reported as a session's failure would be. ``$ARCHIVE_SSH_SHARE=0`` turns sharing off. All sessions then share the crypto of one
 ssh process and one sshd process: on fast links that is one core each way, the speed of one
 ``scp``.
 """
