@@ -232,8 +232,8 @@ class Connector:
 
     def _shared_options(self) -> tuple[list[str], Callable[[], None] | None]:
         """The options that make an ssh session a client of this archive's shared connection
-        (:mod:`~archive.backends.sftp_mux`) and what to call if the session stalls; ``([], None)``
-        when it has none."""
+        (:mod:`~archive.backends.sftp_mux`) and what ends that connection (when the session stalls
+        or is interrupted); ``([], None)`` when it has none."""
         if self._shared is None:
             return [], None
         try:
@@ -244,10 +244,10 @@ class Connector:
     def _open_pipe(self) -> Connection:
         if self._ssh is None:
             raise InvalidInputError(f"{TRANSPORT_ENV}=ssh, but there is no ssh client on PATH")
-        options, on_stall = self._shared_options()
-        pipe, sftp = open_pipe_sftp(self._ssh_argv(options), self.target, on_stall)
+        options, drop_shared = self._shared_options()
+        pipe, sftp = open_pipe_sftp(self._ssh_argv(options), self.target, on_stall=drop_shared)
         try:
-            conn = Connection(pipe, sftp, self.target.hostname, on_stall)
+            conn = Connection(pipe, sftp, self.target.hostname, drop_shared)
         except (EOFError, OSError, *_paramiko_errors()) as exc:
             raise BackendUnavailableError(f"cannot reach {self.target.hostname}: {pipe.reason()}") from exc
         pipe.timeout = io_timeout()

@@ -17,9 +17,11 @@ pipe ends, the master's session with it, and the master exits as soon as its las
 Where the master cannot be had (its socket path would be too long, or it does not log in
 within the connect timeout) the sessions connect each on their own, as before: ``ssh`` falls
 back by itself when the socket is missing. A master that exits instead (a refused key, an
-unknown host key) is reported as a session's failure would be. ``$ARCHIVE_SSH_SHARE=0`` turns sharing off. All sessions then share the crypto of one
-ssh process and one sshd process: on fast links that is one core each way, the speed of one
-``scp``.
+unknown host key) is reported as a session's failure would be.
+
+Shared, all sessions go through the crypto of one ssh process and one sshd process: on fast
+links that is one core each way, the speed of one ``scp``. ``$ARCHIVE_SSH_SHARE=0`` turns
+sharing off.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class SharedConnection:
 
     def client_options(self, wait: float) -> tuple[list[str], Callable[[], None] | None]:
         """The ssh options that make a session a client of the master, started here if it is
-        not running, and what to call if that session stalls (:meth:`_retire` of this very
-        master); ``([], None)`` (a connection of its own) if there is no master to be had.
+        not running, and what to call if that session stalls or is interrupted (:meth:`_retire`
+        of this very master); ``([], None)`` (a connection of its own) if there is no master to be had.
 
         ``wait``: seconds the master may take to log in.
 
@@ -99,9 +101,10 @@ class SharedConnection:
             self._stop()
 
     def _retire(self, master: subprocess.Popen | None) -> None:
-        """A session over ``master`` got no reply in time: its connection may have stalled (the
-        server, or the network, gone silent with the socket open), and every session on it with
-        it. Stop that master (if it is still the current one), so the retries start afresh."""
+        """A session over ``master`` got no reply in time (the connection may have stalled: the
+        server, or the network, gone silent with the socket open, and every session on it with
+        it), or was interrupted (the command is stopping). Stop that master, if it is still the
+        current one: retries start afresh, and the other sessions end now."""
         with self._lock:
             if master is not None and master is self._proc:
                 logger.debug("a session stalled: dropping the shared ssh connection (pid %d)", master.pid)
