@@ -25,6 +25,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +34,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from ..credentials import SSHTarget
 from ..ssh_login import SSHConnector
@@ -42,6 +44,9 @@ from .sftp_io import free_space, interrupted, server_limits
 from .sftp_proto import SFTPClient, SFTPConnectionLost
 from .sftp_mux import MasterFailed, SharedConnection, sharing_wanted
 from .sftp_pipe import KeysRefusedError, SSHPipe, find_ssh, open_pipe_sftp, ssh_command, startup_error
+
+if TYPE_CHECKING:
+    from paramiko import Transport
 
 logger = logging.getLogger(__name__)
 TRANSPORT_ENV = "ARCHIVE_SFTP_TRANSPORT"
@@ -64,11 +69,53 @@ def _paramiko_errors() -> tuple[type[Exception], ...]:
 
 
 class Link(Protocol):
-    """What a connection needs of its transport: :class:`paramiko.Transport` or :class:`SSHPipe`."""
+    """What a connection needs of its transport: :class:`ParamikoLink` or :class:`SSHPipe`."""
 
     def is_active(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class ParamikoLink:
+    """paramiko's transport as a :class:`Link` that also sees a cut the transport has not.
+
+    The transport's own flag turns false only once its thread has read to the end of the
+    stream, after any data still waiting; a connection cut while it sat idle in the pool would
+    be lent once more and fail its first request. The socket tells at once (the check urllib3
+    makes of a pooled connection before it reuses one).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def is_active(self) -> bool:
+        return self.transport.is_active() and not _hung_up(self.transport.sock)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+_RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the stream's end is in, whatever data is ahead of it
+
+
+def _hung_up(sock: object) -> bool:
+    """True if ``sock`` has seen the end of its stream (the peer's, or its own shutdown) or an
+    error; never waits. Data waiting ahead of the end does not hide it where the system says
+    so (``POLLRDHUP``); elsewhere only an end with nothing before it is seen. Anything but a
+    socket (a proxy command's pipe) is taken as open."""
+    if not isinstance(sock, socket.socket) or not hasattr(select, "poll"):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | _RDHUP)
+        flags = sum(events for _, events in poller.poll(0))
+        if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL | _RDHUP):
+            return True
+        return bool(flags & select.POLLIN) and not _RDHUP and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, TimeoutError):  # the transport's thread read what was there first
+        return False
+    except (OSError, ValueError):  # closed by the transport already
+        return True
 
 
 @dataclass(frozen=True)
@@ -263,7 +310,7 @@ class Connector:
                 channel = transport.open_session(window_size=WINDOW_SIZE, timeout=timeout)
                 channel.settimeout(timeout)
                 channel.invoke_subsystem("sftp")
-                conn = Connection(transport, SFTPClient(channel).start(), host)
+                conn = Connection(ParamikoLink(transport), SFTPClient(channel).start(), host)
         except BaseException as exc:
             transport.close()
             if isinstance(exc, (EOFError, OSError, *_paramiko_errors())):

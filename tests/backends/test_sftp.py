@@ -8,7 +8,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import keyring
 import pytest
@@ -158,6 +160,21 @@ def test_dropped_connection_is_replaced(sshd: SSHServer, ssh_key_home: Path, sto
         assert arc.read_key("releases/a/1.0.0", 10) == b"1"
 
 
+def test_connection_cut_while_idle_is_not_lent_again(sshd: SSHServer, ssh_key_home: Path, store: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko's thread notices a cut socket only when it next runs (in about half the tries
+    here it had not yet); the pool must not lend the connection in between."""
+    monkeypatch.setenv(TRANSPORT_ENV, "paramiko")
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_bytes("releases/a/1.0.0", b"1")
+        cut: list[Any] = []
+        for _ in range(8):
+            (transport,) = [t for t in _paramiko_transports() if t not in cut]
+            transport.sock.shutdown(socket.SHUT_RDWR)
+            cut.append(transport)
+            assert arc.read_key("releases/a/1.0.0", 10) == b"1"
+
+
 def test_connection_lost_mid_read_is_unavailable(sshd: SSHServer, ssh_key_home: Path, store: Path,
                                                   transport: str) -> None:
     with archive.get_interface(sshd.url(store), create=True) as arc:
@@ -273,30 +290,46 @@ def _uid(name: str) -> int:
     return pwd.getpwnam(name).pw_uid
 
 
+def _wait_until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:g} s for {what}"
+        time.sleep(0.01)
+
+
 def _drop_connections(arc: SFTPArchive) -> None:
     """Cut the connections under the archive, as a network failure would.
 
-    paramiko's TCP sockets are shut down; an ssh child is killed (its pipes see EOF at once).
+    paramiko's TCP sockets are shut down: the pool must see that at once, though paramiko's
+    thread may not have noticed yet. An ssh child is killed, and is waited for: the signal
+    takes effect when the kernel next runs it, and until then the session is not yet cut.
     """
     import gc
     import signal
 
-    import paramiko
-
     from archive.backends.sftp_pipe import SSHPipe
 
     dropped = 0
-    for obj in gc.get_objects():
-        if isinstance(obj, SSHPipe) and obj.is_active():
-            os.kill(obj.pid, signal.SIGKILL)
+    for pipe in [obj for obj in gc.get_objects() if isinstance(obj, SSHPipe) and obj.is_active()]:
+        os.kill(pipe.pid, signal.SIGKILL)
+        _wait_until(lambda: not pipe.is_active(), f"ssh {pipe.pid} to die")
+        dropped += 1
+    for transport in _paramiko_transports():
+        try:
+            transport.sock.shutdown(socket.SHUT_RDWR)
             dropped += 1
-        elif isinstance(obj, paramiko.Transport) and obj.is_active():
-            try:
-                obj.sock.shutdown(socket.SHUT_RDWR)
-                dropped += 1
-            except OSError:  # a transport of an earlier test whose socket is gone already
-                continue
+        except OSError:  # a transport of an earlier test whose socket is gone already
+            continue
     assert dropped
+
+
+def _paramiko_transports() -> list[Any]:
+    """The paramiko transports alive in this process."""
+    import gc
+
+    import paramiko
+
+    return [obj for obj in gc.get_objects() if type(obj) is paramiko.Transport and obj.is_active()]  # no weak proxies
 
 
 def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path, transport: str) -> None:
