@@ -93,8 +93,16 @@ def detect_media_type(head: bytes, path: str) -> str:
     return "text/plain" if _looks_like_text(head) else "application/octet-stream"
 
 
+_ELSEWHERE = tuple(entry for entry in SIGNATURES if entry[0] != 0)
+#: The signatures a head may match, by its first byte, in the order of :data:`SIGNATURES`: the
+#: first byte rules out all those at offset 0 but one or two.
+_CANDIDATES = {first: tuple(entry for entry in SIGNATURES if entry[0] != 0 or entry[1][0] == first)
+               for first in {entry[1][0] for entry in SIGNATURES if entry[0] == 0}}
+
+
 def _by_signature(head: bytes) -> str | None:
-    for offset, signature, media_type in SIGNATURES:
+    """The media type of the first of :data:`SIGNATURES` that ``head`` matches."""
+    for offset, signature, media_type in _CANDIDATES.get(head[0], _ELSEWHERE) if head else _ELSEWHERE:
         if head[offset:offset + len(signature)] == signature:
             return media_type
     if head[8:12] in (b"WEBP", b"WAVE", b"AVI ") and head[:4] == b"RIFF":

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import archive.media
 from archive import layout
@@ -42,6 +44,33 @@ def test_detection(head: bytes, path: str, expected: str) -> None:
 def test_ustar_is_found_at_its_offset() -> None:
     head = bytes(257) + b"ustar\x0000"
     assert detect_media_type(head + bytes(100), "backup") == "application/x-tar"
+
+
+def _first_signature_in_order(head: bytes) -> str | None:
+    """What the signatures say when tried one by one, in their order (the definition)."""
+    for offset, signature, media_type in archive.media.SIGNATURES:
+        if head[offset:offset + len(signature)] == signature:
+            return media_type
+    return None
+
+
+_A_SIGNATURE = st.sampled_from([None, *range(len(archive.media.SIGNATURES))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_A_SIGNATURE, _A_SIGNATURE, st.binary(max_size=600))
+def test_signatures_are_tried_in_their_order(first: int | None, second: int | None, noise: bytes) -> None:
+    """The lookup by first byte finds what trying every signature in order finds, also for a
+    head that carries two of them (one at its start, ``ustar`` at 257)."""
+    head = bytearray(noise.ljust(600, b"\0") if first is not None or second is not None else noise)
+    for chosen in (first, second):
+        if chosen is not None:
+            offset, signature, _ = archive.media.SIGNATURES[chosen]
+            head[offset:offset + len(signature)] = signature
+    expected = _first_signature_in_order(bytes(head))
+    assert archive.media._by_signature(bytes(head)) == expected
+    if expected is not None:
+        assert detect_media_type(bytes(head), "x.unknownsuffix") == expected
 
 
 def test_publish_records_media_types_also_for_large_and_remembered_files(folder_archive, tmp_path: Path) -> None:
