@@ -127,6 +127,57 @@ def test_worker_threads_join_the_batch_and_other_threads_do_not(folder_archive: 
     assert all(folder_archive.read_key(f"blobs/sha256/ff/{i}", 10) == b"%d" % i for i in range(20))
 
 
+@needs_syncfs
+def test_a_full_batch_is_flushed_behind_the_writer(folder_archive: FileSystemArchive,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a full batch waits on its ``syncfs``, the writer goes on with the next batch."""
+    import archive.backends.filesystem_batch as batching
+
+    entered, released = threading.Event(), threading.Event()
+    real_sync = batching.sync_filesystem
+
+    def slow_sync(fd: int) -> None:
+        entered.set()
+        assert released.wait(10), "the flush was waited for: nobody could let it go on"
+        real_sync(fd)
+
+    monkeypatch.setattr(batching, "MAX_FILES", 3)
+    monkeypatch.setattr(batching, "sync_filesystem", slow_sync)
+    with folder_archive.batched_writes():
+        for i in range(3):  # the third fills the batch
+            folder_archive.write_key(f"blobs/sha256/aa/{i}", [b"%d" % i])
+        assert entered.wait(10)
+        folder_archive.write_key("blobs/sha256/bb/next", [b"next"])  # returns while the flush waits
+        assert not folder_archive.has_key("blobs/sha256/aa/0")
+        released.set()
+    assert [folder_archive.read_key(f"blobs/sha256/aa/{i}", 10) for i in range(3)] == [b"0", b"1", b"2"]
+    assert folder_archive.read_key("blobs/sha256/bb/next", 10) == b"next"
+    assert folder_archive.list_keys(layout.TMP_DIR) == []
+
+
+@needs_syncfs
+def test_a_flush_behind_that_fails_fails_the_block_and_leaves_nothing(folder_archive: FileSystemArchive,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import archive.backends.filesystem_batch as batching
+
+    def failing_sync(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(batching, "MAX_FILES", 3)
+    monkeypatch.setattr(batching, "sync_filesystem", failing_sync)
+    written = []
+    with pytest.raises(BackendError, match="Input/output error"):
+        with folder_archive.batched_writes():
+            for i in range(10):
+                folder_archive.write_key(f"blobs/sha256/aa/{i}", [b"%d" % i])
+                written.append(i)
+    assert len(written) < 10  # told at a later write, not only at the end
+    assert not any(folder_archive.has_key(f"blobs/sha256/aa/{i}") for i in range(10))
+    assert folder_archive.list_keys(layout.TMP_DIR) == []
+
+
 def test_an_archive_that_is_not_durable_batches_nothing(tmp_path: Path) -> None:
     cache_like = FileSystemArchive(tmp_path / "cache", durable=False)
     with cache_like.batched_writes():
