@@ -107,7 +107,8 @@ class SharedConnection:
         current one: retries start afresh, and the other sessions end now."""
         with self._lock:
             if master is not None and master is self._proc:
-                logger.debug("a session stalled: dropping the shared ssh connection (pid %d)", master.pid)
+                logger.debug("dropping the shared ssh connection (pid %d): a session stalled or was interrupted",
+                             master.pid)
                 master.kill()
                 self._stop()
 
