@@ -106,8 +106,8 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
             try:  # only the reads are translated: the caller's own errors pass as they are
                 yield io.BufferedReader(raw, buffer_size=READ_BUFFER)
             except BaseException as exc:
-                if interrupted(exc):  # Ctrl-C may have stopped a reply mid-packet; the command is stopping:
-                    conn.abandon()  # nor are the reads still in flight worth waiting for
+                if interrupted(exc):  # a reply may have stopped mid-packet, and the command is stopping:
+                    conn.abandon()  # no read still in flight is worth waiting for
                 raise
             finally:
                 _finish_reading(conn, raw, key)
