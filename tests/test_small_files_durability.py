@@ -279,11 +279,12 @@ def test_data_is_synced_before_each_rename_and_renames_before_the_pointer(tmp_pa
     rng = random.Random(7)
     files = {f"big/{i}.bin": rng.randbytes(250_000) for i in range(300)}  # 75 MB: a batch fills by bytes
     files.update({f"big/large{i}.bin": rng.randbytes(2 * MAX_BATCHED_FILE) for i in range(2)})  # synced alone
+    files.update({f"tiny/{i}.bin": rng.randbytes(64) for i in range(4200)})  # a batch fills by count: a helper moves it
     source = small_files(make_tree(tmp_path / "src", files), 400)
     store = tmp_path / "store"
     assert cli("init", str(store)).returncode == 0
     trace = tmp_path / "trace"
-    calls = "openat,close,fsync,fdatasync,syncfs,renameat,renameat2,linkat"
+    calls = "openat,close,fsync,fdatasync,syncfs,renameat,renameat2,linkat,execve"
     result = subprocess.run([STRACE, "-f", "-y", "-qq", "-e", f"trace={calls}", "-o", str(trace), sys.executable,
                              "-m", "archive", "-a", str(store), "push", str(source), "many", "1.0.0", "-j", "4"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
@@ -326,6 +327,10 @@ def test_data_is_synced_before_each_rename_and_renames_before_the_pointer(tmp_pa
             for at, (_, call, args) in enumerate(events)) for _, _, target in renames)
     assert dirs_synced, "the pointer was linked before the blob renames were durable"
     assert len([s for s in syncs if s[1] < pointer_at]) >= 2  # the batch filled once before its end
+    lines = trace.read_text().splitlines()
+    helpers = {line.split()[0] for line in lines if "execve(" in line and '"-I", "-S", "-c"' in line}
+    moved_by_helper = [line for line in lines if line.split()[0] in helpers and "renameat" in line and blobs in line]
+    assert len(moved_by_helper) >= 1024, "no full batch was moved into place by the helper process"
 
 
 # ------------------------------------------------------------------ killed at chosen points
@@ -385,11 +390,13 @@ def test_killed_at_a_point_of_the_flush_leaves_no_release_or_a_whole_one(point: 
 
 # ------------------------------------------------------------------ killed at random moments
 def killed_at_random(tmp_path: Path, runs: int, files: int = 2000) -> dict[str, int]:
-    """Push ``files`` small files ``runs`` times, each into a new archive, killing the CLI at a
-    random moment; after each, the archive is sound and a rerun completes."""
+    """Push ``files`` small files and 4,200 tiny distinct ones ``runs`` times, each into a new
+    archive, killing the CLI at a random moment; after each, the archive is sound and a rerun
+    completes. The tiny files fill a batch by count, which a helper process moves into place."""
     seed = int(os.environ.get("ARCHIVE_KILL_SEED", "14"))
     rng = random.Random(seed)
     source = small_files(tmp_path / "src", files, seed)
+    make_tree(source / "tiny", {f"{i}.bin": rng.randbytes(64) for i in range(4200)})
     timing = tmp_path / "timing"
     assert cli("init", str(timing)).returncode == 0
     started = time.perf_counter()

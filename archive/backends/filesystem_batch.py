@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 from .. import layout
 from ..errors import BackendError, KeyNotFoundError
 from ..transfer import run_jobs
+from .filesystem_mover import MIN_FILES, rename_in_helper
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class BatchedWrites:
     _move: Callable[[str, str], None]
     _errors: Callable[..., Any]
     _remove_temporary: Callable[[str], None]
+    has_key: Callable[[str], bool]
 
     @contextmanager
     def batched_writes(self) -> Iterator[None]:
@@ -221,7 +223,7 @@ class BatchedWrites:
         """
         batch.raise_failure()
         if batch.add(name, key, size):
-            batch.flush_behind(self._flush_files)
+            batch.flush_behind(self._flush_files_behind)
         return ""
 
     def _flush_current(self) -> None:
@@ -244,15 +246,26 @@ class BatchedWrites:
         with batch.flush_lock:
             self._flush_files(batch.take())
 
-    def _flush_files(self, files: list[tuple[str, str]]) -> None:
+    def _flush_files_behind(self, files: list[tuple[str, str]]) -> None:
+        """:meth:`_flush_files` on the thread of a flush behind the writers: its renames, when
+        they are many, are made by a helper process (:mod:`.filesystem_mover`)."""
+        self._flush_files(files, behind=True)
+
+    def _flush_files(self, files: list[tuple[str, str]], behind: bool = False) -> None:
         """Make ``files`` (taken from a batch) durable with one ``syncfs``, then move each into
-        place; on any failure remove those not moved. Called with the batch's ``flush_lock`` held."""
+        place; on any failure remove those not moved. Called with the batch's ``flush_lock`` held.
+
+        A flush behind the writers (``behind``) of at least :data:`.filesystem_mover.MIN_FILES`
+        files leaves its renames to a helper process, which does not compete with the writers
+        for the interpreter's lock; a flush the writers wait for makes them here, in threads.
+        """
         if not files:
             return
         try:
             with self._errors("new objects", writing=True):
                 self._folders.within(layout.TMP_DIR, False, sync_filesystem)
-            parts = [files[i::RENAME_THREADS] for i in range(RENAME_THREADS)]
+            left = self._move_in_helper(files) if behind and len(files) >= MIN_FILES else files
+            parts = [left[i::RENAME_THREADS] for i in range(RENAME_THREADS)]
             run_jobs([lambda part=part: self._rename_all(part) for part in parts if part], RENAME_THREADS)
         except BaseException:
             self._discard(files)  # those moved already are no longer there
@@ -260,6 +273,35 @@ class BatchedWrites:
         with self._dirty_lock:
             self._dirty_dirs.update(key.rpartition("/")[0] for _, key in files)
         logger.debug("flushed a batch of %d small writes", len(files))
+
+    def _move_in_helper(self, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Move ``files`` into place by :func:`.filesystem_mover.rename_in_helper`; return those
+        it did not report moved (their folder not kept open, a failure, a helper stopped early),
+        for :meth:`_rename_all` to move as before, with its fallbacks and its errors."""
+        kept, left, moves = [], [], []
+        folders: dict[str, int | None] = {}
+        for name, key in files:
+            folder, _, target = key.rpartition("/")
+            if folder not in folders:
+                folders[folder] = self._kept_folder(folder)
+            fd = folders[folder]
+            if fd is None:
+                left.append((name, key))
+            else:
+                kept.append((name, key))
+                moves.append((name, fd, target))
+        with self._errors("new objects", writing=True), self._folders.folder(layout.TMP_DIR, create=False) as tmp:
+            moved = rename_in_helper(tmp, moves)
+        left += [file for file, done in zip(kept, moved) if not done] + kept[len(moved):]
+        return left
+
+    def _kept_folder(self, folder: str) -> int | None:
+        """The descriptor kept for ``folder``, which is opened (and made) if it is not kept yet;
+        None when there is no room to keep it."""
+        if self._folders.kept(folder) is None:
+            with self._errors(folder, writing=True), self._folders.folder(folder, create=True):
+                pass
+        return self._folders.kept(folder)
 
     def _rename_all(self, files: list[tuple[str, str]]) -> None:
         """Move files of a batch into place: one ``renameat`` each, between folders kept open
@@ -279,9 +321,14 @@ class BatchedWrites:
                         raise exc
 
     def _move_batched(self, name: str, key: str) -> None:
+        """Move ``tmp/name`` to ``key`` the long way (walking, and making, the folders). A
+        temporary file gone while ``key`` exists was moved already (by a helper that stopped
+        before it said so) or the same content was stored meanwhile: either way the key holds it."""
         try:
             self._move(f"{layout.TMP_DIR}/{name}", key)
         except KeyNotFoundError:
+            if self.has_key(key):
+                return
             raise BackendError(f"cannot write {key} in {self.root}: its temporary file {layout.TMP_DIR}/{name}"
                                " vanished before it was moved into place") from None
 
