@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import archive.media
@@ -114,3 +114,21 @@ def test_a_bad_media_type_is_refused_and_unknown_fields_kept() -> None:
     kept = json.dumps({**base, "files": {"f": {"blob": blob, "size": 0, "media_type": "text/plain", "z": 1}}},
                       sort_keys=True, separators=(",", ":")).encode()
     assert parse_record(kept).to_bytes() == kept
+
+
+_NAME_PARTS = st.sampled_from(["", ".", "..", "a", "B", "tar", "gz", "GZ", "tgz", "svgz", "bin", "csv", "json",
+                               "Z", "bz2", "xz", "html", "HTML", "dat", "data:", "x/", "/"])
+
+
+@given(st.lists(_NAME_PARTS, max_size=8).map("".join))
+def test_a_type_by_name_is_the_one_mimetypes_guesses(path: str) -> None:
+    """Asked by the name's ending and remembered, the guess is still ``guess_type``'s own for
+    every name, except where ``guess_type`` reads the path as a URL (``scheme:`` before any
+    ``/``, whose scheme it drops): a release path is never one."""
+    import mimetypes
+    import re
+
+    from archive.media import _by_name
+
+    assume(not re.match(r"[^/:]+:", path))
+    assert _by_name(path) == mimetypes.guess_type(path, strict=False)[0]
