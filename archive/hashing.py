@@ -46,7 +46,15 @@ class BlobId:
     @classmethod
     def of_bytes(cls, data: bytes) -> "BlobId":
         """The id of an in-memory byte string (records, small files)."""
-        return cls(hashlib.sha256(data).hexdigest())
+        return cls.of_digest(hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def of_digest(cls, hexdigest: str) -> "BlobId":
+        """The id of a digest ``hashlib`` just gave: not checked again (a publish makes one per
+        new file; the check costs as much as the rest of making it)."""
+        blob = object.__new__(cls)
+        object.__setattr__(blob, "hexdigest", hexdigest)
+        return blob
 
     def __str__(self) -> str:
         return f"{ALGORITHM}:{self.hexdigest}"

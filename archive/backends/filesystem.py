@@ -138,25 +138,9 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
             raise
         return fd
 
-    @contextmanager
-    def _errors(self, key: str, writing: bool = False) -> Iterator[None]:
-        """Turn ``OSError`` into the archive's errors at the backend boundary.
-
-        A missing file or folder means a missing key when reading; when writing it means the
-        archive's folder cannot be made or vanished (e.g. a path below ``/proc``), a storage error.
-        """
-        try:
-            yield
-        except ArchiveError:
-            raise  # ours, or from the chunks being written (e.g. a lost connection to their source)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            if writing:
-                raise BackendError(f"cannot write {key} in {self.root}: {exc.strerror or exc}") from None
-            raise KeyNotFoundError(key) from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: the only links we meet
-                raise UnsafeObjectError(key, "a symbolic link") from None
-            raise _backend_error(key, self.root, exc) from exc
+    def _errors(self, key: str, writing: bool = False) -> "_OSErrors":
+        """Turn ``OSError`` into the archive's errors at the backend boundary (see :class:`_OSErrors`)."""
+        return _OSErrors(self.root, key, writing)
 
     def _at(self, key: str, action: Callable[[int, str], T], create: bool = False) -> T:
         """``action(folder_fd, name)`` for ``key``, in its folder opened without following links."""
@@ -218,7 +202,7 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
         batch = self._batch() if not exclusive else None
         with self._errors(shown_key(key), writing=True):
             try:  # the create inside: an interrupt landing as it returns still removes the file
-                fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
+                fd = self._create_temporary(name)
                 size = _write_file(fd, chunks, self.durable, MAX_BATCHED_FILE if batch else -1)
                 final = key_of(key)
                 if batch is not None and size <= MAX_BATCHED_FILE:
@@ -237,6 +221,17 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                 if name:
                     self._remove_temporary(name)
         self._mark_dirty(final.rpartition("/")[0], now=exclusive)
+
+    def _create_temporary(self, name: str) -> int:
+        """Create ``tmp/name`` for writing: in the kept folder straight away (once per file of a
+        publish), else through :meth:`Folders.within`, which walks, makes or walks again."""
+        kept = self._folders.kept(layout.TMP_DIR)
+        if kept is not None:
+            try:
+                return _create(kept, name)
+            except FileNotFoundError:
+                pass  # tmp/ removed since it was kept
+        return self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
 
     def _remove_temporary(self, name: str) -> None:
         """Remove ``tmp/name`` if it is still there; a failure is logged (gc removes it later)."""
@@ -349,6 +344,34 @@ def on_local_disk(path: Path) -> bool:
         if inside and len(mount) >= len(best):
             best, fstype = mount, rest.split(" ")[0]
     return fstype in LOCAL_FILESYSTEMS
+
+
+class _OSErrors:
+    """A block whose ``OSError`` becomes the archive's error for ``key`` (a class, not a
+    generator: a publish enters one or two per file, and a generator's costs a microsecond).
+
+    A missing file or folder means a missing key when reading; when writing it means the
+    archive's folder cannot be made or vanished (e.g. a path below ``/proc``), a storage error.
+    """
+
+    __slots__ = ("root", "key", "writing")
+
+    def __init__(self, root: Path, key: str, writing: bool) -> None:
+        self.root, self.key, self.writing = root, key, writing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> None:
+        if not isinstance(exc, OSError) or isinstance(exc, ArchiveError):
+            return  # none, not a system error, or ours (e.g. a lost connection to the chunks' source)
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            if self.writing:
+                raise BackendError(f"cannot write {self.key} in {self.root}: {exc.strerror or exc}") from None
+            raise KeyNotFoundError(self.key) from None
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link: the only links we meet
+            raise UnsafeObjectError(self.key, "a symbolic link") from None
+        raise _backend_error(self.key, self.root, exc) from exc
 
 
 def _create(folder: int, name: str) -> int:
