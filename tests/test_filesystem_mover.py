@@ -57,6 +57,26 @@ def test_a_helper_that_cannot_start_moves_nothing_and_says_so(tmp_path: Path, mo
     assert os.listdir(source) == ["a.part"] and os.listdir(target) == []
 
 
+def test_a_program_that_is_not_python_is_not_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedding program's ``sys.executable`` (a server, say) is never run as the helper."""
+    src_fd, dst_fd, source, target = folders(tmp_path)
+    (source / "a.part").write_bytes(b"a")
+    monkeypatch.setattr(sys, "executable", "/bin/echo")  # would print its arguments, dots among them
+    try:
+        assert mover.rename_in_helper(src_fd, [("a.part", dst_fd, "A")]) == []
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+    assert os.listdir(source) == ["a.part"] and os.listdir(target) == []
+
+
+def test_only_the_helpers_own_answers_are_believed() -> None:
+    assert mover._statuses(b"....", 4) == []  # no greeting: not the helper speaking
+    assert mover._statuses(mover.GREETING + b".x.", 4) == [True, False, True]  # stopped before the 4th
+    assert mover._statuses(mover.GREETING + b".?..", 4) == [True]  # nothing after a byte it never writes
+    assert f"out.write({mover.GREETING!r})" in mover.HELPER
+
+
 @pytest.fixture
 def helper_for_every_flush(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Batches of 4 files, each flushed behind the writer through the helper; the sizes of the

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -30,9 +31,11 @@ logger = logging.getLogger(__name__)
 #: is worth it only where it spares thousands of handovers.
 MIN_FILES = 1024
 
-#: The helper: argv is the pid of its parent and the descriptor of ``tmp/``; each line of its
-#: input ``NAME<TAB>FOLDER_FD<TAB>TARGET`` asks for one rename, answered by one byte on its
-#: output, ``.`` when made and ``x`` when not, in the order asked.
+#: What the helper says first: output without it is not the helper's, and is not believed.
+GREETING = b"archive-mover 1\n"
+#: The helper: argv is the pid of its parent and the descriptor of ``tmp/``; after the
+#: :data:`GREETING`, each line of its input ``NAME<TAB>FOLDER_FD<TAB>TARGET`` asks for one
+#: rename, answered by one byte on its output, ``.`` when made and ``x`` when not, in order.
 HELPER = r"""
 import os, sys
 try:
@@ -43,6 +46,7 @@ except Exception:
 if os.getppid() != int(sys.argv[1]):
     sys.exit(3)  # that thread is gone already
 tmp, out = int(sys.argv[2]), sys.stdout.buffer
+out.write(GREETING)
 for line in sys.stdin.buffer:
     name, folder, target = line.rstrip(b"\n").split(b"\t")
     try:
@@ -51,7 +55,7 @@ for line in sys.stdin.buffer:
     except OSError:
         out.write(b"x")
 out.flush()
-"""
+""".replace("GREETING", repr(GREETING))
 
 
 def rename_in_helper(tmp: int, moves: list[tuple[str, int, str]]) -> list[bool]:
@@ -61,12 +65,13 @@ def rename_in_helper(tmp: int, moves: list[tuple[str, int, str]]) -> list[bool]:
     (empty when the helper could not start) when it stopped early. A move not reported made
     may still have been made (the one in progress when the helper stopped): the caller checks.
     """
-    if not moves or not sys.executable:
+    python = _python()
+    if not moves or python is None:
         return []
     request = "".join(f"{name}\t{folder}\t{target}\n" for name, folder, target in moves).encode()
     descriptors = sorted({tmp, *(folder for _, folder, _ in moves)})
     try:
-        helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(os.getpid()), str(tmp)],
+        helper = subprocess.Popen([python, "-I", "-S", "-c", HELPER, str(os.getpid()), str(tmp)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   pass_fds=descriptors, start_new_session=True)
     except (OSError, ValueError) as exc:  # no process to be had: the caller moves every file
@@ -78,7 +83,28 @@ def rename_in_helper(tmp: int, moves: list[tuple[str, int, str]]) -> list[bool]:
         helper.kill()
         helper.wait()
         raise
-    if helper.returncode != 0:
-        logger.debug("the rename helper exited with status %s after %d of %d files",
+    if helper.returncode != 0 or not answer.startswith(GREETING):
+        logger.debug("the rename helper exited with status %s after %d bytes for %d files",
                      helper.returncode, len(answer), len(moves))
-    return [status == ord(".") for status in answer[:len(moves)]]
+    return _statuses(answer, len(moves))
+
+
+def _statuses(answer: bytes, count: int) -> list[bool]:
+    """Whether each move was made, from the helper's ``answer``: nothing is believed of an
+    answer without the greeting, nor from its first byte that is neither ``.`` nor ``x``."""
+    if not answer.startswith(GREETING):
+        return []
+    statuses = answer[len(GREETING):len(GREETING) + count]
+    made = []
+    for status in statuses:
+        if status not in b".x":
+            break
+        made.append(status == ord("."))
+    return made
+
+
+def _python() -> str | None:
+    """This interpreter's program, if it is one that runs ``-I -S -c`` (an embedding program's
+    ``sys.executable``, a server's for one, is not asked to)."""
+    name = os.path.basename(sys.executable or "").lower()
+    return sys.executable if re.fullmatch(r"(python|pypy)[0-9.]*(\.exe)?", name) else None
