@@ -45,23 +45,15 @@ def test_the_helper_moves_each_file_and_says_which_it_could_not(tmp_path: Path) 
     assert os.listdir(source) == []
 
 
-def test_a_helper_that_cannot_start_moves_nothing_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("program", ["missing/python3", "/bin/echo"])
+def test_a_helper_not_started_moves_nothing_and_says_so(program: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python that cannot be started (``missing/python3``), or an embedding program's
+    ``sys.executable`` that is no Python (``/bin/echo`` would print its arguments, dots among
+    them), moves nothing: the caller moves every file itself."""
     src_fd, dst_fd, source, target = folders(tmp_path)
     (source / "a.part").write_bytes(b"a")
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    try:
-        assert mover.rename_in_helper(src_fd, [("a.part", dst_fd, "A")]) == []
-    finally:
-        os.close(src_fd)
-        os.close(dst_fd)
-    assert os.listdir(source) == ["a.part"] and os.listdir(target) == []
-
-
-def test_a_program_that_is_not_python_is_not_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An embedding program's ``sys.executable`` (a server, say) is never run as the helper."""
-    src_fd, dst_fd, source, target = folders(tmp_path)
-    (source / "a.part").write_bytes(b"a")
-    monkeypatch.setattr(sys, "executable", "/bin/echo")  # would print its arguments, dots among them
+    monkeypatch.setattr(sys, "executable", str(tmp_path / program) if program.startswith("missing") else program)
     try:
         assert mover.rename_in_helper(src_fd, [("a.part", dst_fd, "A")]) == []
     finally:
