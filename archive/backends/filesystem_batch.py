@@ -8,8 +8,9 @@ all of them durable with one ``syncfs(2)`` of the archive's filesystem, and only
 each into place. So a name still never points at data a crash could lose: the order per file
 is the same as before (data durable, then rename, then the folder synced before the next
 create-only write), only the syncs are shared. A batch that fills up is flushed on a thread of
-its own while the writers write the next one (at most one such flush at a time); the last, and
-any before a create-only write, are waited for.
+its own while the writers write the next one (at most one such flush at a time), and its renames
+are made by a helper process (:mod:`.filesystem_mover`), which does not compete with the writers
+for the interpreter's lock; the last batch, and any before a create-only write, are waited for.
 
 ``syncfs`` is Linux's (since 2.6.39; it reports write-back errors since 5.8). Where it is
 missing the batch is not used and each write is synced as it is made (:func:`syncfs_available`).
