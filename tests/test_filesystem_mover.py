@@ -132,3 +132,22 @@ def test_a_batch_file_gone_before_the_helper_fails_the_flush_loudly(folder_archi
             folder_archive.write_key("blobs/sha256/bb/later", [b"later"])  # told of the failure here
     assert names and helper_for_every_flush == [4]
     assert folder_archive.list_keys(layout.TMP_DIR) == []
+
+
+@needs_syncfs
+def test_files_whose_folder_is_not_kept_open_are_moved_here(folder_archive: FileSystemArchive,
+                                                            helper_for_every_flush: list[int],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper is given only folders this process keeps open; with no room to keep more,
+    the files bound elsewhere are moved here, by walking (and making) their folders."""
+    import archive.backends.filesystem_folders as folders_module
+
+    folder_archive.write_key("blobs/sha256/aa/first", [b"first"])  # keeps the root, tmp/ and that folder's chain
+    monkeypatch.setattr(folders_module, "MAX_KEPT", len(folder_archive._folders._kept))
+    with folder_archive.batched_writes():
+        for i in range(8):
+            folder_archive.write_key(f"blobs/sha256/{'aa' if i % 2 else 'bb'}/{i}", [b"%d" % i])
+    assert helper_for_every_flush == [2, 2]  # of each 4, the 2 for the kept folder aa
+    assert [folder_archive.read_key(f"blobs/sha256/{'aa' if i % 2 else 'bb'}/{i}", 10) for i in range(8)] == [
+        b"%d" % i for i in range(8)]
+    assert folder_archive.list_keys(layout.TMP_DIR) == []
