@@ -41,7 +41,7 @@ import os, sys
 try:
     import ctypes
     ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the thread that started us
-except Exception:
+except (ImportError, OSError, AttributeError):  # no ctypes, no C library, or no prctl (not Linux)
     pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit(3)  # that thread is gone already
