@@ -202,7 +202,7 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
         batch = self._batch() if not exclusive else None
         with self._errors(shown_key(key), writing=True):
             try:  # the create inside: an interrupt landing as it returns still removes the file
-                fd = self._create_temporary(name)
+                fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
                 size = _write_file(fd, chunks, self.durable, MAX_BATCHED_FILE if batch else -1)
                 final = key_of(key)
                 if batch is not None and size <= MAX_BATCHED_FILE:
@@ -221,17 +221,6 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                 if name:
                     self._remove_temporary(name)
         self._mark_dirty(final.rpartition("/")[0], now=exclusive)
-
-    def _create_temporary(self, name: str) -> int:
-        """Create ``tmp/name`` for writing: in the kept folder straight away (once per file of a
-        publish), else through :meth:`Folders.within`, which walks, makes or walks again."""
-        kept = self._folders.kept(layout.TMP_DIR)
-        if kept is not None:
-            try:
-                return _create(kept, name)
-            except FileNotFoundError:
-                pass  # tmp/ removed since it was kept
-        return self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
 
     def _remove_temporary(self, name: str) -> None:
         """Remove ``tmp/name`` if it is still there; a failure is logged (gc removes it later)."""

@@ -68,9 +68,13 @@ class Folders:
 
     def within(self, path: str, create: bool, action: Callable[[int], T]) -> T:
         """``action(fd)`` in the folder ``path``; once more, walked anew, if the folder kept for
-        it was removed since (``action`` then failed with ``FileNotFoundError``)."""
+        it was removed since (``action`` then failed with ``FileNotFoundError``). A kept folder
+        is used without :meth:`folder`'s context manager: a publish comes here once per file."""
         for attempt in (1, 2):
             try:
+                kept = self._kept.get(path)
+                if kept is not None:
+                    return action(kept)
                 with self.folder(path, create) as fd:
                     return action(fd)
             except FileNotFoundError:
