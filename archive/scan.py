@@ -30,7 +30,6 @@ import os
 import stat
 import unicodedata
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -57,13 +56,13 @@ _NAME_OF = operator.attrgetter("name")  # a listing's sort key, without a Python
 _PATH_OF = operator.attrgetter("path")
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """A regular file found in the folder: its release path, where it is, and its stat.
 
     The scan gives ``location`` as a plain string (a ``Path`` per file of a million would cost
     hundreds of bytes and microseconds each) and ``info`` as a :class:`FileStat`; callers may
-    pass any path-like value and a full ``os.stat_result``.
+    pass any path-like value and a full ``os.stat_result``. A named tuple, so the scan makes
+    each by the tuple's C constructor (about 0.3 us less per file than a dataclass).
     """
 
     path: str
@@ -111,7 +110,7 @@ _SHARED_MAX = 4096
 _PLAIN_MASK = stat.S_IFMT(0o177777) | stat.S_IRUSR
 _PLAIN_OWN = stat.S_IFREG | stat.S_IRUSR
 _FOLDER_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-_new_tuple = tuple.__new__  # a FileStat made by its C constructor, not NamedTuple's Python __new__
+_new_tuple = tuple.__new__  # a named tuple made by its C constructor, not its Python __new__
 
 
 class _Folder(NamedTuple):
@@ -267,7 +266,7 @@ def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[s
     ``lstat``, by name from the folder's descriptor, is its only system call. Every other entry
     goes through :func:`_visit`."""
     children = []
-    append, file_stat, stat_at = files.append, FileStat.of, os.stat
+    append, stat_at, euid, shared = files.append, os.stat, _EUID, _SHARED_INTS
     with _opened_folder(folder.location) as fd:
         for entry, path in listing:
             if ignored is not None and _is_ignored(ignored, entry, path):
@@ -277,8 +276,13 @@ def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[s
                     info = stat_at(entry.name, dir_fd=fd, follow_symlinks=False)
                 except OSError:
                     info = None  # _visit reports it
-                if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == _EUID:
-                    append(SourceFile(path, entry.path, file_stat(info)))
+                if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == euid:
+                    # FileStat.of and SourceFile(...) written out: a call each is a tenth of the scan
+                    share = shared.setdefault if len(shared) < _SHARED_MAX else shared.get
+                    mode, size, dev = info.st_mode, info.st_size, info.st_dev
+                    found = _new_tuple(FileStat, (share(mode, mode), share(size, size), share(dev, dev), info.st_ino,
+                                                  info.st_mtime_ns, info.st_ctime_ns, euid))
+                    append(_new_tuple(SourceFile, (path, entry.path, found)))
                     continue
             child = _visit(root, folder, entry, path, files, problems)
             if child is not None:
