@@ -19,6 +19,11 @@ entered):
 
 A file found is recorded with its path, where it is, its stat (the stat cache and the check
 that a file did not change while read both need it) and its executable bit.
+
+The stats of regular files, most of a large scan's time, are taken after their folder's
+listing; past the first few thousand files a helper process takes part of them
+(:mod:`archive.scan_helper`). Its results are used only in the form it would give them; all it
+does not answer is stated here, so it changes how long a scan takes and never what it finds.
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ import operator
 import os
 import stat
 import unicodedata
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from .errors import FolderProblemsError, InvalidInputError
 from .media import media_type_of_file
 from .record_codec import gc_paused, paths_are_fine
 from .records import MAX_RECORD_BYTES, FileEntry, path_problems
+from .scan_helper import MIN_FILES, StatHelper
 
 if TYPE_CHECKING:
     import pathspec
@@ -49,6 +54,8 @@ IGNORE_FILE = ".archiveignore"
 #: More files than a record can list (the smallest file entry takes 95 of its bytes): the
 #: scan stops there, so links to folders that multiply paths cannot make it run for hours.
 MAX_FILES = MAX_RECORD_BYTES // 95
+#: Regular files listed and not yet stated, at most (their entries are kept until then).
+DEFERRED_FILES = 131072
 #: How many problems the one-line message names before "and N more".
 SHOWN_PROBLEMS = 3
 _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
@@ -237,6 +244,7 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
     """Every file below ``root`` and every problem met, walking with an explicit stack.
 
     The root is listed first, so its ``.archiveignore`` is read only when the listing has one.
+    The regular files of each listing are stated by :class:`_PlainFileStats`.
     """
     files: list[SourceFile] = []
     problems: list[str] = []
@@ -245,64 +253,168 @@ def _walk(root: str, exclude: Sequence[str]) -> tuple[list[SourceFile], list[str
     top_listing = _listing(top, problems)
     ignored = _ignore_spec(root, exclude, any(path == IGNORE_FILE and _is_file(entry) for entry, path in top_listing))
     stack = [top]
-    while stack:
-        folder = stack.pop()
-        listing = top_listing if folder is top else _listing(folder, problems)
-        children = _visit_listing(root, folder, listing, ignored, files, problems)
-        stack.extend(reversed(children))  # folders in name order, so problems come in path order
-        if len(files) > MAX_FILES:
-            problems.append(f"more than {MAX_FILES} files, more than a release can list"
-                            " (do links to folders multiply the paths?); scan stopped")
-            break
+    with _PlainFileStats(root, files, problems) as plain_files:
+        while stack:
+            folder = stack.pop()
+            listing = top_listing if folder is top else _listing(folder, problems)
+            children, plain = _visit_listing(root, folder, listing, ignored, files, problems)
+            stack.extend(reversed(children))  # folders in name order, so problems come in path order
+            plain_files.add(plain)
+            if len(files) + plain_files.waiting > MAX_FILES:
+                problems.append(f"more than {MAX_FILES} files, more than a release can list"
+                                " (do links to folders multiply the paths?); scan stopped")
+                return files, problems
+        plain_files.finish()
     return files, problems
 
 
+class _PlainFiles(NamedTuple):
+    """The entries of one folder that its listing says are regular files, with their paths."""
+
+    folder: _Folder
+    entries: list[tuple[os.DirEntry[str], str]]
+
+
 def _visit_listing(root: str, folder: _Folder, listing: list[tuple[os.DirEntry[str], str]],
-                   ignored: pathspec.PathSpec | None, files: list[SourceFile], problems: list[str]) -> list[_Folder]:
-    """:func:`_visit` each entry of one folder's listing; return its folders to list.
-
-    A plain file of ours that we may read, by far the most common entry, is handled here with
-    one call of ours (a million files make each call cost a second, and there were eight): its
-    ``lstat``, by name from the folder's descriptor, is its only system call. Every other entry
-    goes through :func:`_visit`."""
-    children = []
-    append, stat_at, euid, shared = files.append, os.stat, _EUID, _SHARED_INTS
-    with _opened_folder(folder.location) as fd:
-        for entry, path in listing:
-            if ignored is not None and _is_ignored(ignored, entry, path):
-                continue
-            if fd is not None and entry.is_file(follow_symlinks=False):  # the listing's type: no system call
-                try:
-                    info = stat_at(entry.name, dir_fd=fd, follow_symlinks=False)
-                except OSError:
-                    info = None  # _visit reports it
-                if info is not None and (info.st_mode & _PLAIN_MASK) == _PLAIN_OWN and info.st_uid == euid:
-                    # FileStat.of and SourceFile(...) written out: a call each is a tenth of the scan
-                    share = shared.setdefault if len(shared) < _SHARED_MAX else shared.get
-                    mode, size, dev = info.st_mode, info.st_size, info.st_dev
-                    found = _new_tuple(FileStat, (share(mode, mode), share(size, size), share(dev, dev), info.st_ino,
-                                                  info.st_mtime_ns, info.st_ctime_ns, euid))
-                    append(_new_tuple(SourceFile, (path, entry.path, found)))
-                    continue
-            child = _visit(root, folder, entry, path, files, problems)
-            if child is not None:
-                children.append(child)
-    return children
+                   ignored: pathspec.PathSpec | None, files: list[SourceFile],
+                   problems: list[str]) -> tuple[list[_Folder], _PlainFiles]:
+    """:func:`_visit` each entry of one folder's listing but its regular files; return its
+    folders to list, and those files (by far the most common entry), whose stats
+    :class:`_PlainFileStats` takes."""
+    children, plain = [], []
+    by_name = os.stat in os.supports_dir_fd
+    for entry, path in listing:
+        if ignored is not None and _is_ignored(ignored, entry, path):
+            continue
+        if by_name and entry.is_file(follow_symlinks=False):  # the listing's type: no system call
+            plain.append((entry, path))
+            continue
+        child = _visit(root, folder, entry, path, files, problems)
+        if child is not None:
+            children.append(child)
+    return children, _PlainFiles(folder, plain)
 
 
-@contextmanager
-def _opened_folder(location: str) -> Iterator[int | None]:
-    """A descriptor of the folder at ``location``, to stat its files by name (the kernel walks one
-    name, not the whole path); None where it cannot be opened or used so."""
+class _PlainFileStats:
+    """The stats of the regular files the walk lists, and the files noted from them.
+
+    The first :data:`archive.scan_helper.MIN_FILES` files are stated as their folder is
+    listed. After them a helper process (:class:`~archive.scan_helper.StatHelper`) states the
+    folders offered to it, from the first on, while the walk lists the next ones; once the walk
+    has listed all (or :data:`DEFERRED_FILES` wait), this process states them from the last
+    back, until the two meet. A problem of a file stated late is reported after those of the
+    folders listed before it was noted.
+    """
+
+    def __init__(self, root: str, files: list[SourceFile], problems: list[str]) -> None:
+        self._root, self._files, self._problems = root, files, problems
+        self._listed = 0
+        self._helper: StatHelper | None = None
+        self._pending: dict[int, _PlainFiles] = {}
+        #: Files listed and not noted yet.
+        self.waiting = 0
+
+    def add(self, plain: _PlainFiles) -> None:
+        """Note the files of ``plain`` now, or offer them to the helper."""
+        if not plain.entries:
+            return
+        if self._helper is None or not self._helper.running:  # none yet, or none to be had
+            _note_plain_files(self._root, plain, _stat_names(plain), self._files, self._problems)
+            self._listed += len(plain.entries)
+            if self._helper is None and self._listed >= MIN_FILES:
+                self._helper = StatHelper()
+            return
+        number = self._helper.offer(plain.folder.location, [entry.name for entry, _ in plain.entries])
+        self._pending[number] = plain
+        self.waiting += len(plain.entries)
+        self._note_answers()
+        if self.waiting > DEFERRED_FILES:
+            self._take_back(DEFERRED_FILES // 2)
+
+    def finish(self) -> None:
+        """Note every file still waiting, once the walk has listed all."""
+        if self._helper is None or not self._helper.running:
+            return
+        self._take_back(0)
+        self._helper.finish()
+        self._note_answers()
+        for number in sorted(self._pending):  # offered and never answered: stated here
+            plain = self._pending.pop(number)
+            self._note(plain, _stat_names(plain))
+
+    def _take_back(self, until: int) -> None:
+        """State waiting folders, from the last offered back, until no more than ``until``
+        files wait or the next one is the helper's (it takes them in order: so are those before)."""
+        assert self._helper is not None
+        for number in sorted(self._pending, reverse=True):
+            if self.waiting <= until or not self._helper.take(number):
+                return
+            plain = self._pending.pop(number)
+            self._note(plain, _stat_names(plain))
+            self._note_answers()
+
+    def _note_answers(self) -> None:
+        assert self._helper is not None
+        for number, found in self._helper.answers():
+            plain = self._pending.get(number)
+            if plain is not None and len(found) == len(plain.entries):
+                del self._pending[number]
+                self._note(plain, found)
+
+    def _note(self, plain: _PlainFiles, found: list[Any]) -> None:
+        """Note the files of ``plain``, waiting until now."""
+        self.waiting -= len(plain.entries)
+        _note_plain_files(self._root, plain, found, self._files, self._problems)
+
+    def __enter__(self) -> "_PlainFileStats":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._helper is not None:
+            self._helper.close()
+
+
+def _stat_names(plain: _PlainFiles) -> list[tuple[int, ...] | None]:
+    """The numbers of a :class:`FileStat` for each file of ``plain``, from its ``lstat`` by name
+    from the folder's descriptor (the kernel walks one name, not the whole path); None for each
+    that cannot be stated."""
     try:
-        fd = os.open(location, os.O_RDONLY | _FOLDER_FLAGS) if os.stat in os.supports_dir_fd else None
+        fd = os.open(plain.folder.location, os.O_RDONLY | _FOLDER_FLAGS)
     except OSError:
-        fd = None
+        return [None] * len(plain.entries)
+    found: list[tuple[int, ...] | None] = []
+    append, stat_at = found.append, os.stat
     try:
-        yield fd
+        for entry, _ in plain.entries:
+            try:
+                info = stat_at(entry.name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                append(None)
+                continue
+            append((info.st_mode, info.st_size, info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns,
+                    info.st_uid))
     finally:
-        if fd is not None:
-            os.close(fd)
+        os.close(fd)
+    return found
+
+
+def _note_plain_files(root: str, plain: _PlainFiles, found: list[Any], files: list[SourceFile],
+                      problems: list[str]) -> None:
+    """Note each file of ``plain`` whose numbers in ``found`` say it is a regular file of ours
+    that we may read; every other one (not stated, changed since the listing, another owner's)
+    goes through :func:`_visit`, as any entry does."""
+    append, euid, shared = files.append, _EUID, _SHARED_INTS
+    for (entry, path), numbers in zip(plain.entries, found):
+        if (type(numbers) is tuple and len(numbers) == 7 and (numbers[0] & _PLAIN_MASK) == _PLAIN_OWN
+                and numbers[6] == euid):
+            # FileStat.of and SourceFile(...) written out: a call each is a tenth of the scan
+            share = shared.setdefault if len(shared) < _SHARED_MAX else shared.get
+            mode, size, dev, ino, mtime_ns, ctime_ns, _ = numbers
+            info = _new_tuple(FileStat, (share(mode, mode), share(size, size), share(dev, dev), ino, mtime_ns,
+                                         ctime_ns, euid))
+            append(_new_tuple(SourceFile, (path, entry.path, info)))
+        else:
+            _visit(root, plain.folder, entry, path, files, problems)
 
 
 def _visit(root: str, folder: _Folder, entry: os.DirEntry[str], path: str, files: list[SourceFile],

@@ -6,24 +6,18 @@ next batch, each rename needs the interpreter's lock back once it returns, and t
 who make a system call for nearly every step of a file, hand that lock to and fro with it: at
 100,000 files of 1 KiB the handovers cost more than the renames (a push took 7.0-7.4 s with
 the renames in threads, 6.0-6.1 s with them in a helper). A helper process has a lock of its
-own: a few lines of Python, run isolated (``-I -S``, no site, no environment), given the
-descriptors of ``tmp/`` and of the target folders, rename every file it is told of and say,
-file by file, whether it could.
+own (:mod:`archive.helper_process`): given the descriptors of ``tmp/`` and of the target
+folders, it renames every file it is told of and says, file by file, whether it could.
 
 What the helper did not report as moved is left to the caller, who moves it as before (with
 its fallbacks and its errors): a helper that cannot start, or stops early, costs only time.
-It starts in a session of its own (a Ctrl-C on the terminal is for the command, which ends it)
-and, on Linux, is killed if the thread that started it dies, so it never outlives the command
-by more than the rename it is making.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import subprocess
-import sys
+
+from ..helper_process import start_helper, stop_helper
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +27,11 @@ MIN_FILES = 1024
 
 #: What the helper says first: output without it is not the helper's, and is not believed.
 GREETING = b"archive-mover 1\n"
-#: The helper: argv is the pid of its parent and the descriptor of ``tmp/``; after the
-#: :data:`GREETING`, each line of its input ``NAME<TAB>FOLDER_FD<TAB>TARGET`` asks for one
-#: rename, answered by one byte on its output, ``.`` when made and ``x`` when not, in order.
+#: The helper (after :data:`archive.helper_process.PRELUDE`): its argument is the descriptor of
+#: ``tmp/``; after the :data:`GREETING`, each line of its input ``NAME<TAB>FOLDER_FD<TAB>TARGET``
+#: asks for one rename, answered by one byte on its output, ``.`` when made and ``x`` when not,
+#: in order.
 HELPER = r"""
-import os, sys
-try:
-    import ctypes
-    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the thread that started us
-except (ImportError, OSError, AttributeError):  # no ctypes, no C library, or no prctl (not Linux)
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(3)  # that thread is gone already
 tmp, out = int(sys.argv[2]), sys.stdout.buffer
 out.write(GREETING)
 for line in sys.stdin.buffer:
@@ -65,23 +52,16 @@ def rename_in_helper(tmp: int, moves: list[tuple[str, int, str]]) -> list[bool]:
     (empty when the helper could not start) when it stopped early. A move not reported made
     may still have been made (the one in progress when the helper stopped): the caller checks.
     """
-    python = _python()
-    if not moves or python is None:
+    if not moves:
         return []
     request = "".join(f"{name}\t{folder}\t{target}\n" for name, folder, target in moves).encode()
-    descriptors = sorted({tmp, *(folder for _, folder, _ in moves)})
-    try:
-        helper = subprocess.Popen([python, "-I", "-S", "-c", HELPER, str(os.getpid()), str(tmp)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  pass_fds=descriptors, start_new_session=True)
-    except (OSError, ValueError) as exc:  # no process to be had: the caller moves every file
-        logger.debug("no helper process for the renames: %s", exc)
+    helper = start_helper(HELPER, [str(tmp)], sorted({tmp, *(folder for _, folder, _ in moves)}))
+    if helper is None:  # no process to be had: the caller moves every file
         return []
     try:
         answer, _ = helper.communicate(request)
     except BaseException:
-        helper.kill()
-        helper.wait()
+        stop_helper(helper)
         raise
     if helper.returncode != 0 or not answer.startswith(GREETING):
         logger.debug("the rename helper exited with status %s after %d bytes for %d files",
@@ -102,9 +82,3 @@ def _statuses(answer: bytes, count: int) -> list[bool]:
         made.append(status == ord("."))
     return made
 
-
-def _python() -> str | None:
-    """This interpreter's program, if it is one that runs ``-I -S -c`` (an embedding program's
-    ``sys.executable``, a server's for one, is not asked to)."""
-    name = os.path.basename(sys.executable or "").lower()
-    return sys.executable if re.fullmatch(r"(python|pypy)[0-9.]*(\.exe)?", name) else None
