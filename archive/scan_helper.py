@@ -62,14 +62,16 @@ flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0
 os.write(answers_fd, GREETING)
 written = len(GREETING)
 struct.pack_into("=q", table, 24, written)
-requests, read, number = [], 0, 0
+requests, read, number, pause = [], 0, 0, 0.0002
 while True:
     offered, request_bytes, listed, _ = head.unpack_from(table)
     if number >= offered:
         if listed:
             break
-        time.sleep(0.0002)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)  # a walk among folders without files offers nothing for a while
         continue
+    pause = 0.0002
     if number >= len(requests):  # read the requests written since, up to the last whole one
         data, at = os.pread(requests_fd, request_bytes - read, read), 0
         while at + 4 <= len(data) and at + 4 + frame.unpack_from(data, at)[0] <= len(data):
@@ -78,7 +80,7 @@ while True:
             at += 4 + size
         read += at
         if number >= len(requests):
-            time.sleep(0.0002)
+            time.sleep(pause)
             continue
     mark = head.size + number
     if table[mark] == 0:
