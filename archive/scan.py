@@ -333,9 +333,9 @@ class _PlainFileStats:
 
     def finish(self) -> None:
         """Note every file still waiting, once the walk has listed all."""
-        if self._helper is None or not self._helper.running:
+        if self._helper is None:
             return
-        self._take_back(0)
+        self._take_back(0)  # a helper given up on takes nothing: every folder waiting is stated here
         self._helper.finish()
         self._note_answers()
         for number in sorted(self._pending):  # offered and never answered: stated here

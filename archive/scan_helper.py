@@ -142,7 +142,8 @@ class StatHelper:
 
     @property
     def running(self) -> bool:
-        return self._helper is not None
+        """True when a helper was started (and not given up on since)."""
+        return self._table is not None
 
     def offer(self, location: str, names: list[str]) -> int:
         """Offer the stats of ``names`` in the folder at ``location``; return its number."""
@@ -153,10 +154,14 @@ class StatHelper:
             except ValueError:  # not a string marshal can carry: kept by the scan, a frame all the same
                 self._table[_HEAD.size + number] = _SCAN
                 request = marshal.dumps(None)
-            os.write(self._fds[1], _FRAME.pack(len(request)) + request)
-            self._request_bytes += _FRAME.size + len(request)
-            struct.pack_into("=q", self._table, 8, self._request_bytes)  # the bytes, then the count
-            struct.pack_into("=q", self._table, 0, number + 1)
+            try:
+                os.write(self._fds[1], _FRAME.pack(len(request)) + request)
+            except OSError as exc:  # no memory left for the log: the scan states the rest itself
+                self._give_up(exc)
+            else:
+                self._request_bytes += _FRAME.size + len(request)
+                struct.pack_into("=q", self._table, 8, self._request_bytes)  # the bytes, then the count
+                struct.pack_into("=q", self._table, 0, number + 1)
         self._offered = number + 1
         return number
 
@@ -177,10 +182,16 @@ class StatHelper:
         written = _HEAD.unpack_from(self._table)[3]
         if written <= self._read:
             return
-        data = os.pread(self._fds[2], written - self._read, self._read)
+        try:
+            data = os.pread(self._fds[2], written - self._read, self._read)
+        except OSError as exc:
+            self._give_up(exc)
+            return
         at = 0
         if not self._believed:
             if not data.startswith(GREETING):
+                if len(data) >= len(GREETING):  # not the helper's output: never read again
+                    self._give_up(f"its output begins {data[:len(GREETING)]!r}")
                 return
             self._believed, at = True, len(GREETING)
         while at + _FRAME.size <= len(data):
@@ -204,6 +215,11 @@ class StatHelper:
         except BaseException:
             stop_helper(self._helper)
             raise
+
+    def _give_up(self, why: object) -> None:
+        """Stop using the helper: what it has not answered yet, the scan states itself."""
+        logger.debug("not using the stat helper any more: %s", why)
+        self.close()
 
     def close(self) -> None:
         """Stop the helper if it still runs; release the shared memory."""
