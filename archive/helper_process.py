@@ -38,16 +38,18 @@ if os.getppid() != int(sys.argv[1]):
 
 
 def start_helper(code: str, args: Sequence[str] = (), pass_fds: Sequence[int] = (),
-                 stdin: int | None = subprocess.PIPE) -> subprocess.Popen[bytes] | None:
-    """Run :data:`PRELUDE` then ``code`` in a helper, its output on a pipe; ``args`` follow
-    the parent's pid in its ``sys.argv``. None (logged at DEBUG) when no helper can be had:
-    this interpreter is not a program that runs ``-I -S -c``, or the start failed."""
+                 stdin: int | None = subprocess.PIPE, stdout: int | None = subprocess.PIPE
+                 ) -> subprocess.Popen[bytes] | None:
+    """Run :data:`PRELUDE` then ``code`` in a helper (its input and output on pipes unless
+    told otherwise); ``args`` follow the parent's pid in its ``sys.argv``. None (logged at
+    DEBUG) when no helper can be had: this interpreter is not a program that runs ``-I -S -c``,
+    or the start failed."""
     python = python_program()
     if python is None:
         return None
     try:
         return subprocess.Popen([python, "-I", "-S", "-c", PRELUDE + code, str(os.getpid()), *args],
-                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL,
                                 pass_fds=tuple(pass_fds), start_new_session=True)
     except (OSError, ValueError) as exc:
         logger.debug("no helper process: %s", exc)

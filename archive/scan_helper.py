@@ -134,7 +134,8 @@ class StatHelper:
             self._fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("archive-scan", "requests", "answers")]
             os.ftruncate(self._fds[0], _HEAD.size + MAX_FOLDERS)  # untouched pages of it take no memory
             self._table = mmap.mmap(self._fds[0], 0)
-            self._helper = start_helper(HELPER, [str(fd) for fd in self._fds], self._fds, stdin=subprocess.DEVNULL)
+            self._helper = start_helper(HELPER, [str(fd) for fd in self._fds], self._fds,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except (AttributeError, OSError) as exc:  # no memfd_create (not Linux), or no memory for it
             logger.debug("no stat helper: %s", exc)
         if self._helper is None:
