@@ -37,11 +37,12 @@ from .destination import (Conflict, Folders, Found, Kind, as_placed_before, chec
                           conflict_of, find, in_the_way, make_folders, refuse, remove_files)
 from .errors import DestinationError, InvalidInputError, InvalidPathError
 from .materialize import INDEPENDENT_MODES, check_link_mode, creation_gives_mode, remove_stale_temporaries
+from .staging import can_stage, reveal_folder, staged_folder
 from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker, remove_empty_folders, \
     write_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
-from .placing import Placement, Route, Source, place, source_of
+from .placing import Placement, Route, SmallWriter, Source, place, source_of
 from .place_workers import place_small, plan_split
 from .small_blobs import cache_small_blobs, fetch_small_blobs
 from .transfer import Progress, make_progress, run_jobs
@@ -126,6 +127,10 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
     root = Path(os.path.realpath(dest))
+    if marker and use_cache and link in INDEPENDENT_MODES and can_stage(root):
+        report = _fill_new_folder(arc, release, dest, root, link, workers, progress, cache, use_cache)
+        if report is not None:
+            return report
     fresh = not os.path.lexists(root)
     previous = read_marker(root) if marker else None
     old = leftovers(root, previous, release, force, cache.stat_cache) if exact else None
@@ -151,10 +156,37 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
                       tuple(sorted(old.kept)) if old else ())
 
 
+def _fill_new_folder(arc: "ArchiveInterface", release: Release, dest: Path, root: Path, link: str, workers: int,
+                     progress: bool | None, cache: BlobCache, use_cache: bool) -> PullReport | None:
+    """Pull into ``root``, which does not exist yet: build it aside, every file and the marker,
+    and give it its name whole (:mod:`archive.staging`). An error or an interrupt leaves
+    nothing at ``root``. None, having written nothing there, where it cannot be built aside or
+    came to exist meanwhile: the caller then fills it as it finds it.
+    """
+    with staged_folder(root) as building:
+        if building is None:
+            return None
+        placements = _all_new(release, building)
+        _place_all(arc, cache, building, placements, link, workers, progress, use_cache, in_place=True)
+        write_marker(building, release, arc.location, {})
+        if not reveal_folder(building, root):
+            logger.info("%s appeared while the pull ran: filling it as it is", dest)
+            return None
+    logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
+    return PullReport(dest, len(release.files), len(placements), 0)
+
+
+def _all_new(release: Release, root: Path) -> list[Placement]:
+    """A placement for every file of ``release``, into ``root``, a folder known to be new."""
+    target_of = Folders(root).target_of
+    return [Placement(path, entry, target_of(path)) for path, entry in release.files.items()]
+
+
 def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements: list[Placement], link: str,
-               workers: int, progress: bool | None, use_cache: bool) -> None:
+               workers: int, progress: bool | None, use_cache: bool, in_place: bool = False) -> None:
     """Place every file, in parallel; a blob the cache lacks is fetched by the job of the first
-    file that needs it, just before that file is placed.
+    file that needs it, just before that file is placed. ``in_place``: ``root`` is a staged
+    folder (:mod:`archive.staging`), where small files are written straight at their names.
 
     Fetching and placing in the same job overlaps the copy out of the cache (a second write
     of each byte, by the kernel) with the transfers of the other jobs, instead of running all
@@ -162,17 +194,17 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     """
     writes = [p for p in placements if not p.mode_only]
     started = time.time_ns()
-    mode_given = _make_parent_folders(root, placements)
+    write_small = SmallWriter(_make_parent_folders(root, placements), in_place)
     split = plan_split(arc, cache, writes, link, use_cache, workers)
     sources, missing = _sources(arc, cache, writes, link, use_cache) if split is None else ({}, {})
     bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
                         progress)
     try:
         if split is not None:  # the small files from local blobs, in worker processes first
-            placements = place_small(placements, split, lambda p: p.path.rpartition("/")[0] not in mode_given, bar)
+            placements = place_small(placements, split, write_small, bar)
             sources, missing = _sources(arc, cache, [p for p in placements if not p.mode_only], link, use_cache)
         no_source = Source(Route.CACHE)
-        rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, mode_given)
+        rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, write_small)
 
         def job(placement: Placement) -> None:
             entry = placement.entry
@@ -186,7 +218,7 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
             else:
                 fetched = False
             place(arc, cache, placement, sources.get(key, no_source), link, None if fetched else bar.advance,
-                  set_mode=placement.path.rpartition("/")[0] not in mode_given)
+                  write_small=write_small)
             bar.file_done()
 
         threads = workers if missing else _placing_workers(rest, sources, workers)
@@ -216,13 +248,12 @@ def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement],
 
 
 def _fetch_small(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement], sources: dict[str, Source],
-                 missing: set[str], link: str, workers: int, bar: Progress, mode_given: set[str]) -> list[Placement]:
+                 missing: set[str], link: str, workers: int, bar: Progress, write_small: SmallWriter) -> list[Placement]:
     """Read the small blobs the cache lacks, or that a pull without the cache streams, in groups
     (:meth:`~archive.interface.ArchiveInterface.read_keys`), and place their files; return the
     placements left to the per-file jobs (see :mod:`archive.small_blobs`)."""
     wanted = missing.union(key for key, source in sources.items() if source.route is Route.STREAM)
-    return fetch_small_blobs(arc, cache, placements, sources, wanted, link, workers, bar,
-                             lambda placement: placement.path.rpartition("/")[0] not in mode_given)
+    return fetch_small_blobs(arc, cache, placements, sources, wanted, link, workers, bar, write_small)
 
 
 def _make_parent_folders(root: Path, placements: list[Placement]) -> set[str]:
@@ -287,10 +318,9 @@ def plan(release: Release, root: Path, dest: Path, force: bool, cache: BlobCache
     ``force``). Every conflict is found before any is reported, and reported in one
     :class:`DestinationConflictError`.
     """
-    folders = Folders(root)
     if not os.path.isdir(root):  # a new folder: nothing there to compare, nothing in the way
-        target_of = folders.target_of
-        return [Placement(path, entry, target_of(path)) for path, entry in release.files.items()], 0, []
+        return _all_new(release, root), 0, []
+    folders = Folders(root)
     todo: list[Placement] = []
     conflicts: list[Conflict] = []
     kept = 0

@@ -62,13 +62,16 @@ def claim_unnamed(fd: int) -> None:
                 raise
 
 
-def remove_if_stale(path: Path, remove=os.unlink, now: float | None = None) -> bool:
-    """Remove the temporary ``path`` (with ``remove``) if no live process writes it; True if removed."""
+def remove_if_stale(path: Path, remove=None, now: float | None = None) -> bool:
+    """Remove the temporary ``path`` (with ``remove``; by default ``os.unlink``, or
+    :func:`remove_tree` for a folder) if no live process writes it; True if removed."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return False
     is_folder = stat.S_ISDIR(info.st_mode)
+    if remove is None:
+        remove = remove_tree if is_folder else os.unlink
     if not (stat.S_ISREG(info.st_mode) or is_folder) or (not is_folder and info.st_nlink > 1):
         return _remove_if_old(path, info, remove, now)
     try:

@@ -11,7 +11,7 @@ the process forks. Each child inherits the plan and places one contiguous slice 
 is sent to it: its slice is two numbers); the parent places the first slice itself. Each file
 is placed as the in-process path places a small blob: read whole, checked against its id and
 size (:func:`~archive.placing.read_verified_fd`), written unnamed and linked whole
-(:func:`~archive.materialize.write_bytes_atomically`). A child sends back only the indexes of
+(:class:`~archive.placing.SmallWriter`: atomically, or straight at its name in a staged folder). A child sends back only the indexes of
 the files it did not place (a blob missing, corrupt, anything else); the parent then places
 those through the full in-process path, which fetches what is missing and raises the same error
 as a pull without workers. A child that does not finish its report cleanly leaves its whole
@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import layout
 from .cache import REHASH_BELOW
-from .materialize import wanted_mode, write_bytes_atomically
-from .placing import COPYING_MODES, Placement, Route, open_blob_file, read_verified_fd, source_of
+from .placing import COPYING_MODES, Placement, Route, SmallWriter, open_blob_file, read_verified_fd, source_of
 from .records import FileEntry
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ MAX_PROCESSES = 8
 STOP_GRACE = 2.0
 
 OpenBlob = Callable[[FileEntry], "int | None"]
-NeedsMode = Callable[[Placement], bool]
 OnFiles = Callable[[int, int], None]
 
 
@@ -115,26 +113,23 @@ class Split:
     open_blob: OpenBlob
 
 
-def place_small(placements: list[Placement], split: Split, needs_mode: NeedsMode, bar: "Progress",
+def place_small(placements: list[Placement], split: Split, write_small: SmallWriter, bar: "Progress",
                 ) -> list[Placement]:
-    """Place ``split.small`` over worker processes; return ``placements`` without those placed.
-
-    ``needs_mode(placement)``: False where a new file gets its mode from its creation alone
-    (:func:`archive.materialize.creation_gives_mode`), so no ``chmod`` is needed.
-    """
+    """Place ``split.small`` over worker processes, each file written by ``write_small``; return
+    ``placements`` without those placed."""
     def on_files(nbytes: int, files: int) -> None:
         bar.advance(nbytes)
         for _ in range(files):
             bar.file_done()
 
-    left = place_split(split.small, split.processes, split.open_blob, needs_mode, on_files)
+    left = place_split(split.small, split.processes, split.open_blob, write_small, on_files)
     if len(split.small) == len(placements):  # the usual case: every file was a small one to write
         return left
     done = {id(p) for p in split.small}.difference(id(p) for p in left)
     return [p for p in placements if id(p) not in done]
 
 
-def place_split(placements: Sequence[Placement], processes: int, open_blob: OpenBlob, needs_mode: NeedsMode,
+def place_split(placements: Sequence[Placement], processes: int, open_blob: OpenBlob, write_small: SmallWriter,
                 on_files: OnFiles) -> list[Placement]:
     """Place ``placements`` (small files, independent modes) over ``processes`` processes; return
     those left to the in-process path (not placed: missing or bad blobs, a failed worker).
@@ -154,11 +149,11 @@ def place_split(placements: Sequence[Placement], processes: int, open_blob: Open
         gc.freeze()  # the children's collector would otherwise touch (copy) every object they share
         try:
             for part in range(1, processes):
-                if not _start(children, placements, bounds[part], bounds[part + 1], open_blob, needs_mode):
+                if not _start(children, placements, bounds[part], bounds[part + 1], open_blob, write_small):
                     unstarted.extend(range(bounds[part], bounds[part + 1]))  # placed by the in-process path
         finally:
             gc.unfreeze()
-        left = place_slice(placements, 0, bounds[1], open_blob, needs_mode, on_files) + unstarted
+        left = place_slice(placements, 0, bounds[1], open_blob, write_small, on_files) + unstarted
         for child in children:
             left.extend(_collect(child, placements, on_files))
     finally:
@@ -167,7 +162,7 @@ def place_split(placements: Sequence[Placement], processes: int, open_blob: Open
 
 
 def place_slice(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob,
-                needs_mode: NeedsMode, on_files: OnFiles | None = None,
+                write_small: SmallWriter, on_files: OnFiles | None = None,
                 parent: int | None = None) -> list[int]:
     """Place ``placements[start:end]`` from verified blobs; return the indexes not placed.
 
@@ -183,9 +178,7 @@ def place_slice(placements: Sequence[Placement], start: int, end: int, open_blob
             fd = open_blob(entry)
             if fd is None:
                 raise FileNotFoundError(entry.blob.hexdigest)
-            data = read_verified_fd(fd, entry.blob, entry.size, "blob")
-            write_bytes_atomically(placement.target, data, wanted_mode(entry.executable),
-                                   set_mode=needs_mode(placement))
+            write_small(placement, read_verified_fd(fd, entry.blob, entry.size, "blob"))
         except Exception:  # the in-process path places it again, and says what is wrong
             left.append(index)
             continue
@@ -203,7 +196,7 @@ class _Child:
 
 
 def _start(children: list[_Child], placements: Sequence[Placement], start: int, end: int,
-           open_blob: OpenBlob, needs_mode: NeedsMode) -> bool:
+           open_blob: OpenBlob, write_small: SmallWriter) -> bool:
     """Fork a child placing ``placements[start:end]`` and add it to ``children``; it reports the
     indexes it left, then ``-1``. False if no process could be started.
 
@@ -224,7 +217,7 @@ def _start(children: list[_Child], placements: Sequence[Placement], start: int, 
             os.close(write_end)
             return False
         if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
-            _child(placements, start, end, open_blob, needs_mode, parent, read_end, write_end, held)
+            _child(placements, start, end, open_blob, write_small, parent, read_end, write_end, held)
         os.close(write_end)
         children.append(_Child(pid, read_end, start, end))
         return True
@@ -235,7 +228,7 @@ def _start(children: list[_Child], placements: Sequence[Placement], start: int, 
 _INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _child(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob, needs_mode: NeedsMode,
+def _child(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob, write_small: SmallWriter,
            parent: int, read_end: int, write_end: int, held: "set[signal.Signals]") -> None:  # pragma: no cover
     """The body of a worker process: place its slice, report, and leave without unwinding."""
     status = 1
@@ -243,7 +236,7 @@ def _child(placements: Sequence[Placement], start: int, end: int, open_blob: Ope
         signal.pthread_sigmask(signal.SIG_SETMASK, held)  # an interrupt now lands in this try
         os.close(read_end)
         gc.disable()
-        left = place_slice(placements, start, end, open_blob, needs_mode, parent=parent)
+        left = place_slice(placements, start, end, open_blob, write_small, parent=parent)
         _write_report(write_end, array.array("q", [*left, -1]).tobytes())
         status = 0
     except BaseException:  # interrupted (SIGTERM, Ctrl-C) or broken: the parent places the slice itself

@@ -27,6 +27,7 @@ from .cache import REHASH_BELOW, BlobCache
 from .errors import DestinationError, IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
 from .materialize import INDEPENDENT_MODES, place_file, wanted_mode, write_bytes_atomically, write_file_atomically
+from .staging import write_bytes_in_place
 from .records import FileEntry
 from .statcache import identity
 from .transfer import reporting, with_retries
@@ -67,6 +68,30 @@ class Source:
     blob_file: str | None = None
 
 
+@dataclass(frozen=True)
+class SmallWriter:
+    """How one pull writes a small file from memory (a verified blob's bytes) at its target.
+
+    ``mode_given``: the folders (release-relative, ``""`` for the top) where a new file gets its
+    mode from its creation alone (:func:`archive.materialize.creation_gives_mode`): no ``chmod``
+    there. ``in_place``: the destination is a staged folder (:mod:`archive.staging`) that no
+    other process sees, so the file is written straight at its name; otherwise it is placed
+    atomically (:func:`archive.materialize.write_bytes_atomically`).
+    """
+
+    mode_given: "frozenset[str] | set[str]" = frozenset()
+    in_place: bool = False
+
+    def __call__(self, placement: Placement, data: bytes) -> None:
+        write = write_bytes_in_place if self.in_place else write_bytes_atomically
+        write(placement.target, data, wanted_mode(placement.entry.executable),
+              set_mode=placement.path.rpartition("/")[0] not in self.mode_given)
+
+
+#: Every file placed atomically, each with its ``chmod``.
+ATOMIC = SmallWriter()
+
+
 def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool) -> Source:
     """How to place a file. A link (hard or symbolic) must point into the cache, never into the
     archive, where an edit of a pulled file would corrupt the only copy; an independent file
@@ -81,12 +106,11 @@ def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: b
 
 
 def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, source: Source, link: str,
-          on_bytes: Callable[[int], None] | None = None, *, set_mode: bool = True) -> None:
+          on_bytes: Callable[[int], None] | None = None, *, write_small: SmallWriter = ATOMIC) -> None:
     """Place one file, atomically, from ``source``, with its executable bit; ``on_bytes`` hears
     of the bytes written. In a linking mode an executable is a read-only copy: the cache file a
-    link would share is never made executable. ``set_mode`` False: a small file written from
-    memory gets its mode from its creation alone (:func:`archive.materialize.creation_gives_mode`
-    said so of its folder)."""
+    link would share is never made executable. A small file written from memory is written by
+    ``write_small``."""
     entry, target = placement.entry, placement.target
     linked = link not in INDEPENDENT_MODES
     file_mode = wanted_mode(entry.executable) & (~0o222 if linked else 0o7777)
@@ -94,13 +118,13 @@ def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, sourc
         if placement.mode_only:
             os.chmod(target, file_mode)
         elif source.route is Route.LOCAL:
-            _place_from_local_archive(arc, cache, placement, source.blob_file, link, file_mode, on_bytes, set_mode)
+            _place_from_local_archive(arc, cache, placement, source.blob_file, link, file_mode, on_bytes, write_small)
         elif source.route is Route.STREAM:
             with_retries(lambda: _stream_from_archive(arc, placement, file_mode, on_bytes),
                          f"download of {placement.path}")
         else:
             if link in COPYING_MODES and entry.size <= REHASH_BELOW:
-                _place_small_from_cache(arc, cache, placement, file_mode, set_mode)
+                _place_small_from_cache(arc, cache, placement, write_small)
             else:
                 source_file = cache.verified_path(arc, entry.blob, entry.size)
                 place_file(source_file, Path(target), "copy" if linked and entry.executable else link, file_mode)
@@ -147,8 +171,8 @@ def read_verified_fd(fd: int, blob: BlobId, size: int, what: str) -> bytes:
     return data
 
 
-def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, file_mode: int,
-                            set_mode: bool) -> None:
+def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement: Placement,
+                            write_small: SmallWriter) -> None:
     """Copy a small cached blob from memory, hashed again on the way (cheaper than a lookup); a
     cache file found missing or corrupt is evicted and fetched again once, as
     :meth:`BlobCache.verified_path` does."""
@@ -158,7 +182,7 @@ def _place_small_from_cache(arc: "ArchiveInterface", cache: BlobCache, placement
         data = read_verified(cache.path_of(entry.blob), entry.blob, entry.size, what)
     except (IntegrityError, FileNotFoundError):
         data = read_verified(cache.verified_path(arc, entry.blob, entry.size), entry.blob, entry.size, what)
-    write_bytes_atomically(placement.target, data, file_mode, set_mode=set_mode)
+    write_small(placement, data)
 
 
 def _verified_copy(arc: "ArchiveInterface", stream: BinaryIO, placement: Placement, file_mode: int,
@@ -182,7 +206,7 @@ def _stream_from_archive(arc: "ArchiveInterface", placement: Placement, file_mod
 
 def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, blob_file: str,
                               link: str, file_mode: int, on_bytes: Callable[[int], None] | None,
-                              set_mode: bool = True) -> None:
+                              write_small: SmallWriter = ATOMIC) -> None:
     """Copy a blob file of a local archive to its target, verified.
 
     A small one (unless reflinks are asked for) is read, hashed and written from memory. A
@@ -202,7 +226,7 @@ def _place_from_local_archive(arc: "ArchiveInterface", cache: BlobCache, placeme
     except FileNotFoundError:
         raise IntegrityError(f"blob {entry.blob.short} is missing from {arc.location}") from None
     if small:
-        write_bytes_atomically(placement.target, data, file_mode, set_mode=set_mode)
+        write_small(placement, data)
         if on_bytes is not None:
             on_bytes(entry.size)
         return

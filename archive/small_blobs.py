@@ -19,13 +19,12 @@ import functools
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from . import layout
 from .cache import REHASH_BELOW, BlobCache
 from .errors import DestinationError
-from .materialize import wanted_mode, write_bytes_atomically
-from .placing import COPYING_MODES, Placement, Route, Source
+from .placing import COPYING_MODES, Placement, Route, SmallWriter, Source
 from .hashing import BlobId
 from .transfer import check_interrupted, run_jobs
 
@@ -40,13 +39,10 @@ MIN_GROUP_BLOBS = 8
 
 def fetch_small_blobs(arc: "ArchiveInterface", cache: BlobCache, placements: list[Placement],
                       sources: dict[str, Source], wanted: set[str], link: str, workers: int, bar: "Progress",
-                      needs_mode: Callable[[Placement], bool]) -> list[Placement]:
+                      write_small: SmallWriter) -> list[Placement]:
     """Read the small blobs of ``placements`` named in ``wanted`` (hex digests) in groups, on
-    ``workers`` threads, and place the files they give; return the placements left to place.
-
-    ``needs_mode(placement)``: False where a new file gets its mode from its creation alone
-    (:func:`archive.materialize.creation_gives_mode`), so no ``chmod`` is needed.
-    """
+    ``workers`` threads, and place the files they give (each written by ``write_small``);
+    return the placements left to place."""
     by_blob: dict[str, Wanted] = {}
     left: list[Placement] = []
     for placement in placements:
@@ -60,7 +56,7 @@ def fetch_small_blobs(arc: "ArchiveInterface", cache: BlobCache, placements: lis
             by_blob[key] = Wanted(entry.blob, entry.size, sources[key].route is Route.CACHE, [placement])
     if not by_blob:
         return placements
-    fetch = _Fetch(arc, cache, link, bar, needs_mode)
+    fetch = _Fetch(arc, cache, link, bar, write_small)
     for leftover in _run_groups(fetch, list(by_blob.values()), workers):
         left.extend(p for w in leftover for p in w.targets)
     return left
@@ -102,7 +98,7 @@ class _Fetch:
     cache: BlobCache
     link: str
     bar: "Progress"
-    needs_mode: Callable[[Placement], bool]
+    write_small: SmallWriter
 
     def __call__(self, group: list[Wanted]) -> list[Wanted]:
         """Read ``group``; keep and place each blob that came whole and right. Returns what is
@@ -121,16 +117,16 @@ class _Fetch:
                 left.append(wanted)  # its files link to (or reflink) the cache file: placed by the per-file path
                 continue
             for placement in wanted.targets:
-                _write(placement, result, self.needs_mode(placement))
+                _write(placement, result, self.write_small)
             for _ in wanted.targets or [wanted]:  # a blob only fetched into the cache counts as one file
                 self.bar.advance(wanted.size)
                 self.bar.file_done()
         return left
 
 
-def _write(placement: Placement, data: bytes, set_mode: bool) -> None:
-    """Write one file from a verified blob's bytes, atomically (as :func:`archive.placing.place` does)."""
+def _write(placement: Placement, data: bytes, write_small: SmallWriter) -> None:
+    """Write one file from a verified blob's bytes (as :func:`archive.placing.place` does)."""
     try:
-        write_bytes_atomically(placement.target, data, wanted_mode(placement.entry.executable), set_mode=set_mode)
+        write_small(placement, data)
     except OSError as exc:
         raise DestinationError(f"cannot write {placement.target!r}: {exc.strerror or exc}") from exc

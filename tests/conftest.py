@@ -78,6 +78,21 @@ def make_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
+def pull_has_begun(out: Path) -> bool:
+    """Whether a pull into ``out`` has written something: into ``out``, or (a new folder, built
+    aside: archive.staging) into the hidden folder beside it."""
+    try:
+        return any(entry.is_dir() and any(entry.iterdir()) for entry in out.parent.iterdir()
+                   if entry.name == out.name or entry.name.startswith(f".{out.name}."))
+    except FileNotFoundError:  # no parent yet, or a folder renamed or removed while looked at
+        return False
+
+
+def staged_beside(out: Path) -> list[Path]:
+    """The hidden folders pulls build the new folder ``out`` in (archive.staging)."""
+    return sorted(p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
 @pytest.fixture
 def sample_folder(tmp_path: Path) -> Path:
     """A small folder of mixed files, with one file repeated under two paths."""

@@ -150,10 +150,13 @@ def test_tampered_record_is_refused(published, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch) -> None:
-    """Interrupt the copy midway through a file: the target path never holds a partial file."""
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "existing folder"])
+def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, monkeypatch, existing: bool) -> None:
+    """Interrupt the copy midway through a file: the target path never holds a partial file. A
+    new folder is built aside (archive.staging), and nothing of it is left."""
     import archive.materialize as materialize
     import archive.placing as placing
+    import archive.staging as staging
 
     def dying_copy(source, out):
         out.write(source.read(10))
@@ -170,17 +173,24 @@ def test_interrupted_download_leaves_no_partial_file(published, tmp_path: Path, 
     monkeypatch.setattr(materialize, "copy_bytes", dying_copy)  # a copy from the cache
     monkeypatch.setattr(placing, "iter_chunks", dying_chunks)  # a verified copy from the archive
     monkeypatch.setattr(materialize, "write_all", dying_write)  # a small file, written from memory
-    out = tmp_path / "out"
+    monkeypatch.setattr(staging, "write_all", dying_write)  # the same, in a folder built aside
+    out = tmp_path / "pulls" / "out"
+    out.mkdir(parents=True) if existing else out.parent.mkdir()
     with pytest.raises(KeyboardInterrupt):
         published.download("calib", "^1", out, jobs=1, link="copy", progress=False)
-    assert [p for p in out.rglob("*") if p.is_file()] == []
+    if existing:
+        assert [p for p in out.rglob("*") if p.is_file()] == []
+    else:
+        assert list(out.parent.iterdir()) == []
     monkeypatch.undo()
     assert snapshot(published.download("calib", "^1", out, progress=False)) == FILES
 
 
-def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> None:
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "existing folder"])
+def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path, existing: bool) -> None:
     """SIGKILL a pull while it writes: only complete files under release paths, no leftovers;
-    the next pull completes."""
+    the next pull completes. A new folder is built aside (archive.staging): the kill leaves no
+    folder at all, only the hidden one, which the next pull removes."""
     import signal
     import subprocess
     import sys
@@ -189,22 +199,33 @@ def test_sigkilled_pull_leaves_no_partial_file(published, tmp_path: Path) -> Non
     big = {f"f{i}.bin": os.urandom(16 << 20) for i in range(16)}
     published.publish(make_tree(tmp_path / "big", big), "big", "1.0.0", progress=False)
     published.download("big", "*", tmp_path / "warm", progress=False)  # blobs verified: kill while writing dest
-    out = tmp_path / "out"
+    out = tmp_path / "pulls" / "out"
+    out.mkdir(parents=True) if existing else out.parent.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-a", published.location, "-j", "1", "pull",
                              "big", "--to", str(out)], stderr=subprocess.PIPE)
-    while proc.poll() is None and not (out.exists() and any(out.iterdir())):
+
+    def written() -> list[Path]:
+        return [p for p in out.parent.rglob("*") if p.is_file()]
+
+    while proc.poll() is None and not written():
         time.sleep(0.0005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the pull finished before the kill"
-    leftovers = []
-    for path in out.rglob("*"):
-        if path.name.endswith(".archive-part"):
-            leftovers.append(path.name)  # the hidden temporary the killed writer could not remove
-        else:
-            assert path.read_bytes() == big[path.name], f"{path.name} is partial"
-    assert len(leftovers) <= 1
+    if existing:
+        leftovers = []
+        for path in out.rglob("*"):
+            if path.name.endswith(".archive-part"):
+                leftovers.append(path.name)  # the hidden temporary the killed writer could not remove
+            else:
+                assert path.read_bytes() == big[path.name], f"{path.name} is partial"
+        assert len(leftovers) <= 1
+    else:
+        assert not out.exists()
+        [staged] = list(out.parent.iterdir())
+        assert staged.name.startswith(".out.") and staged.name.endswith(".archive-part")
     assert snapshot(published.download("big", "*", out, progress=False)) == big  # and no leftovers
+    assert [p.name for p in out.parent.iterdir()] == ["out"]
 
 
 def test_stale_named_temporaries_are_removed_by_the_next_pull(published, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tree
+from tests.conftest import make_tree, staged_beside
 from tests.test_publish import snapshot
 
 BIG = {f"f{i}.bin": os.urandom(24 << 20) for i in range(6)}
@@ -117,8 +117,10 @@ main()
 def test_two_pulls_into_one_folder_both_succeed_unnamed(big_release, tmp_path: Path) -> None:
     """A pull held while it writes a file still without a name, while a second pull into the
     same folder runs from start to end and places every file: the first then finds its targets
-    taken, replaces them (same content), and both succeed with nothing left behind."""
+    taken, replaces them (same content), and both succeed with nothing left behind. The folder
+    exists before: a new one is built aside (see the test after the next)."""
     out = tmp_path / "out"
+    out.mkdir()
     first = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1",
                               "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -137,6 +139,7 @@ def test_two_pulls_into_one_folder_both_succeed(big_release, tmp_path: Path) -> 
     """A pull held in the middle of a file while a second pull into the same folder runs from
     start to end: the second must leave the first's temporary alone, and both succeed."""
     out = tmp_path / "out"
+    out.mkdir()
     first = subprocess.Popen([sys.executable, "-c", NAMED_TEMPORARIES, "-q", "-a", big_release.location, "-j", "1",
                               "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -149,6 +152,31 @@ def test_two_pulls_into_one_folder_both_succeed(big_release, tmp_path: Path) -> 
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert snapshot(out) == BIG and parts_in(out, ".archive-part") == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "O_TMPFILE"), reason="Linux only")
+def test_two_pulls_into_one_new_folder_both_succeed(big_release, tmp_path: Path) -> None:
+    """Two pulls into a folder that does not exist yet, each building it aside: the first is held
+    mid-file while the second runs from start to end and gives the folder its name. The first
+    then finds the name taken, fills the folder as it is (same content), and removes its own
+    hidden folder: both succeed, and nothing but the folder is left."""
+    out = tmp_path / "pulls" / "out"
+    first = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", big_release.location, "-j", "1",
+                              "pull", "big", "--to", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.parent.exists() and staged_beside(out)) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        [building] = staged_beside(out)
+        hold_while_writing_unnamed(first, building)
+        second = run("-a", big_release.location, "pull", "big", "--to", str(out))
+        assert second.returncode == 0, second.stderr
+        assert snapshot(out) == BIG and staged_beside(out) == [building]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert snapshot(out) == BIG and staged_beside(out) == [] and parts_in(out, ".archive-part") == []
 
 
 def test_killed_pull_leaves_nothing_in_the_cache_for_long(big_release, tmp_path: Path) -> None:

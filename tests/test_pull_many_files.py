@@ -118,24 +118,35 @@ def test_without_unnamed_files_named_temporaries_still_work(many, tmp_path: Path
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir() or not hasattr(os, "O_TMPFILE"), reason="Linux only")
-def test_killed_pull_of_many_files_leaves_only_whole_files_and_no_temporary(folder_archive, tmp_path: Path) -> None:
-    """SIGKILL a pull of 3,000 small files midway: every file under a release path is whole,
-    and (files are written unnamed) nothing else is there; the next pull completes."""
+@pytest.mark.parametrize("existing", [False, True], ids=["new folder", "existing folder"])
+def test_killed_pull_of_many_files_leaves_only_whole_files_and_no_temporary(folder_archive, tmp_path: Path,
+                                                                            existing: bool) -> None:
+    """SIGKILL a pull of 3,000 small files midway. Into an existing folder: every file under a
+    release path is whole, and (files are written unnamed) nothing else is there. A new folder is
+    built aside (archive.staging): nothing is at its name, only the hidden folder. The next pull
+    completes, and leaves nothing else beside the folder."""
     files = {f"{i // 100:02d}/{i:04d}.bin": os.urandom(2048) for i in range(3000)}
     folder_archive.publish(make_tree(tmp_path / "src", files), "lots", "1.0.0", progress=False)
-    out = tmp_path / "out"
+    out = tmp_path / "pulls" / "out"
+    out.mkdir(parents=True) if existing else out.parent.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "archive", "-q", "-a", folder_archive.location, "pull", "lots",
                              "--to", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    while proc.poll() is None and not (out.exists() and sum(1 for _ in out.rglob("*.bin")) > 100):
+    while proc.poll() is None and sum(1 for _ in out.parent.rglob("*.bin")) <= 100:
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the pull finished before the kill"
-    placed = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert 0 < len(placed) < len(files)
-    assert all(files[path] == content for path, content in placed.items())
+    if existing:
+        placed = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert 0 < len(placed) < len(files)
+        assert all(files[path] == content for path, content in placed.items())
+    else:
+        assert not out.exists()
+        [staged] = out.parent.iterdir()
+        assert staged.name.startswith(".out.") and 100 < sum(1 for _ in staged.rglob("*.bin")) < len(files)
     out2 = folder_archive.download("lots", "1.0.0", out, progress=False)
     assert snapshot(out2) == files and leftovers(out2) == []
+    assert [p.name for p in out.parent.iterdir()] == ["out"]
 
 
 def test_a_blob_many_files_share_is_fetched_once(folder_archive, tmp_path: Path) -> None:
