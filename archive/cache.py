@@ -29,7 +29,7 @@ from . import layout
 from .backends.filesystem import FileSystemArchive
 from .errors import IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
-from .inflight import SharedUse, claim, is_old, remove_if_stale, remove_tree
+from .inflight import ClaimedFolder, SharedUse, is_old, remove_if_stale, remove_tree
 from .statcache import StatCache, knows_boots
 from .transfer import with_retries
 
@@ -192,21 +192,8 @@ class BlobCache:
         self._use.share()
         parent = self.root / SNAPSHOTS_DIR / BUILDING_DIR
         parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            path = parent / uuid.uuid4().hex
-            path.mkdir()
-            fd = os.open(path, os.O_RDONLY)
-            if claim(fd):
-                break
-            os.close(fd)  # a cleaner removed it between our mkdir and our lock
-        try:
+        with ClaimedFolder(lambda: parent / uuid.uuid4().hex) as path:
             yield path
-        finally:
-            try:
-                if path.exists():
-                    remove_tree(path)
-            finally:
-                os.close(fd)
 
     def snapshot_dir(self, name: str, version: str, record_id: BlobId) -> Path:
         """Where the read-only copy of a release lives; the record id keeps two archives'

@@ -32,6 +32,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 #: A temporary unchanged for this long has no writer (used only where locks cannot tell).
@@ -185,6 +186,35 @@ class SharedUse:
 
     def __del__(self) -> None:
         self.close()
+
+
+class ClaimedFolder:
+    """A new folder, held locked as alive while in use (as :func:`claim` locks a temporary
+    file), and removed with all it holds on leaving, unless it was renamed away meanwhile.
+
+    ``new_path()`` names it (called again if a cleaner removed the folder between its
+    ``mkdir`` and its lock). Raises ``OSError`` if it cannot be made.
+    """
+
+    def __init__(self, new_path: Callable[[], Path]) -> None:
+        while True:
+            path = new_path()
+            os.mkdir(path)
+            fd = os.open(path, os.O_RDONLY)
+            if claim(fd):
+                break
+            os.close(fd)
+        self.path, self._fd = path, fd
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if os.path.lexists(self.path):
+                remove_tree(self.path)
+        finally:
+            os.close(self._fd)
 
 
 def remove_tree(path: str | os.PathLike) -> None:

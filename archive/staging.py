@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .inflight import claim, remove_tree
+from .inflight import ClaimedFolder
 from .materialize import remove_stale_temporaries, temporary_name, write_all
 
 logger = logging.getLogger(__name__)
@@ -52,29 +52,13 @@ def staged_folder(target: Path) -> Iterator[Path | None]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target.parent, {target.name})
-        path, fd = _new_locked_folder(target)
+        folder = ClaimedFolder(lambda: Path(temporary_name(target)))
     except OSError as exc:
         logger.debug("cannot build %s aside: %s", target, exc)
         yield None
         return
-    try:
+    with folder as path:
         yield path
-    finally:
-        try:
-            if os.path.lexists(path):
-                remove_tree(path)
-        finally:
-            os.close(fd)
-
-
-def _new_locked_folder(target: Path) -> tuple[Path, int]:
-    while True:
-        path = Path(temporary_name(target))
-        os.mkdir(path)
-        fd = os.open(path, os.O_RDONLY)
-        if claim(fd):
-            return path, fd
-        os.close(fd)  # a cleaner removed it between our mkdir and our lock
 
 
 def reveal_folder(staged: Path, target: Path) -> bool:
