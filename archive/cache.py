@@ -29,7 +29,7 @@ from . import layout
 from .backends.filesystem import FileSystemArchive
 from .errors import IntegrityError, KeyNotFoundError
 from .hashing import BlobId, iter_chunks, verified_chunks
-from .inflight import ClaimedFolder, SharedUse, is_old, remove_if_stale, remove_tree
+from .inflight import ClaimedFolder, SharedUse, is_old, remove_if_stale
 from .statcache import StatCache, knows_boots
 from .transfer import with_retries
 
@@ -180,7 +180,7 @@ class BlobCache:
                     logger.info("removed %s, left by an interrupted download", entry.path)
                     removed.append(Path(entry.path))
             for entry in _scan(self.root / SNAPSHOTS_DIR / BUILDING_DIR):
-                if remove_if_stale(Path(entry.path), remove=remove_tree):
+                if remove_if_stale(Path(entry.path)):
                     removed.append(Path(entry.path))
         finally:
             self._use.share()

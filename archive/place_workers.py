@@ -10,11 +10,12 @@ How: once the pull is planned (conflicts refused, folders made) and while no oth
 the process forks. Each child inherits the plan and places one contiguous slice of it (nothing
 is sent to it: its slice is two numbers); the parent places the first slice itself. Each file
 is placed as the in-process path places a small blob: read whole, checked against its id and
-size (:func:`~archive.placing.read_verified_fd`), written unnamed and linked whole
-(:class:`~archive.placing.SmallWriter`: atomically, or straight at its name in a staged folder). A child sends back only the indexes of
-the files it did not place (a blob missing, corrupt, anything else); the parent then places
-those through the full in-process path, which fetches what is missing and raises the same error
-as a pull without workers. A child that does not finish its report cleanly leaves its whole
+size (:func:`~archive.placing.read_verified_fd`), and written by the pull's
+:class:`~archive.placing.SmallWriter` (unnamed and linked whole, or straight at its name in a
+folder built aside). A child sends back only the indexes of the files it did not place (a
+blob missing, corrupt, anything else); the parent then places those through the full
+in-process path, which fetches what is missing and raises the same error as a pull without
+workers. A child that does not finish its report cleanly leaves its whole
 slice to that path: placing a file again is harmless.
 
 Safety: a child uses no thread, no lock and no connection of the parent (only local system
