@@ -193,11 +193,13 @@ def _user_name() -> str:
               " can, else copy (never shared with the cache); hard and symlink are instant but read-only.")
 @click.option("--no-cache", is_flag=True, help="Write files straight from a remote archive, keeping no copy in"
               " the cache (needs --to; an archive on a local disk is never cached).")
+@click.option("--cache-large", is_flag=True, help="Also keep files of 1 MiB and more in the cache (with --to they"
+              " are written straight into the folder), for offline use or later pulls into other folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON instead of the folder.")
 @part_options
 @click.pass_context
 def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bool, exact: bool, pre: bool,
-         expect: str | None, link: str, no_cache: bool, as_json: bool, include: tuple[str, ...],
+         expect: str | None, link: str, no_cache: bool, cache_large: bool, as_json: bool, include: tuple[str, ...],
          exclude: tuple[str, ...], prefetch: bool) -> None:
     """Download the highest version of NAME matching RANGE; print the folder.
 
@@ -207,6 +209,8 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
 
     if no_cache and dest is None:
         raise click.UsageError("--no-cache needs --to: a folder without --to lives in the cache")
+    if no_cache and cache_large:
+        raise click.UsageError("--no-cache and --cache-large contradict each other")
     if exact and dest is None:
         raise click.UsageError("--exact needs --to: a folder without --to always equals its release")
     with _open(ctx) as arc:
@@ -215,7 +219,8 @@ def pull(ctx: click.Context, name: str, range: str, dest: Path | None, force: bo
         if release is None:  # --prefetch: the cache is filled, no folder written
             return
         report = pull_release(arc, release, dest, force=force, link=link, jobs=ctx.obj["jobs"],
-                              progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact)
+                              progress=ctx.obj["progress"], use_cache=not no_cache, exact=exact,
+                              cache_large=cache_large)
         from .yank import state
 
         yank = state(arc, release.name, release.version)

@@ -1,7 +1,9 @@
 """Downloading a release: fetch missing blobs into the cache, then materialize the files.
 
-Every byte placed in a destination comes from a cache blob verified against its id: when it
-was fetched, and again before use unless the stat cache knows it unchanged since. Each file is
+Every byte placed in a destination comes from a blob verified against its id: a cache blob,
+when it was fetched and again before use unless the stat cache knows it unchanged since; a
+blob streamed from the archive (large files, :data:`archive.placing.LARGE_BLOB`, kept out of
+the cache, and every file with ``use_cache=False``), as it streams. Each file is
 placed through a temporary file beside its target and renamed over it only once complete, so
 an interrupted download never leaves a partial or corrupt file under a release path; the
 temporaries of a killed download are removed by the next one, never those of a live one
@@ -42,7 +44,7 @@ from .placed import MARKER_DIR, MARKER_FILE, is_reserved, leftovers, read_marker
     write_marker
 from .records import FileEntry, Release
 from .selection import PartOfRelease
-from .placing import Placement, Route, SmallWriter, Source, place, source_of
+from .placing import LARGE_BLOB, Caching, Placement, Route, SmallWriter, Source, place, source_of
 from .place_workers import place_small, plan_split
 from .small_blobs import cache_small_blobs, fetch_small_blobs
 from .transfer import Progress, make_progress, run_jobs
@@ -69,7 +71,8 @@ class PullReport:
 
 def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
              link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-             cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False) -> Path:
+             cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False,
+             cache_large: bool = False) -> Path:
     """Materialize ``release`` into ``dest`` (or a read-only snapshot in the cache); return the folder.
 
     Parameters
@@ -82,6 +85,11 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
         keeping a copy in the cache (a one-off pull: each byte written once). Needs ``dest``
         and a link mode that makes independent files. An archive on a local disk is never
         cached whatever this says.
+    cache_large
+        Also keep large blobs (:data:`~archive.placing.LARGE_BLOB` and up) in the cache when
+        pulling a remote archive into ``dest`` in a mode that makes independent files: by
+        default they are written once, straight into ``dest``, and only smaller blobs are kept
+        (a later pull into another folder, or offline, then needs no download of them).
     exact
         Make ``dest`` equal the release: also remove the files an earlier pull placed there that
         this release lacks, if unchanged since (edited ones too with ``force``), and the folders
@@ -96,12 +104,13 @@ def download(arc: "ArchiveInterface", release: Release, dest: Path | None, *, fo
         A blob does not match its id or size, in the archive or (twice) in the cache.
     """
     return pull(arc, release, dest, force=force, link=link, jobs=jobs, progress=progress, cache=cache,
-                use_cache=use_cache, exact=exact).folder
+                use_cache=use_cache, exact=exact, cache_large=cache_large).folder
 
 
 def pull(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force: bool = False,
          link: str = "auto", jobs: int | None = None, progress: bool | None = None,
-         cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False) -> PullReport:
+         cache: BlobCache | None = None, use_cache: bool = True, exact: bool = False,
+         cache_large: bool = False) -> PullReport:
     """:func:`download`, reporting what was done (for the command line's summary)."""
     cache = cache or default_cache()
     check_link_mode(link)
@@ -109,6 +118,8 @@ def pull(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force:
     if not use_cache and (dest is None or link not in INDEPENDENT_MODES):
         raise InvalidInputError("a pull without the cache needs a destination folder and a link mode"
                                 f" that makes independent files ({', '.join(sorted(INDEPENDENT_MODES))})")
+    if cache_large and not use_cache:
+        raise InvalidInputError("a pull cannot both keep large files in the cache and keep nothing there")
     if dest is None and isinstance(release, PartOfRelease):
         raise InvalidInputError("a pull of part of a release (--include/--exclude) needs a destination folder (--to)")
     cache.clean_stale()
@@ -118,17 +129,18 @@ def pull(arc: "ArchiveInterface", release: Release, dest: Path | None, *, force:
     if reserved:
         raise InvalidPathError(f"{release.name} {release.version} has {reserved[0]!r}: '.archive' at the top of"
                                " a folder is reserved for the record of what a pull placed")
-    return _fill(arc, release, dest, force, link, workers, progress, cache, use_cache, exact, marker=True)
+    caching = Caching.of(use_cache, cache_large)
+    return _fill(arc, release, dest, force, link, workers, progress, cache, caching, exact, marker=True)
 
 
 def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, link: str, workers: int,
-          progress: bool | None, cache: BlobCache, use_cache: bool, exact: bool, marker: bool) -> PullReport:
+          progress: bool | None, cache: BlobCache, caching: Caching, exact: bool, marker: bool) -> PullReport:
     """Plan everything, refuse conflicts, then write: leftovers out, files in, marker last."""
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {str(dest)!r} exists and is not a folder")
     root = Path(os.path.realpath(dest))
-    if marker and use_cache and link in INDEPENDENT_MODES and can_stage(root):
-        report = _fill_new_folder(arc, release, dest, root, link, workers, progress, cache, use_cache)
+    if marker and link in INDEPENDENT_MODES and can_stage(root) and not _streams(arc, cache, release, link, caching):
+        report = _fill_new_folder(arc, release, dest, root, link, workers, progress, cache, caching)
         if report is not None:
             return report
     fresh = not os.path.lexists(root)
@@ -142,9 +154,11 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
     remove_files(root, [p for p in in_the_way if p not in removing])
     if not fresh:  # a folder that did not exist holds no leftover of a killed pull
         remove_stale_parts(placements)
+    elif marker:  # but a killed pull that built it aside may have left its hidden folder beside it
+        remove_stale_temporaries(root.parent, {root.name})
     if marker:
         remove_stale_temporaries(root / MARKER_DIR, {"pulled.json"})
-    _place_all(arc, cache, root, placements, link, workers, progress, use_cache)
+    _place_all(arc, cache, root, placements, link, workers, progress, caching)
     remove_files(root, sorted(removing.difference(early)))  # the rest once the new files are in place
     remove_empty_folders(root, sorted(removing))
     if marker:
@@ -157,7 +171,7 @@ def _fill(arc: "ArchiveInterface", release: Release, dest: Path, force: bool, li
 
 
 def _fill_new_folder(arc: "ArchiveInterface", release: Release, dest: Path, root: Path, link: str, workers: int,
-                     progress: bool | None, cache: BlobCache, use_cache: bool) -> PullReport | None:
+                     progress: bool | None, cache: BlobCache, caching: Caching) -> PullReport | None:
     """Pull into ``root``, which does not exist yet: build it aside, every file and the marker,
     and give it its name whole (:mod:`archive.staging`). An error or an interrupt leaves
     nothing at ``root``. None, having written nothing there, where it cannot be built aside or
@@ -167,13 +181,23 @@ def _fill_new_folder(arc: "ArchiveInterface", release: Release, dest: Path, root
         if building is None:
             return None
         placements = _all_new(release, building)
-        _place_all(arc, cache, building, placements, link, workers, progress, use_cache, in_place=True)
+        _place_all(arc, cache, building, placements, link, workers, progress, caching, in_place=True)
         write_marker(building, release, arc.location, {})
         if not reveal_folder(building, root):
             logger.info("%s appeared while the pull ran: filling it as it is", dest)
             return None
     logger.info("downloaded %s %s into %s (%d files written)", release.name, release.version, dest, len(placements))
     return PullReport(dest, len(release.files), len(placements), 0)
+
+
+def _streams(arc: "ArchiveInterface", cache: BlobCache, release: Release, link: str, caching: Caching) -> bool:
+    """Whether some file of ``release`` would stream straight from the archive into the
+    destination. Such a pull is not built aside: one interrupted keeps the files it placed (a
+    large download's worth), for the next to reuse, where a folder built aside would be removed."""
+    if caching is Caching.NONE:
+        return True
+    large = {entry.blob.hexdigest: entry for entry in release.files.values() if entry.size >= LARGE_BLOB}
+    return any(source_of(arc, cache, entry, link, caching).route is Route.STREAM for entry in large.values())
 
 
 def _all_new(release: Release, root: Path) -> list[Placement]:
@@ -183,7 +207,7 @@ def _all_new(release: Release, root: Path) -> list[Placement]:
 
 
 def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements: list[Placement], link: str,
-               workers: int, progress: bool | None, use_cache: bool, in_place: bool = False) -> None:
+               workers: int, progress: bool | None, caching: Caching, in_place: bool = False) -> None:
     """Place every file, in parallel; a blob the cache lacks is fetched by the job of the first
     file that needs it, just before that file is placed. ``in_place``: ``root`` is a staged
     folder (:mod:`archive.staging`), where small files are written straight at their names.
@@ -195,14 +219,15 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     writes = [p for p in placements if not p.mode_only]
     started = time.time_ns()
     write_small = SmallWriter(_make_parent_folders(root, placements), in_place)
-    split = plan_split(arc, cache, writes, link, use_cache, workers)
-    sources, missing = _sources(arc, cache, writes, link, use_cache) if split is None else ({}, {})
-    bar = make_progress("downloading" if missing else "writing", sum(p.entry.size for p in writes), len(writes),
+    split = plan_split(arc, cache, writes, link, caching, workers)
+    sources, missing = _sources(arc, cache, writes, link, caching) if split is None else ({}, {})
+    fetching = missing or any(source.route is Route.STREAM for source in sources.values())
+    bar = make_progress("downloading" if fetching else "writing", sum(p.entry.size for p in writes), len(writes),
                         progress)
     try:
         if split is not None:  # the small files from local blobs, in worker processes first
             placements = place_small(placements, split, write_small, bar)
-            sources, missing = _sources(arc, cache, [p for p in placements if not p.mode_only], link, use_cache)
+            sources, missing = _sources(arc, cache, [p for p in placements if not p.mode_only], link, caching)
         no_source = Source(Route.CACHE)
         rest = _fetch_small(arc, cache, placements, sources, set(missing), link, workers, bar, write_small)
 
@@ -233,7 +258,7 @@ def _place_all(arc: "ArchiveInterface", cache: BlobCache, root: Path, placements
     _remember_placed(cache, placements, started, link)
 
 
-def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement], link: str, use_cache: bool,
+def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement], link: str, caching: Caching,
              ) -> tuple[dict[str, Source], dict[str, threading.Lock]]:
     """Each blob's source (asked once per blob), and a lock for each the cache must fetch first.
 
@@ -241,7 +266,7 @@ def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement],
     anew by each lookup (a few per file).
     """
     blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
-    sources = {key: source_of(arc, entry, link, use_cache) for key, entry in blobs.items()}
+    sources = {key: source_of(arc, cache, entry, link, caching) for key, entry in blobs.items()}
     missing = {key: threading.Lock() for key, source in sources.items()
                if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     return sources, missing
@@ -407,9 +432,10 @@ def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, worke
     """
     final = cache.snapshot_dir(release.name, release.version, release.record_id)
     if final.is_dir():
-        return _fill(arc, release, final, True, "hard", workers, progress, cache, True, False, marker=False)
+        return _fill(arc, release, final, True, "hard", workers, progress, cache, Caching.ALL, False, marker=False)
     with cache.building_folder() as building:
-        report = _fill(arc, release, building, False, "hard", workers, progress, cache, True, False, marker=False)
+        report = _fill(arc, release, building, False, "hard", workers, progress, cache, Caching.ALL, False,
+                       marker=False)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(building, final)
@@ -417,5 +443,5 @@ def _snapshot(arc: "ArchiveInterface", release: Release, cache: BlobCache, worke
             if not final.is_dir():
                 raise
             # another process finished the same snapshot first: use (and check) its copy
-            return _fill(arc, release, final, True, "hard", workers, progress, cache, True, False, marker=False)
+            return _fill(arc, release, final, True, "hard", workers, progress, cache, Caching.ALL, False, marker=False)
     return PullReport(final, report.files, report.written, report.already_there)

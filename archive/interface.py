@@ -467,7 +467,7 @@ class ArchiveInterface(ABC):
                  force: bool = False, include_prerelease: bool = False, expect: str | None = None,
                  link: str = "auto", jobs: int | None = None, progress: bool | None = None,
                  use_cache: bool = True, exact: bool = False, include: Iterable[str] = (),
-                 exclude: Iterable[str] = ()) -> Path:
+                 exclude: Iterable[str] = (), cache_large: bool = False) -> Path:
         """Download the best match of ``range`` into ``dest``; see :func:`archive.download.download`.
 
         ``include``/``exclude``: gitignore patterns; only the matching files are fetched and
@@ -478,7 +478,8 @@ class ArchiveInterface(ABC):
         release = self.resolve(name, range, include_prerelease=include_prerelease, expect=expect)
         release = select_files(release, include, exclude)
         return download(self, release, None if dest is None else Path(dest), force=force, link=link,
-                        jobs=jobs, progress=progress, use_cache=use_cache, exact=exact)
+                        jobs=jobs, progress=progress, use_cache=use_cache, exact=exact,
+                        cache_large=cache_large)
 
     def sync(self, lock: "Lock | str | Path" = "archive.lock", dest: str | Path | None = None, *,
              jobs: int | None = None, progress: bool | None = None) -> dict[str, Path]:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import layout
 from .cache import REHASH_BELOW
-from .placing import COPYING_MODES, Placement, Route, SmallWriter, open_blob_file, read_verified_fd, source_of
+from .placing import COPYING_MODES, Caching, Placement, Route, SmallWriter, open_blob_file, read_verified_fd, source_of
 from .records import FileEntry
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def processes_for(files: int) -> int:
 
 
 def plan_split(arc: "ArchiveInterface", cache: "BlobCache", writes: list[Placement], link: str,
-               use_cache: bool, workers: int) -> "Split | None":
+               caching: Caching, workers: int) -> "Split | None":
     """How worker processes (at most ``workers``, the pull's ``--jobs``) may place the small
     files of ``writes``, or None where they should not: too few
     files, a linking mode, or blobs neither on a local disk nor (the first one) in the cache.
@@ -93,7 +93,7 @@ def plan_split(arc: "ArchiveInterface", cache: "BlobCache", writes: list[Placeme
     if processes < 2:
         return None
     sample = small[0].entry
-    route = source_of(arc, sample, link, use_cache).route
+    route = source_of(arc, cache, sample, link, caching).route
     if route is Route.LOCAL:
         def open_blob(entry: FileEntry) -> int | None:
             return arc.open_local(layout.blob_key(entry.blob))

@@ -35,6 +35,12 @@ from .transfer import reporting, with_retries
 if TYPE_CHECKING:
     from .interface import ArchiveInterface
 
+#: From this size up, a blob a pull into a folder does not find in the cache is written straight
+#: into the folder, once, and not also kept in the cache (unless the pull asks for
+#: :attr:`Caching.ALL`): a second copy of large files doubles the disk a data set takes and the
+#: bytes each pull writes, for a gain (no download for a later pull into another folder) that
+#: small files, costly per byte to fetch again, give far more of.
+LARGE_BLOB = 1 << 20
 #: The modes in which a small file is written from memory (``reflink`` must reflink or fail).
 COPYING_MODES = frozenset({"auto", "copy"})
 #: Opening a blob file: never through a link, never waiting for a FIFO swapped in.
@@ -57,6 +63,23 @@ class Route(Enum):
     LOCAL = "the archive's own blob file, on a local disk"
     CACHE = "the user's cache, filled from the archive first"
     STREAM = "the archive, streamed straight into the destination"
+
+
+class Caching(Enum):
+    """What a pull into a folder, in a mode that makes independent files, keeps in the cache
+    from a remote archive (links always point into the cache, and a local archive's blobs are
+    always copied straight from it)."""
+
+    ALL = "every blob it fetches"
+    SMALL = "blobs under LARGE_BLOB; a larger one the cache already holds is copied from it"
+    NONE = "nothing: every file streams straight into the destination"
+
+    @classmethod
+    def of(cls, use_cache: bool, cache_large: bool = False) -> "Caching":
+        """The caching of the public ``use_cache`` and ``cache_large`` arguments."""
+        if not use_cache:
+            return cls.NONE
+        return cls.ALL if cache_large else cls.SMALL
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +115,20 @@ class SmallWriter:
 ATOMIC = SmallWriter()
 
 
-def source_of(arc: "ArchiveInterface", entry: FileEntry, link: str, use_cache: bool) -> Source:
+def source_of(arc: "ArchiveInterface", cache: BlobCache, entry: FileEntry, link: str, caching: Caching) -> Source:
     """How to place a file. A link (hard or symbolic) must point into the cache, never into the
     archive, where an edit of a pulled file would corrupt the only copy; an independent file
     is copied from a local archive directly (caching it would only double the bytes written),
-    and streamed from a remote one when the cache is not wanted."""
+    and streamed from a remote one when ``caching`` does not keep its blob (see :class:`Caching`)."""
     if link not in INDEPENDENT_MODES:
         return Source(Route.CACHE)
     blob_file = arc.local_file(layout.blob_key(entry.blob))
     if blob_file is not None:  # os.fspath: a third-party backend written before it was a str may return a Path
         return Source(Route.LOCAL, os.fspath(blob_file))
-    return Source(Route.CACHE if use_cache else Route.STREAM)
+    if caching is Caching.ALL or (caching is Caching.SMALL and (entry.size < LARGE_BLOB
+                                                                or cache.has(entry.blob, entry.size))):
+        return Source(Route.CACHE)
+    return Source(Route.STREAM)
 
 
 def place(arc: "ArchiveInterface", cache: BlobCache, placement: Placement, source: Source, link: str,

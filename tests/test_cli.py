@@ -112,6 +112,9 @@ def test_no_cache_pull(store: str, tmp_path: Path) -> None:
     assert usage.returncode == 2 and usage.stderr.startswith("archive: error: --no-cache needs --to")
     one_line_error(run("-a", store, "pull", "calib", "--no-cache", "--to", str(tmp_path / "x"), "--link", "hard"), 1,
                    "a pull without the cache needs a destination folder and a link mode that makes independent")
+    both = run("-a", store, "pull", "calib", "--no-cache", "--cache-large", "--to", str(tmp_path / "x"))
+    assert both.returncode == 2 and "--no-cache and --cache-large contradict each other" in both.stderr
+    assert not (tmp_path / "x").exists()
     pulled = run("-a", store, "pull", "calib", "--no-cache", "--to", str(tmp_path / "out"))
     assert pulled.returncode == 0 and (tmp_path / "out" / "a.txt").read_bytes() == b"alpha"
     assert not (Path(os.environ["ARCHIVE_CACHE_DIR"]) / "blobs").exists()

@@ -9,8 +9,10 @@ import pytest
 
 from archive import layout
 from archive.cache import default_cache
-from archive.errors import DestinationConflictError, DestinationError, IntegrityError, InvalidPathError
+from archive.errors import (DestinationConflictError, DestinationError, IntegrityError, InvalidInputError,
+                            InvalidPathError)
 from archive.hashing import BlobId
+from archive.placing import LARGE_BLOB
 from archive.records import FileEntry, Release, canonical_json
 from tests.conftest import make_tree
 from tests.test_publish import snapshot
@@ -294,6 +296,29 @@ def test_local_archive_blobs_are_not_cached_twice(published, tmp_path: Path) -> 
     published.download("calib", "*", tmp_path / "out", progress=False)
     cached = [p for p in (default_cache().root / "blobs").rglob("*") if p.is_file()]
     assert len(cached) == (0 if published.local else len({BlobId.of_bytes(c) for c in FILES.values()}))
+
+
+def test_large_files_from_a_remote_archive_are_written_once(published_via_cache, tmp_path: Path) -> None:
+    """Into a folder, a file of LARGE_BLOB bytes and more is written straight from the archive
+    (one copy on disk, not two) and a smaller one is kept in the cache; with cache_large the
+    large one is kept too, and a later pull then copies it from the cache, even with the
+    archive's copy gone."""
+    files = {"big.bin": os.urandom(LARGE_BLOB), "small.bin": os.urandom(LARGE_BLOB - 1)}
+    big, small = (BlobId.of_bytes(files[name]) for name in ("big.bin", "small.bin"))
+    arc, cache = published_via_cache, default_cache()
+    arc.publish(make_tree(tmp_path / "mixed", files), "mixed", "1.0.0", progress=False)
+    assert snapshot(arc.download("mixed", "*", tmp_path / "once", progress=False)) == files
+    assert not cache.has(big, LARGE_BLOB) and cache.has(small, LARGE_BLOB - 1)
+    assert snapshot(arc.download("mixed", "*", tmp_path / "kept", cache_large=True, progress=False)) == files
+    assert cache.has(big, LARGE_BLOB)
+    arc.local_path(layout.blob_key(big)).unlink()
+    assert snapshot(arc.download("mixed", "*", tmp_path / "from-cache", progress=False)) == files
+
+
+def test_a_pull_cannot_both_keep_large_files_and_nothing(published_via_cache, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="cannot both keep large files in the cache and keep nothing"):
+        published_via_cache.download("calib", "*", tmp_path / "out", use_cache=False, cache_large=True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_hard_links_share_the_read_only_cache_file(published, tmp_path: Path) -> None:

@@ -16,13 +16,13 @@ from tests.conftest import make_tree, staged_beside
 from tests.test_publish import snapshot
 
 BIG = {f"f{i}.bin": os.urandom(24 << 20) for i in range(6)}
-#: A pull from a folder archive seen as a network mount (through the cache), in a child process.
+#: A pull from a folder archive seen as a network mount, keeping even large blobs in the cache, in a child process.
 CACHED_PULL = r"""
 import sys
 from pathlib import Path
 from archive.backends.filesystem import FileSystemArchive
 arc = FileSystemArchive(sys.argv[1], local=False)
-arc.download(sys.argv[2], "*", Path(sys.argv[3]), jobs=1, progress=False)
+arc.download(sys.argv[2], "*", Path(sys.argv[3]), jobs=1, progress=False, cache_large=True)
 """
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from archive.placing import LARGE_BLOB
 from archive.staging import reveal_folder
 from tests.conftest import make_tree
 from tests.test_download import FILES, published, published_via_cache  # noqa: F401 (fixtures)
@@ -57,6 +58,22 @@ def test_a_pull_without_the_cache_places_each_file_where_it_goes(published_via_c
     out = tmp_path / "out"
     assert snapshot(published_via_cache.download("calib", "^1", out, use_cache=False, progress=False)) == FILES
     assert [root for root, _ in roots] == [out]
+
+
+def test_a_pull_that_streams_large_files_is_not_built_aside(published_via_cache, tmp_path: Path, roots) -> None:
+    """A large file the cache does not hold streams straight into the destination: such a pull
+    is not built aside either (an interrupted one keeps each large file it placed); once the
+    cache holds it (cache_large), the pull is built aside again."""
+    files = {"big.bin": os.urandom(LARGE_BLOB)}
+    published_via_cache.publish(make_tree(tmp_path / "big", files), "big", "1.0.0", progress=False)
+    out, staged = tmp_path / "out", tmp_path / "staged"
+    assert snapshot(published_via_cache.download("big", "*", out, progress=False)) == files
+    assert [root for root, _ in roots] == [out]
+    published_via_cache.download("big", "*", tmp_path / "kept", cache_large=True, progress=False)
+    roots.clear()
+    assert snapshot(published_via_cache.download("big", "*", staged, progress=False)) == files
+    [(root, _)] = roots
+    assert root.parent == staged.parent and root.name.startswith(".staged.") and hidden_beside(staged) == []
 
 
 def test_folders_killed_pulls_left_are_removed_and_live_ones_kept(published, tmp_path: Path) -> None:
