@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .cache import BlobCache, default_cache
 from .destination import (Conflict, Folders, Found, Kind, as_placed_before, check_inside, compare,
@@ -197,7 +197,22 @@ def _streams(arc: "ArchiveInterface", cache: BlobCache, release: Release, link: 
     if caching is Caching.NONE:
         return True
     large = {entry.blob.hexdigest: entry for entry in release.files.values() if entry.size >= LARGE_BLOB}
-    return any(source_of(arc, cache, entry, link, caching).route is Route.STREAM for entry in large.values())
+    shared = _large_blobs_used_twice(release.files.values())
+    return any(key not in shared and source_of(arc, cache, entry, link, caching).route is Route.STREAM
+               for key, entry in large.items())
+
+
+def _large_blobs_used_twice(entries: Iterable[FileEntry]) -> set[str]:
+    """The large blobs more than one of ``entries`` holds (hex digests). A pull fetches such a
+    blob once, into the cache, and copies it from there to each file, instead of streaming it
+    from the archive once per file."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for entry in entries:
+        if entry.size >= LARGE_BLOB:
+            key = entry.blob.hexdigest
+            (twice if key in seen else seen).add(key)
+    return twice
 
 
 def _all_new(release: Release, root: Path) -> list[Placement]:
@@ -267,6 +282,10 @@ def _sources(arc: "ArchiveInterface", cache: BlobCache, writes: list[Placement],
     """
     blobs = {p.entry.blob.hexdigest: p.entry for p in writes}
     sources = {key: source_of(arc, cache, entry, link, caching) for key, entry in blobs.items()}
+    if caching is Caching.SMALL:
+        for key in _large_blobs_used_twice(p.entry for p in writes):
+            if sources[key].route is Route.STREAM:
+                sources[key] = Source(Route.CACHE)
     missing = {key: threading.Lock() for key, source in sources.items()
                if source.route is Route.CACHE and not cache.has(blobs[key].blob, blobs[key].size)}
     return sources, missing

@@ -315,6 +315,17 @@ def test_large_files_from_a_remote_archive_are_written_once(published_via_cache,
     assert snapshot(arc.download("mixed", "*", tmp_path / "from-cache", progress=False)) == files
 
 
+def test_a_large_blob_two_files_hold_is_fetched_once(published_via_cache, tmp_path: Path) -> None:
+    """Two files of one large blob: it is fetched once, into the cache, and copied to both
+    (not streamed from the archive twice); a large blob one file holds still streams."""
+    big = os.urandom(LARGE_BLOB)
+    files = {"a/big.bin": big, "b/same.bin": big, "other.bin": os.urandom(LARGE_BLOB)}
+    published_via_cache.publish(make_tree(tmp_path / "twice", files), "twice", "1.0.0", progress=False)
+    assert snapshot(published_via_cache.download("twice", "*", tmp_path / "out", progress=False)) == files
+    assert default_cache().has(BlobId.of_bytes(big), LARGE_BLOB)
+    assert not default_cache().has(BlobId.of_bytes(files["other.bin"]), LARGE_BLOB)
+
+
 def test_a_pull_cannot_both_keep_large_files_and_nothing(published_via_cache, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="cannot both keep large files in the cache and keep nothing"):
         published_via_cache.download("calib", "*", tmp_path / "out", use_cache=False, cache_large=True)
