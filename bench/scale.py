@@ -15,8 +15,9 @@ archive run (:func:`bench.workloads.user_env`) and peak RSS from GNU time (:mod:
   ``resolve`` (``ArchiveInterface.resolve`` in a child Python) and ``pull``, and the time per
   entry, which stays flat when growth is linear.
 
-Before every timed command the bench calls ``sync``, so dirty pages of the previous command
-are not written back on the next one's clock. Numbers vary with the machine and its load:
+Before every timed command (and before the push anchor's sequence, whose own ``sync`` is on its
+clock) the bench calls ``sync``, so dirty pages of the previous command are not written back on
+the next one's clock. Numbers vary with the machine and its load:
 they belong in docs/performance.md, never in test asserts.
 """
 
@@ -156,6 +157,17 @@ class Bench:
             prefault_memory(self.prefault_bytes)
         return run_measured(argv, env=env, cwd=cwd)
 
+    def timed_sequence(self, commands: list[list[str]], cwd: Path | None = None) -> Timed:
+        """Run ``commands`` one after another, as a person would type them, after one
+        :meth:`timed`-style settling before the first only: a ``sync`` in the sequence must
+        write back what the command before it left dirty, on the clock."""
+        os.sync()
+        if self.prefault_bytes:
+            prefault_memory(self.prefault_bytes)
+        samples = [run_measured(argv, cwd=cwd) for argv in commands]
+        return Timed(sum(s.seconds for s in samples), max(s.max_rss_kib for s in samples),
+                     sum(s.cpu_seconds for s in samples))
+
     def archive(self, env: dict[str, str], store: Path, *args: str) -> Timed:
         return self.timed([*self.cli, "--no-progress", "-q", "--archive", str(store), *args], env)
 
@@ -178,12 +190,8 @@ def small_file_rows(bench: Bench, count: int, folders: int, reps: int) -> list[R
     try:
         for _ in range(reps):
             copy, pulled, store = bench.work / "copy", bench.work / "pulled", bench.new_store("store")
-            hashed = bench.timed(anchor_hash, cwd=src)
-            copied = bench.timed(["cp", "-r", str(src), str(copy)])
-            synced = bench.timed(["sync"])
-            push.anchor.append(Timed(hashed.seconds + copied.seconds + synced.seconds,
-                                     max(hashed.max_rss_kib, copied.max_rss_kib),
-                                     hashed.cpu_seconds + copied.cpu_seconds + synced.cpu_seconds))
+            push.anchor.append(bench.timed_sequence([anchor_hash, ["cp", "-r", str(src), str(copy)], ["sync"]],
+                                                    cwd=src))
             env = bench.home()
             push.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.0"))
             again.ours.append(bench.archive(env, store, "push", str(src), "bench", "1.0.1"))
