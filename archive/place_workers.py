@@ -18,30 +18,24 @@ in-process path, which fetches what is missing and raises the same error as a pu
 workers. A child that does not finish its report cleanly leaves its whole
 slice to that path: placing a file again is harmless.
 
-Safety: a child uses no thread, no lock and no connection of the parent (only local system
-calls: no stat cache, no cache bookkeeping, no network), and leaves with ``os._exit`` (no exit
-handlers, no flush of inherited buffers). It stops when its parent is gone (``getppid`` per
-file: a SIGKILLed pull leaves no worker placing files). On an interrupt or error in the parent,
-every child is sent SIGTERM (which the CLI's handler, inherited, turns into KeyboardInterrupt,
-so a named temporary is removed; an unnamed file needs nothing) and reaped before the parent
-goes on; a child still running after :data:`STOP_GRACE` is killed.
+Safety (the forking, reporting and stopping are :mod:`archive.forking`'s): a child uses no
+thread, no lock and no connection of the parent (only local system calls: no stat cache, no
+cache bookkeeping, no network). It stops when its parent is gone (checked per file: a SIGKILLed
+pull leaves no worker placing files). On an interrupt or error in the parent, every child is
+sent SIGTERM (which the CLI's handler, inherited, turns into KeyboardInterrupt, so a named
+temporary is removed; an unnamed file needs nothing) and reaped before the parent goes on.
 """
 
 from __future__ import annotations
 
 import array
-import gc
-import logging
 import os
-import signal
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import layout
 from .cache import REHASH_BELOW
+from .forking import MAX_PROCESSES, MIN_FILES_PER_WORKER, parent_gone, processes_for, run_split
 from .placing import COPYING_MODES, Caching, Placement, Route, SmallWriter, open_blob_file, read_verified_fd, source_of
 from .records import FileEntry
 
@@ -50,33 +44,10 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
     from .transfer import Progress
 
-logger = logging.getLogger(__name__)
-
-#: Fewest small files worth a worker process. A worker costs about 4.5 ms of CPU (fork, the
-#: pages it copies on write, exit, reaping; measured at 500 to 3,000 files of 4 KiB on a
-#: journaled ext4) and a small file about 50 us: at 500 files its cost is under a fifth of
-#: the work it takes over, so a pull of 1,000 files already gains; fewer stay in one process.
-MIN_FILES_PER_WORKER = 500
-#: Most processes (the parent included): the per-file work is mostly the kernel's, in folders
-#: the processes share; more than the cores only contend.
-MAX_PROCESSES = 8
-#: Seconds a child gets to stop on SIGTERM before it is killed.
-STOP_GRACE = 2.0
+__all__ = ["MAX_PROCESSES", "MIN_FILES_PER_WORKER", "Split", "place_small", "place_split", "plan_split"]
 
 OpenBlob = Callable[[FileEntry], "int | None"]
 OnFiles = Callable[[int, int], None]
-
-
-def processes_for(files: int) -> int:
-    """How many processes (the parent included) should place ``files`` small files: 1 where
-    workers cannot start safely (no ``fork``, another thread running) or would not pay."""
-    if not hasattr(os, "fork") or sys.platform == "darwin" or threading.active_count() > 1:
-        return 1  # macOS: its system libraries are not safe in a forked child (multiprocessing stopped forking there)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_PROCESSES, files // MIN_FILES_PER_WORKER))
 
 
 def plan_split(arc: "ArchiveInterface", cache: "BlobCache", writes: list[Placement], link: str,
@@ -139,39 +110,26 @@ def place_split(placements: Sequence[Placement], processes: int, open_blob: Open
     archive's, or the cache's), None if there is none. ``on_files(nbytes, files)`` hears of the files placed, in the parent: each of
     its own as it is placed, a child's all at once when it has reported.
     """
-    if threading.active_count() > 1:  # started since processes_for: forking now would not be safe
-        processes = 1
-    bounds = [len(placements) * part // processes for part in range(processes + 1)]
-    children: list[_Child] = []
-    if processes > 1:
-        logger.debug("placing %d small files in %d processes", len(placements), processes)
-    unstarted: list[int] = []
-    try:
-        gc.freeze()  # the children's collector would otherwise touch (copy) every object they share
-        try:
-            for part in range(1, processes):
-                if not _start(children, placements, bounds[part], bounds[part + 1], open_blob, write_small):
-                    unstarted.extend(range(bounds[part], bounds[part + 1]))  # placed by the in-process path
-        finally:
-            gc.unfreeze()
-        left = place_slice(placements, 0, bounds[1], open_blob, write_small, on_files) + unstarted
-        for child in children:
-            left.extend(_collect(child, placements, on_files))
-    finally:
-        _stop_all(children)
+    def in_child(start: int, end: int) -> bytes:
+        return array.array("q", place_slice(placements, start, end, open_blob, write_small, in_child=True)).tobytes()
+
+    left, reports = run_split(len(placements), processes, in_child,
+                              lambda start, end: place_slice(placements, start, end, open_blob, write_small, on_files),
+                              f"placing {len(placements)} small files")
+    for start, end, report in reports:
+        left.extend(_left_by(report, placements, start, end, on_files))
     return [placements[index] for index in sorted(left)]
 
 
 def place_slice(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob,
-                write_small: SmallWriter, on_files: OnFiles | None = None,
-                parent: int | None = None) -> list[int]:
+                write_small: SmallWriter, on_files: OnFiles | None = None, in_child: bool = False) -> list[int]:
     """Place ``placements[start:end]`` from verified blobs; return the indexes not placed.
 
-    ``parent``: in a child, its parent's pid; the loop stops (exits) once the parent is gone.
+    ``in_child``: in a worker process, whose loop stops (exits) once the pull is gone.
     """
     left = []
     for index in range(start, end):
-        if parent is not None and os.getppid() != parent:
+        if in_child and parent_gone():
             os._exit(3)  # the pull is gone: place nothing more
         placement = placements[index]
         entry = placement.entry
@@ -188,131 +146,14 @@ def place_slice(placements: Sequence[Placement], start: int, end: int, open_blob
     return left
 
 
-class _Child:
-    """A worker process: its pid, the read end of its report, its slice."""
-
-    def __init__(self, pid: int, report: int, start: int, end: int) -> None:
-        self.pid, self.report, self.start, self.end = pid, report, start, end
-        self.reaped = False
-
-
-def _start(children: list[_Child], placements: Sequence[Placement], start: int, end: int,
-           open_blob: OpenBlob, write_small: SmallWriter) -> bool:
-    """Fork a child placing ``placements[start:end]`` and add it to ``children``; it reports the
-    indexes it left, then ``-1``. False if no process could be started.
-
-    The signals the CLI turns into KeyboardInterrupt are held back across the fork: raised in
-    the child before its ``try``, one would unwind the parent's stack (and run its handlers) in
-    the child; raised in the parent before the child is in ``children``, it would leave the
-    child unreaped.
-    """
-    parent = os.getpid()
-    read_end, write_end = os.pipe()
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-    try:
-        try:
-            pid = os.fork()
-        except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): the parent does the work
-            logger.debug("cannot start a place worker: %s", exc)
-            os.close(read_end)
-            os.close(write_end)
-            return False
-        if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
-            _child(placements, start, end, open_blob, write_small, parent, read_end, write_end, held)
-        os.close(write_end)
-        children.append(_Child(pid, read_end, start, end))
-        return True
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-def _child(placements: Sequence[Placement], start: int, end: int, open_blob: OpenBlob, write_small: SmallWriter,
-           parent: int, read_end: int, write_end: int, held: "set[signal.Signals]") -> None:  # pragma: no cover
-    """The body of a worker process: place its slice, report, and leave without unwinding."""
-    status = 1
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # an interrupt now lands in this try
-        os.close(read_end)
-        gc.disable()
-        left = place_slice(placements, start, end, open_blob, write_small, parent=parent)
-        _write_report(write_end, array.array("q", [*left, -1]).tobytes())
-        status = 0
-    except BaseException:  # interrupted (SIGTERM, Ctrl-C) or broken: the parent places the slice itself
-        pass
-    finally:
-        os._exit(status)
-
-
-def _write_report(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _collect(child: _Child, placements: Sequence[Placement], on_files: OnFiles) -> list[int]:
-    """Wait for ``child``; the indexes of its slice left to the parent (all of it if it failed)."""
-    chunks = []
-    while chunk := os.read(child.report, 1 << 16):
-        chunks.append(chunk)
-    os.close(child.report)
-    child.report = -1
-    _, status = os.waitpid(child.pid, 0)
-    child.reaped = True
-    data = b"".join(chunks)
-    report = array.array("q")
-    report.frombytes(data[:len(data) // 8 * 8])
-    if os.waitstatus_to_exitcode(status) != 0 or not report or report[-1] != -1:
-        logger.debug("place worker %d ended with status %d: its %d files are placed here", child.pid, status,
-                     child.end - child.start)
-        return list(range(child.start, child.end))
-    left = report[:-1].tolist()
+def _left_by(report: bytes | None, placements: Sequence[Placement], start: int, end: int,
+             on_files: OnFiles) -> list[int]:
+    """The indexes of a child's slice left to the parent (all of them without a report), after
+    telling ``on_files`` of those it placed."""
+    if report is None:
+        return list(range(start, end))
+    left = array.array("q", report).tolist()
     skipped = set(left)
-    placed = [placements[index].entry.size for index in range(child.start, child.end) if index not in skipped]
+    placed = [placements[index].entry.size for index in range(start, end) if index not in skipped]
     on_files(sum(placed), len(placed))
     return left
-
-
-def _stop_all(children: list[_Child]) -> None:
-    """Stop and reap every child not reaped yet (SIGTERM, then SIGKILL after a grace period)."""
-    for child in children:
-        if child.report >= 0:
-            os.close(child.report)
-            child.report = -1
-        if not child.reaped:
-            _signal(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    interrupted: BaseException | None = None
-    for child in children:
-        while not child.reaped:
-            try:
-                _reap(child, deadline)
-            except KeyboardInterrupt as exc:  # a second Ctrl-C: reap all the same (at most STOP_GRACE)
-                interrupted = exc
-    if interrupted is not None:
-        raise interrupted
-
-
-def _reap(child: _Child, deadline: float) -> None:
-    """Reap ``child`` if it has ended; kill it once past ``deadline``; else wait a moment."""
-    try:
-        pid, _ = os.waitpid(child.pid, os.WNOHANG)
-    except ChildProcessError:  # reaped already, by a wait an interrupt cut short before it was noted
-        pid = child.pid
-    if pid:
-        child.reaped = True
-    elif time.monotonic() > deadline:
-        _signal(child.pid, signal.SIGKILL)
-        os.waitpid(child.pid, 0)
-        child.reaped = True
-    else:
-        time.sleep(0.005)
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
