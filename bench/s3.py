@@ -7,7 +7,15 @@ each archive command with the rclone command it competes with, ``--repeat`` time
 * push and pull of 1 GiB as 256 files of 4 MiB (16 MiB as 16 x 1 MiB with ``--quick``):
   ``archive push`` against ``rclone copy DIR remote:bucket/path``, and ``archive pull`` (into
   an empty cache, and with ``--no-cache``) against ``rclone copy remote:bucket/path DIR``;
-* the same for 10,000 files of 4 KiB (200 with ``--quick``).
+* the same for 10,000 files of 4 KiB (200 with ``--quick``);
+* the same for one file of 10 bytes: what each command costs before and around its first byte
+  (start, imports, client, login, the release's record), which a Python command pays and a Go
+  binary hardly does. Below the table, each row of the larger data sets is shown again less the
+  start-up row's seconds on both sides: the ratio of the transfers themselves. That is a reading
+  aid, not the target: the target is the row's own ratio.
+
+Within a repetition rclone's commands run first in even repetitions and last in odd ones: on
+this kind of machine the same command is slower or faster depending on what ran just before it.
 
 Both sides are real commands in child processes, each opening its own connections, against
 the same server in the same run, each into a bucket of its own, removed after each repetition
@@ -200,11 +208,13 @@ def bench_data_set(runner: Runner, data: DataSet, reps: int, anchor: Path | None
             buckets = {side: runner.new_bucket() for side in ["rclone", *dict(trees)]}
             local = runner.fresh("local")
             try:
-                rows[0].add_rclone(runner.rclone(str(src), runner.remote(f"{buckets['rclone']}/data")))
-                rows[1].add_rclone(runner.rclone(runner.remote(f"{buckets['rclone']}/data"), str(local / "rclone")))
-                rows[2].add_rclone((rows[1].theirs[-1], rows[1].server_cpu["rclone"][-1]))
+                if rep % 2 == 0:
+                    _bench_rclone(runner, src, buckets["rclone"], local, rows)
                 for side, tree in trees[rep % 2:] + trees[:rep % 2]:
                     _bench_archive(runner, src, f"{buckets[side]}/archive", local / side, rows, side, tree)
+                if rep % 2 == 1:
+                    _bench_rclone(runner, src, buckets["rclone"], local, rows)
+                for side, _ in trees:
                     _same_files(src, local / "rclone", local / side / "pulled", local / side / "direct")
             finally:
                 shutil.rmtree(local)
@@ -213,6 +223,13 @@ def bench_data_set(runner: Runner, data: DataSet, reps: int, anchor: Path | None
     finally:
         shutil.rmtree(src)
     return rows
+
+
+def _bench_rclone(runner: Runner, src: Path, bucket: str, local: Path, rows: list[Row]) -> None:
+    """rclone's push and pull (its one pull is the anchor of both archive pulls)."""
+    rows[0].add_rclone(runner.rclone(str(src), runner.remote(f"{bucket}/data")))
+    rows[1].add_rclone(runner.rclone(runner.remote(f"{bucket}/data"), str(local / "rclone")))
+    rows[2].add_rclone((rows[1].theirs[-1], rows[1].server_cpu["rclone"][-1]))
 
 
 def _bench_archive(runner: Runner, src: Path, prefix: str, local: Path, rows: list[Row], side: str,
@@ -240,10 +257,16 @@ def _same_files(src: Path, *copies: Path) -> None:
             raise RuntimeError(f"{copy}: {len(found)} files, expected {len(expected)} (or sizes differ)")
 
 
-def data_sets(quick: bool) -> list[DataSet]:
+STARTUP = DataSet("1 x 10 B (start-up)", 1, 10)
+
+
+def data_sets(quick: bool, only: str | None = None) -> list[DataSet]:
+    """The data sets to run: ``only`` "large" or "small" keeps that one and the start-up set."""
     if quick:
-        return [DataSet("16 x 1 MiB", 16, 1 * MIB), DataSet("200 x 4 KiB", 200, 4 * KIB)]
-    return [DataSet("256 x 4 MiB (1 GiB)", 256, 4 * MIB), DataSet("10,000 x 4 KiB", 10_000, 4 * KIB)]
+        large, small = DataSet("16 x 1 MiB", 16, 1 * MIB), DataSet("200 x 4 KiB", 200, 4 * KIB)
+    else:
+        large, small = DataSet("256 x 4 MiB (1 GiB)", 256, 4 * MIB), DataSet("10,000 x 4 KiB", 10_000, 4 * KIB)
+    return [STARTUP] + ([large] if only != "small" else []) + ([small] if only != "large" else [])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -251,7 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="16 MiB and 200 files (a smoke run)")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions, medians shown [3; quick: 1]")
     parser.add_argument("--jobs", type=int, default=None, help="the archive's parallel transfers [its default]")
-    parser.add_argument("--only", choices=["large", "small"], default=None, help="run one data set only")
+    parser.add_argument("--only", choices=["large", "small"], default=None,
+                        help="run one data set only (and the start-up set)")
     parser.add_argument("--prefault", type=float, default=None, metavar="GIB",
                         help="memory touched and freed before every timed command [3; quick: 0.25] (see bench.run)")
     parser.add_argument("--anchor", type=Path, default=None,
@@ -264,8 +288,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     from tests.s3d import start_s3_server, stop_s3_server
 
     reps = args.repeat or (1 if args.quick else 3)
-    chosen = data_sets(args.quick)
-    chosen = chosen[:1] if args.only == "large" else chosen[1:] if args.only == "small" else chosen
+    chosen = data_sets(args.quick, args.only)
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp:
         work = Path(tmp)
         server = start_s3_server(work / "server")
@@ -287,10 +310,22 @@ def print_rows(rows: list[Row]) -> None:
           f" {'srv CPU':>7} {'srv/rcl':>7}")
     for row in rows:
         print(row.line())
+    startup = [row for row in rows if row.label.startswith(STARTUP.label)]
+    for row in rows:
+        if startup and row not in startup:
+            print(less_startup(row, startup[rows.index(row) % len(startup)]))
     exact = "GNU time" if RSS_IS_EXACT else "an upper bound: no GNU time"
     print(f"ratio: rclone seconds / archive seconds (above 1: archive faster); arc CPU: user + sys seconds;"
           f" arc RSS: peak of the archive command ({exact}); srv CPU, srv/rcl: the server's CPU seconds during"
           f" the archive command, during rclone's; load after: {os.getloadavg()[0]:.2f}")
+
+
+def less_startup(row: Row, startup: Row) -> str:
+    """``row`` less the start-up row of the same command, on both sides: the transfers' own ratio."""
+    ours = _median(row.ours) - _median(startup.ours)
+    theirs = _median(row.theirs) - _median(startup.theirs)
+    ratio = theirs / ours if ours > 0 else float("nan")
+    return f"  {row.label}, less the start-up row: archive {ours:.2f} s, rclone {theirs:.2f} s, ratio {ratio:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> None:
