@@ -42,7 +42,8 @@ from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
+from typing import (IO, TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol,
+                    Sequence)
 
 from . import layout
 from .errors import (ArchiveError, IntegrityError, KeyExistsError, KeyNotFoundError, NoMatchingVersionError,
@@ -81,6 +82,20 @@ def key_of(key: "str | Callable[[], str]") -> str:
 def shown_key(key: "str | Callable[[], str]") -> str:
     """A key for messages, before a deferred key is known."""
     return key if isinstance(key, str) else "a new blob"
+
+
+class ForkedWrites(Protocol):
+    """Writes of new objects made by one forked worker process (see
+    :meth:`ArchiveInterface.forked_writes`), used in that child alone."""
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write the object ``key`` (not exclusive); it is in place at the latest after :meth:`finish`."""
+
+    def finish(self) -> None:
+        """Return once every object written is whole, durable and in place."""
+
+    def discard(self) -> None:
+        """Remove what was written and is not in place yet (the child was interrupted)."""
 
 
 class ArchiveInterface(ABC):
@@ -212,6 +227,19 @@ class ArchiveInterface(ABC):
         or eight): such a backend says 1.
         """
         return self.max_workers
+
+    def forked_writes(self) -> "ForkedWrites | None":
+        """Writes for a worker process this one is about to fork, or None (the default: none).
+
+        A publish of many small files splits them over processes (:mod:`archive.store_workers`)
+        where the archive's writes are only local system calls, which a forked child may make:
+        no thread, lock or connection of the parent. Asked in the parent, inside
+        :meth:`batched_writes`, before the fork; the object is then used in one child only,
+        which writes its objects, then calls :meth:`ForkedWrites.finish` before it reports
+        them: every object a child reports is whole, durable and in place. Storage reached
+        over a network says None.
+        """
+        return None
 
     def flush_writes(self) -> None:
         """Make every write of the current :meth:`batched_writes` block visible and durable now.

@@ -34,6 +34,7 @@ from .reuse import EarlierRelease, remember_release, reused_release, scan_digest
 from .scan import SourceFile, scan_folder, with_modes
 from .statcache import StatCache, identity, is_settled
 from .storing import WrittenOnce, blobs_not_stored, by_workers, read_whole
+from .store_workers import processes_to_store, store_split
 from .transfer import make_progress, reporting, run_jobs, with_retries
 from .versions import check_release_version
 
@@ -229,9 +230,20 @@ def store_new_files(arc: "ArchiveInterface", sources: list[SourceFile], workers:
             bar.file_done()
             return entry
 
+        def stored_by_child(source: SourceFile, entry: FileEntry) -> None:
+            bar.advance(entry.size)
+            if stats is not None:
+                stats.uploaded(entry.blob, entry.size)
+            bar.file_done()
+
         stored: dict[str, FileEntry] = {}
         for threads, group in by_workers(arc, sources, workers):
-            stored.update(zip((s.path for s in group), run_jobs([lambda s=s: job(s) for s in group], threads)))
+            processes = processes_to_store(group, workers) if threads == 1 else 1
+            if processes > 1:  # one thread is all these files are worth, and there are cores to spare
+                entries = store_split(arc, group, processes, job, _check_unchanged, stored_by_child)
+            else:
+                entries = run_jobs([lambda s=s: job(s) for s in group], threads)
+            stored.update(zip((s.path for s in group), entries))
     finally:
         bar.close()
     _remember(known, sources, stored, started)

@@ -202,6 +202,18 @@ def running(pid: int) -> bool:
         return False
 
 
+def signal_and_outlive(process: subprocess.Popen, signum: int, workers: list[int]) -> None:
+    """Send ``signum`` to ``process``; it must exit as the CLI does on it, and each of its
+    ``workers`` must be gone within 10 s."""
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum], err
+    gone_by = time.monotonic() + 10
+    while any(running(pid) for pid in workers) and time.monotonic() < gone_by:
+        time.sleep(0.01)
+    assert not any(running(pid) for pid in workers)
+
+
 @pytest.mark.skipif(expected_processes() < 2, reason="one core: a pull starts no worker to kill")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_killing_the_pull_leaves_no_worker_and_no_partial_file(published, tmp_path: Path, signum: int) -> None:
@@ -214,13 +226,7 @@ def test_killing_the_pull_leaves_no_worker_and_no_partial_file(published, tmp_pa
         workers = children_of(process.pid)  # its only children are its place workers
         time.sleep(0.001)
     assert workers, "the pull ended before its workers were seen"
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=30)
-    assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum], err
-    gone_by = time.monotonic() + 10
-    while any(running(pid) for pid in workers) and time.monotonic() < gone_by:
-        time.sleep(0.01)
-    assert not any(running(pid) for pid in workers)
+    signal_and_outlive(process, signum, workers)
     placed = tree(dest)
     assert len(placed) < FILES and not (dest / ".archive/pulled.json").exists()
     assert all(placed[path][0] == (source / path).read_bytes() for path in placed)

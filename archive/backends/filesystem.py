@@ -222,6 +222,19 @@ class FileSystemArchive(BatchedWrites, ArchiveInterface):
                     self._remove_temporary(name)
         self._mark_dirty(final.rpartition("/")[0], now=exclusive)
 
+    def _write_unsynced(self, data: bytes) -> str:
+        """Write ``data`` to a new file under ``tmp/``, not synced; its name (nothing is left
+        there on failure). For a batch to sync and move (:class:`.filesystem_batch.ForkedBatch`)."""
+        name, fd = _temporary_name(), -1
+        try:  # the create inside: an interrupt landing as it returns still removes the file
+            fd = self._folders.within(layout.TMP_DIR, True, lambda folder: _create(folder, name))
+            _write_file(fd, [data], False, -1)
+        except BaseException as exc:
+            if fd >= 0 or not isinstance(exc, OSError):  # not the create itself failing: a file to remove
+                self._remove_temporary(name)
+            raise
+        return name
+
     def _remove_temporary(self, name: str) -> None:
         """Remove ``tmp/name`` if it is still there; a failure is logged (gc removes it later)."""
         try:

@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 from .. import layout
+from ..keys import check_key
 from ..errors import BackendError, KeyNotFoundError
 from ..transfer import run_jobs
 from .filesystem_mover import MIN_FILES, rename_in_helper
@@ -179,6 +180,7 @@ class BatchedWrites:
     _move: Callable[[str, str], None]
     _errors: Callable[..., Any]
     _remove_temporary: Callable[[str], None]
+    _write_unsynced: Callable[[bytes], str]
     has_key: Callable[[str], bool]
 
     @contextmanager
@@ -205,6 +207,11 @@ class BatchedWrites:
         if self.durable and syncfs_available() and size <= MAX_BATCHED_FILE:
             return 1
         return self.max_workers
+
+    def forked_writes(self) -> "ForkedBatch | None":
+        """See :meth:`ArchiveInterface.forked_writes`: inside a batch (a durable archive where
+        ``syncfs`` exists), a child's small writes are batched the same way, in the child."""
+        return ForkedBatch(self) if self._batch() is not None else None
 
     def flush_writes(self) -> None:
         """See :meth:`ArchiveInterface.flush_writes`."""
@@ -338,3 +345,43 @@ class BatchedWrites:
         for name, _ in files:
             self._remove_temporary(name)
 
+
+class ForkedBatch:
+    """The small writes of one forked worker process (:meth:`BatchedWrites.forked_writes`),
+    made durable as the parent's are, by a batch of the child's own: each file written under
+    ``tmp/`` without a sync and noted; a full batch flushed behind the writes (one ``syncfs``,
+    then the renames, by a helper process); at :meth:`finish` the rest, then one more
+    ``syncfs``, so that the renames are durable too before the child reports its files and the
+    parent's record names them. The child shares no lock with the parent: the batch, its flush
+    thread and its helper are its own.
+    """
+
+    def __init__(self, archive: BatchedWrites) -> None:
+        self._archive = archive
+        self._batch: PendingWrites | None = None  # made in the child, at its first write
+
+    def write(self, key: str, data: bytes) -> None:
+        """See :class:`~archive.interface.ForkedWrites`."""
+        if self._batch is None:
+            self._batch = PendingWrites(self._archive)
+        name = ""
+        try:
+            name = self._archive._write_unsynced(data)
+            self._archive._defer(self._batch, name, check_key(key), len(data))
+        except BaseException:  # interrupted, or an earlier flush failed: this file joins no batch
+            if name:
+                self._archive._remove_temporary(name)
+            raise
+
+    def finish(self) -> None:
+        """Every file written is now whole, durable and in place."""
+        if self._batch is not None:
+            self._archive._flush(self._batch)
+        with self._archive._errors("new objects", writing=True):
+            self._archive._folders.within(layout.TMP_DIR, False, sync_filesystem)
+
+    def discard(self) -> None:
+        """Remove the temporary files not moved yet (after the flush running behind, if any)."""
+        if self._batch is not None:
+            self._batch.wait_behind(raising=False)
+            self._archive._discard(self._batch.take())
