@@ -31,8 +31,8 @@ from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 from .. import layout
-from ..keys import check_key
 from ..errors import BackendError, KeyNotFoundError
+from ..keys import check_key
 from ..transfer import run_jobs
 from .filesystem_mover import MIN_FILES, rename_in_helper
 
