@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import layout
 from .cache import REHASH_BELOW
-from .forking import MAX_PROCESSES, MIN_FILES_PER_WORKER, parent_gone, processes_for, run_split
+from .forking import parent_gone, processes_for, run_split
 from .placing import COPYING_MODES, Caching, Placement, Route, SmallWriter, open_blob_file, read_verified_fd, source_of
 from .records import FileEntry
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from .interface import ArchiveInterface
     from .transfer import Progress
 
-__all__ = ["MAX_PROCESSES", "MIN_FILES_PER_WORKER", "Split", "place_small", "place_split", "plan_split"]
 
 OpenBlob = Callable[[FileEntry], "int | None"]
 OnFiles = Callable[[int, int], None]

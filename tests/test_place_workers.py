@@ -23,7 +23,7 @@ import pytest
 import archive
 from archive import layout
 from archive.hashing import BlobId
-from archive.place_workers import MAX_PROCESSES, MIN_FILES_PER_WORKER
+from archive.forking import MAX_PROCESSES, MIN_FILES_PER_WORKER
 from tests.conftest import make_tree, staged_beside
 from tests.httpd import httpd  # noqa: F401 - fixtures
 
