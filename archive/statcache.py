@@ -27,6 +27,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple, TypeVar, Union
 
@@ -34,6 +35,8 @@ from .hashing import BlobId
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Tries of the cache's setup that finds the database locked at once (see StatCache._connect).
+SETUP_TRIES = 5
 RACY_MARGIN_NS = 3_000_000_000
 #: The table of remembered files. Was ``files`` (without ``media_type``) until issue 14; a
 #: cache that has only the old table is copied over once (:func:`_migrate`), media types unknown.
@@ -212,7 +215,17 @@ class StatCache:
                 return otherwise
 
     def _connect(self) -> sqlite3.Connection | None:
-        if self._db is None and not self._broken:
+        """The open database, set up on first use (None once it proved unusable).
+
+        Two processes setting up a new cache at once (two pushes started together) can find it
+        locked without waiting: sqlite answers at once, not after its busy timeout, when
+        switching the journal mode or turning a read into a write. The setup is then tried
+        again after a pause, a few times, before the cache is given up.
+        """
+        for attempt in range(1, SETUP_TRIES + 1):
+            if self._db is not None or self._broken:
+                break
+            db = None
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
@@ -225,6 +238,11 @@ class StatCache:
                     db.execute(_RECORDS_SCHEMA)
                 self._db = db
             except (sqlite3.Error, OSError) as exc:
+                if db is not None:
+                    db.close()
+                if attempt < SETUP_TRIES and isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    time.sleep(0.05 * attempt)
+                    continue
                 self._give_up(exc)
         return self._db
 
