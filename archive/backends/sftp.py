@@ -48,8 +48,8 @@ from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
 from ..locations import password_of, redact
 from .sftp_batch import BatchedUploads
-from .sftp_conn import Connection, ConnectionPool, Connector, Endpoint
-from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, upload
+from .sftp_conn import BULK_BYTES, BULK_CONNECTIONS, Connection, ConnectionPool, Connector, Endpoint
+from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, sync_file, upload
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
 from .sftp_read import READ_CONNECTIONS, groups, read_group
@@ -59,6 +59,9 @@ from .sftp_sync import RemoteSync
 logger = logging.getLogger(__name__)
 KEYRING_SERVICE = "archive-sftp"
 READ_BUFFER = 1024 * 1024
+#: Sessions a large file's sync may share with the streaming ones: one more than stream (a sync
+#: waits on the server's disk, not on the cores; one session each opened 8 here, and their logins cost more).
+SYNC_CONNECTIONS = BULK_CONNECTIONS + 1
 
 
 class SFTPArchive(BatchedUploads, ArchiveInterface):
@@ -127,7 +130,14 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
 
     def write_key(self, key: str | Callable[[], str], chunks: Iterable[bytes], *, exclusive: bool = False) -> None:
         """See :meth:`ArchiveInterface.write_key`; inside :meth:`batched_writes` a small file
-        waits to be sent in a group (:mod:`~archive.backends.sftp_batch`)."""
+        waits to be sent in a group (:mod:`~archive.backends.sftp_batch`).
+
+        A file of more than :data:`~archive.backends.sftp_conn.BULK_BYTES` is made durable on
+        another session than the one that streamed it: the server's ``fsync`` waits for its
+        disk (for 4 MiB, about as long as the file took to send), and one session serves one
+        request at a time, so the streaming session goes on with the next file meanwhile. The
+        order stays that of every write: the data durable, then the name.
+        """
         if exclusive:
             self.flush_writes()
         elif isinstance(key, str):
@@ -139,21 +149,49 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")
         shown = shown_key(key)
-        with self._pool.borrow(transfer=True) as conn, conn.errors(shown):
-            sftp = conn.sftp
-            self._folders.check(sftp, layout.TMP_DIR, create=True)
-            self._partials.sweep(sftp)
-            partial = self._partials.claim(sftp, blob, tmp) if blob else None
+        with self._pool.borrow(transfer=True) as conn, self._kept_on_error(conn, tmp, shown, blob):
+            size, synced = self._upload(conn, chunks, tmp, blob, shown)
+            if synced:
+                self._place_file(conn.sftp, key, tmp, exclusive, size)
+                return
+        with self._pool.borrow(at_most=SYNC_CONNECTIONS) as conn, self._kept_on_error(conn, tmp, shown, blob):
             try:
-                if partial is not None:
-                    size, stored = resume_upload(sftp, partial, chunks, conn.read_size, conn.write_size)
-                else:
-                    size, stored = upload(sftp, tmp, chunks, conn.write_size)
-                if stored != size:  # everything sent must be on the server before it becomes visible
-                    raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
+                sync_file(conn.sftp, tmp)
+            except FileNotFoundError:  # taken over meanwhile (see _move_into_place): fine if in place whole
                 final = key_of(key)
-                self._folders.check(sftp, final.rpartition("/")[0], create=True)
-                self._move_into_place(sftp, tmp, self.remote_path(final), final, exclusive, size)
+                _check_taken_over(conn.sftp, self.remote_path(final), final, exclusive, size)
+                return
+            self._place_file(conn.sftp, key, tmp, exclusive, size)
+
+    def _upload(self, conn: Connection, chunks: Iterable[bytes], tmp: str, blob: str | None,
+                shown: str) -> tuple[int, bool]:
+        """Send ``chunks`` to ``tmp`` (resuming what an interrupted write of ``blob`` left);
+        the bytes sent and whether the file was synced (a large one is not: see :meth:`write_key`)."""
+        sftp = conn.sftp
+        self._folders.check(sftp, layout.TMP_DIR, create=True)
+        self._partials.sweep(sftp)
+        partial = self._partials.claim(sftp, blob, tmp) if blob else None
+        if partial is not None:
+            size, stored = resume_upload(sftp, partial, chunks, conn.read_size, conn.write_size)
+            synced = True
+        else:
+            size, stored, synced = upload(sftp, tmp, chunks, conn.write_size, sync_up_to=BULK_BYTES)
+        if stored != size:  # everything sent must be on the server before it becomes visible
+            raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
+        return size, synced
+
+    def _place_file(self, sftp: SFTPClient, key: str | Callable[[], str], tmp: str, exclusive: bool, size: int) -> None:
+        """Move the durable ``tmp`` to ``key``'s place, making its folder first if need be."""
+        final = key_of(key)
+        self._folders.check(sftp, final.rpartition("/")[0], create=True)
+        self._move_into_place(sftp, tmp, self.remote_path(final), final, exclusive, size)
+
+    @contextmanager
+    def _kept_on_error(self, conn: Connection, tmp: str, shown: str, blob: str | None) -> Iterator[None]:
+        """Errors inside map to archive errors for ``shown``, after :meth:`_abandon` of ``tmp``."""
+        with conn.errors(shown):
+            try:
+                yield
             except BaseException as exc:
                 self._abandon(conn, exc, tmp, shown, blob)
                 raise

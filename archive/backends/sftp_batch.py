@@ -172,8 +172,6 @@ class BatchedUploads:
             yield  # already in a batch of this archive, sent at its end
             return
         batch = PendingBlobs(self)
-        if self._pool.connector.transport != "auto":  # a command goes the way the connections went
-            self._remote_sync.find_out_ahead()
         token = CURRENT.set(batch)
         try:
             yield
@@ -217,6 +215,8 @@ class BatchedUploads:
         data, chunks = small_content(chunks)
         if data is None:
             return chunks
+        if self._pool.connector.transport != "auto":  # a command goes the way the connections went
+            self._remote_sync.find_out_ahead()  # from the first small file: a batch of large ones needs no sync
         group = batch.add(key, data)
         if group:
             self._send(batch, group)

@@ -16,8 +16,8 @@ from typing import Callable, ContextManager, Iterable
 
 from ..errors import TransferInterruptedError
 from .sftp_proto import (ATTRS, CLOSE, DATA, EOF, EXTENDED, FLAG_CREATE, FLAG_EXCL, FLAG_READ, FLAG_WRITE, FSTAT,
-                         OP_UNSUPPORTED, READ, WRITE, SFTPClient, check_ok, status_code, status_error, string, u32,
-                         u64)
+                         OP_UNSUPPORTED, READ, WRITE, Reply, SFTPClient, check_ok, status_code, status_error, string,
+                         u32, u64)
 
 logger = logging.getLogger(__name__)
 READ_WINDOW = 8 * 1024 * 1024  # bytes requested ahead when reading: bounds memory per stream
@@ -84,11 +84,33 @@ def remove_quietly(sftp: SFTPClient, path: str) -> None:
         logger.warning("could not remove temporary file %s: %s", path, exc)
 
 
-def upload(sftp: SFTPClient, path: str, chunks: Iterable[bytes], request_size: int) -> tuple[int, int]:
-    """Stream ``chunks`` into a new file; return the bytes sent and the size the server reports."""
+def upload(sftp: SFTPClient, path: str, chunks: Iterable[bytes], request_size: int,
+           sync_up_to: int | None = None) -> tuple[int, int, bool]:
+    """Stream ``chunks`` into a new file; return the bytes sent, the size the server reports,
+    and whether the file was made durable (``fsync@openssh.com``) before it was closed.
+
+    ``sync_up_to``: a file of more bytes than this is closed unsynced, for the caller to sync
+    with :func:`sync_file`, on another session if it likes (None: every file is synced here).
+    """
     writer = PipelinedWriter(sftp, sftp.open(path, NEW_FILE), request_size)
-    stored = writer.write_all(chunks)
-    return writer.offset, stored
+    stored = writer.write_all(chunks, sync_up_to)
+    return writer.offset, stored, writer.synced
+
+
+def sync_file(sftp: SFTPClient, path: str) -> None:
+    """Make a closed file's data durable: ``fsync@openssh.com`` through a handle opened for it.
+
+    The handle is opened for writing (nothing is written or cut): some servers flush a file
+    only through a handle that may write to it (Windows' ``FlushFileBuffers``). A server
+    without the extension leaves the file as durable as it makes any, as :meth:`PipelinedWriter.close` does.
+    """
+    handle = string(sftp.open(path, FLAG_WRITE))
+    fsync = sftp.send(EXTENDED, string("fsync@openssh.com"), handle)
+    close = sftp.send(CLOSE, handle)
+    try:
+        _check_fsync(sftp.reply(fsync))
+    finally:
+        check_ok(sftp.reply(close), "close")
 
 
 class PipelinedWriter:
@@ -110,6 +132,7 @@ class PipelinedWriter:
         self._pending: deque[tuple[int, int]] = deque()  # (request id, length)
         self._in_flight = 0
         self._closing = False
+        self.synced = False  # whether close() made the file durable
 
     def write(self, data: bytes | memoryview) -> None:
         view, step, send = memoryview(data).cast("B"), self._request_size, self._sftp.send
@@ -122,28 +145,30 @@ class PipelinedWriter:
             while self._in_flight > WRITE_WINDOW:
                 self._settle_oldest()
 
-    def write_all(self, chunks: Iterable[bytes]) -> int:
-        """Write every chunk, then :meth:`close`; on any error (a chunk's own included) abort."""
+    def write_all(self, chunks: Iterable[bytes], sync_up_to: int | None = None) -> int:
+        """Write every chunk, then :meth:`close` (syncing the file unless it ends beyond
+        ``sync_up_to`` bytes); on any error (a chunk's own included) abort."""
         try:
             for chunk in chunks:
                 self.write(chunk)
-            return self.close()
+            return self.close(sync=sync_up_to is None or self.offset <= sync_up_to)
         except BaseException as exc:
             self.abort(exc)
             raise
 
-    def close(self) -> int:
-        """Close the file after checking every write; return its size on the server."""
+    def close(self, sync: bool = True) -> int:
+        """Close the file after checking every write, and after making it durable unless
+        ``sync`` is false; return its size on the server."""
         self._closing = True
         sftp = self._sftp
-        fsync = sftp.send(EXTENDED, string("fsync@openssh.com"), self._handle)
+        fsync = sftp.send(EXTENDED, string("fsync@openssh.com"), self._handle) if sync else None
         fstat = sftp.send(FSTAT, self._handle)
         close = sftp.send(CLOSE, self._handle)
         while self._pending:
             self._settle_oldest()
-        reply = sftp.reply(fsync)
-        if status_code(reply) != OP_UNSUPPORTED:  # servers without fsync@openssh.com: as durable as they are
-            check_ok(reply, "fsync")
+        if fsync is not None:
+            _check_fsync(sftp.reply(fsync))
+            self.synced = True
         size = sftp.attrs_of(sftp.reply(fstat), "fstat").st_size or 0
         check_ok(sftp.reply(close), "close")
         return size
@@ -162,6 +187,12 @@ class PipelinedWriter:
         num, length = self._pending.popleft()
         self._in_flight -= length
         check_ok(self._sftp.reply(num), "write")
+
+
+def _check_fsync(reply: Reply) -> None:
+    """Raise if an ``fsync@openssh.com`` failed; a server without it is as durable as it is."""
+    if status_code(reply) != OP_UNSUPPORTED:
+        check_ok(reply, "fsync")
 
 
 class WindowedReader(io.RawIOBase):

@@ -72,6 +72,7 @@ class RemoteSync:
         self._folder, self._root = folder, root
         self._usable: bool | None = None if remote_sync_wanted() else False
         self._lock = threading.Lock()
+        self._asked = False  # whether find_out_ahead() started finding out
 
     def usable(self) -> bool:
         """Whether the server syncs on request; found by running the sync once, of the archive's
@@ -83,10 +84,13 @@ class RemoteSync:
             return self._usable
 
     def find_out_ahead(self) -> None:
-        """Start finding out :meth:`usable` in the background, so that the first group does not
-        wait for a login of its own (on a distant server, several round trips)."""
-        if self._usable is None:
-            threading.Thread(target=self.usable, name="archive-sync-probe", daemon=True).start()
+        """Start finding out :meth:`usable` in the background, once, so that the first group does
+        not wait for a login of its own (on a distant server, several round trips)."""
+        if self._usable is None and not self._asked:
+            with self._lock:
+                start, self._asked = not self._asked, True
+            if start:
+                threading.Thread(target=self.usable, name="archive-sync-probe", daemon=True).start()
 
     def run(self, files: int) -> None:
         """Make the data of everything written so far durable.

@@ -16,10 +16,11 @@ import keyring
 import pytest
 
 import archive
+import archive.backends.sftp as sftp_module
 from archive import layout
 from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
 from archive.backends.sftp_batch import MAX_BATCHED_FILE
-from archive.backends.sftp_conn import TRANSPORT_ENV
+from archive.backends.sftp_conn import BULK_BYTES, TRANSPORT_ENV
 from archive.errors import (AuthenticationError, BackendError, BackendUnavailableError, InvalidInputError,
                             KeyNotFoundError)
 from tests.backends.conformance import BackendContract
@@ -199,6 +200,66 @@ def test_large_blob_round_trip_in_chunks(sshd: SSHServer, ssh_key_home: Path, st
     assert (store / "blobs" / "sha256" / "bb" / "large").read_bytes() == data
 
 
+def _watch_syncs(monkeypatch: pytest.MonkeyPatch, before: Callable[[str], None] = lambda path: None) -> list[str]:
+    """The temporary files a large write syncs apart from its upload (see ``SFTPArchive.write_key``),
+    calling ``before(path)`` first (the server is this machine: the path is a local one)."""
+    synced: list[str] = []
+    real = sftp_module.sync_file
+
+    def watched(sftp: Any, path: str) -> None:
+        synced.append(path)
+        before(path)
+        real(sftp, path)
+
+    monkeypatch.setattr(sftp_module, "sync_file", watched)
+    return synced
+
+
+def test_a_large_write_is_synced_apart_before_its_rename(sshd: SSHServer, ssh_key_home: Path, store: Path,
+                                                         transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over BULK_BYTES, the session that streamed a file closes it unsynced and goes on; the file
+    is made durable through a handle of its own, whole and not yet in place, then renamed. A
+    smaller file is synced as it is written."""
+    data = os.urandom(BULK_BYTES + 1)
+    seen: list[tuple[int, bool]] = []
+    synced = _watch_syncs(monkeypatch, lambda path: seen.append((Path(path).stat().st_size, target.exists())))
+    target = store / "blobs" / "sha256" / "cc" / "large"
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_key("blobs/sha256/cc/small", [bytes(BULK_BYTES)])
+        arc.write_key("blobs/sha256/cc/large", [data[:1000], data[1000:]])
+    assert len(synced) == 1 and Path(synced[0]).parent == store / layout.TMP_DIR
+    assert seen == [(len(data), False)]
+    assert target.read_bytes() == data
+    assert list((store / layout.TMP_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize("taken_over", [True, False])
+def test_a_large_write_whose_temporary_file_vanished_before_its_sync(sshd: SSHServer, ssh_key_home: Path,
+                                                                     store: Path, taken_over: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the upload and the sync another writer may take the file over (an idle partial
+    upload): fine if it put the whole blob in place, an error naming the key otherwise, and
+    nothing half-written is ever in place."""
+    data = os.urandom(BULK_BYTES + 1)
+    target = store / "blobs" / "sha256" / "dd" / "large"
+
+    def take_over(path: str) -> None:
+        os.remove(path)
+        if taken_over:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+    _watch_syncs(monkeypatch, take_over)
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        if taken_over:
+            arc.write_key("blobs/sha256/dd/large", [data])
+        else:
+            with pytest.raises(BackendError, match="blobs/sha256/dd/large: the temporary file vanished"):
+                arc.write_key("blobs/sha256/dd/large", [data])
+    assert target.read_bytes() == data if taken_over else not target.exists()
+    assert list((store / layout.TMP_DIR).iterdir()) == []
+
+
 def test_home_relative_path(sshd: SSHServer, ssh_key_home: Path, password_user: LocalUser) -> None:
     with archive.get_interface(sshd.url("/~/rel/store", user=password_user.name), create=True) as arc:
         assert arc.location.endswith("/~/rel/store")
@@ -348,7 +409,7 @@ def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path
 
 def test_connections_follow_the_size_of_transfers(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
     """Large files stream over two connections (more would only add handshakes and compete for
-    the same cores); many small files get one connection per thread, to wait on the server side
+    the same cores), and are synced on at most one more; many small files get one connection per thread, to wait on the server side
     by side (files too large to wait in a group, see test_sftp_batch.py). Counted by the SFTP
     sessions the sshd started (the ``sync`` commands of test_sftp_batch.py are not counted)."""
     large, small = tmp_path / "large", tmp_path / "small"
@@ -361,7 +422,9 @@ def test_connections_follow_the_size_of_transfers(sshd: SSHServer, ssh_key_home:
     before = sessions()
     with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
         arc.publish(large, "large", "1.0.0", jobs=8)
-        assert sessions() - before <= 3  # two and the first, which read the marker
+        # the master's own (unused) session, two streaming, one more for their syncs; the first
+        # of the three read the marker
+        assert sessions() - before <= 4
         arc.publish(small, "small", "1.0.0", jobs=8)
-        assert sessions() - before > 3
+        assert sessions() - before > 4
     assert (tmp_path / "store").is_dir()
