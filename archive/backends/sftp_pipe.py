@@ -65,15 +65,22 @@ def ssh_command(ssh: str, target: SSHTarget, host: str, user: str | None, port: 
     """
     argv = [ssh, "-x", "-a", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"ConnectTimeout={math.ceil(target.connect_timeout)}", "-o", "ServerAliveInterval=15",
-            "-o", "ServerAliveCountMax=4", "-o", "ClearAllForwardings=yes", *home_options(target)]
-    if port:
-        argv += ["-p", str(port)]
-    if user:
-        argv += ["-l", user]
-    argv += options
+            "-o", "ServerAliveCountMax=4", "-o", "ClearAllForwardings=yes",
+            *config_options(target, user, port), *options]
     if command is not None:
         return argv + ["-T", "--", host, command]
     return argv + ["-s", "--", host, "sftp"]
+
+
+def config_options(target: SSHTarget, user: str | None, port: int | None) -> list[str]:
+    """The options of :func:`ssh_command` that decide which configuration applies to the host
+    (the files of :func:`home_options`, the port and the user): what ``ssh -G`` needs too."""
+    options = home_options(target)
+    if port:
+        options += ["-p", str(port)]
+    if user:
+        options += ["-l", user]
+    return options
 
 
 def home_options(target: SSHTarget) -> list[str]:
