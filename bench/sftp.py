@@ -12,6 +12,10 @@ command with the OpenSSH command it competes with, ``--repeat`` times:
 * push and pull of a folder of large files (64 x 4 MiB; 16 with ``--quick``) against ``scp -r``:
   the target of issue 14 (each byte hashed once and copied as little as possible).
 
+Each push is also set beside ``scp -r`` followed by ``sync -f`` of the server's filesystem (the
+server is this machine): ``scp`` leaves its data in the server's page cache, a push leaves every
+blob on disk before the release names it, and that row shows what the durability costs.
+
 Every archive command opens its own connections and closes them, as the OpenSSH commands do. It prints median seconds, the speed ratio (OpenSSH seconds / archive
 seconds: above 1 means archive is faster) and the CPU seconds each side burnt in all processes
 (this one, its children such as ``ssh``, and the sshd's session processes): on a shared
@@ -83,7 +87,7 @@ class Row:
         ours, theirs = (statistics.median(s.seconds for s in side) for side in (self.ours, self.theirs))
         cpu_ours, cpu_theirs = (statistics.median(s.cpu for s in side) for side in (self.ours, self.theirs))
         rss = max(s.rss_kib for s in self.ours) / 1024
-        return (f"{self.label:<42} {ours:>9.2f} {theirs:>9.2f} {theirs / ours:>9.2f}x"
+        return (f"{self.label:<48} {ours:>9.2f} {theirs:>9.2f} {theirs / ours:>9.2f}x"
                 f" {cpu_ours:>9.2f} {cpu_theirs:>9.2f} {f'{rss:.0f} MiB' if rss else '-':>9}")
 
 
@@ -205,18 +209,21 @@ def push_and_pull_rows(bench: Bench, clis: list[ArchiveCLI], src: Path, label: s
     rows: list[Row] = []
     for cli in clis:
         rows += [Row(f"{label} push: publish vs scp -r{cli.suffix}"),
+                 Row(f"{label} push: publish vs scp -r + sync{cli.suffix}"),
                  *([Row(f"{label} pull: download vs scp -r{cli.suffix}")] if through_cache else []),
                  Row(f"{label} pull: --no-cache vs scp -r{cli.suffix}")]
     per_cli = len(rows) // len(clis)
     for rep in range(reps):
         remote, local = bench.fresh("remote"), bench.fresh("local")
-        scp_push = bench.measure(lambda: bench.scp("-r", str(src), bench.remote(remote / "scp")))
+        scp_push, scp_synced = scp_then_sync(bench, src, remote / "scp")
         scp_back = bench.measure(lambda: bench.scp("-r", bench.remote(remote / "scp"), str(local / "scp")))
         for n, cli in (list(enumerate(clis)) if rep % 2 == 0 else list(enumerate(clis))[::-1]):  # alternated
             url = bench.server.url(remote / f"store{n}")
             archive.get_interface(url, create=True).close()
             mine = iter(rows[n * per_cli:(n + 1) * per_cli])
-            _add(next(mine), bench.measure(lambda: cli.push(url, src), cli), scp_push)
+            pushed = bench.measure(lambda: cli.push(url, src), cli)
+            _add(next(mine), pushed, scp_push)
+            _add(next(mine), pushed, scp_synced)
             if through_cache:
                 _add(next(mine), bench.measure(lambda: cli.pull(url, local / f"pulled{n}", local / f"cache{n}"), cli),
                      scp_back)
@@ -225,6 +232,23 @@ def push_and_pull_rows(bench: Bench, clis: list[ArchiveCLI], src: Path, label: s
         shutil.rmtree(remote)
         shutil.rmtree(local)
     return rows
+
+
+def scp_then_sync(bench: Bench, src: Path, target: Path) -> tuple[Sample, Sample]:
+    """``scp -r`` of ``src`` to the server's ``target``: timed alone, and with a ``sync -f`` of
+    the server's filesystem after it (the server is this machine), so that its data is on disk
+    as a push leaves its blobs. The first is the issue's anchor; the second gives ``scp`` the
+    durability the push pays for (as ``bench.run``'s durable anchor does for a folder)."""
+    synced: list[float] = []
+
+    def copy_then_sync() -> None:
+        bench.scp("-r", str(src), bench.remote(target))
+        start = time.perf_counter()
+        subprocess.run(["sync", "-f", str(target)], check=True)
+        synced.append(time.perf_counter() - start)
+
+    both = bench.measure(copy_then_sync)
+    return Sample(both.seconds - synced[0], both.cpu), both
 
 
 def _add(row: Row, ours: Sample, theirs: Sample) -> None:
@@ -303,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += bench_many_large(bench, clis, many, 4 * MIB, reps) if args.only in (None, "many") else []
         finally:
             stop_process(proc)
-    print(f"{'workload':<42} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}"
+    print(f"{'workload':<48} {'archive s':>9} {'OpenSSH s':>9} {'speed':>10} {'arc cpu s':>9} {'ssh cpu s':>9}"
           f" {'arc RSS':>9}")
     for row in rows:
         print(row.line())
