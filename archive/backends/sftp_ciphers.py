@@ -48,8 +48,7 @@ def cipher_options(ssh: str, config_options: Sequence[str], host: str) -> list[s
     """
     if not aes_first_wanted() or not has_aes_instructions():
         return []
-    effective = _ciphers([ssh, "-G", *config_options, "--", host])
-    default = _ciphers([ssh, "-G", "-F", os.devnull, "--", host])
+    effective, default = _ciphers([ssh, "-G", *config_options, "--", host], [ssh, "-G", "-F", os.devnull, "--", host])
     if not effective or effective != default:
         logger.debug("ssh's cipher order left as configured for %s: %s", host, ",".join(effective) or "unknown")
         return []
@@ -79,12 +78,29 @@ def has_aes_instructions() -> bool:
     return False
 
 
-def _ciphers(argv: list[str]) -> list[str]:
-    """The ``ciphers`` line of ``ssh -G``'s output, split; empty if ssh could not say."""
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=CONFIG_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        logger.debug("%s: %s", " ".join(argv[:2]), exc)
+def _ciphers(*argvs: list[str]) -> list[list[str]]:
+    """The ``ciphers`` line of each ``ssh -G`` command's output, split; empty where ssh could not
+    say. The commands run side by side (each takes a few milliseconds before the first login)."""
+    started: list[subprocess.Popen | None] = []
+    for argv in argvs:
+        try:
+            started.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL))
+        except OSError as exc:
+            logger.debug("%s: %s", " ".join(argv[:2]), exc)
+            started.append(None)
+    return [_listed(proc) for proc in started]
+
+
+def _listed(proc: subprocess.Popen | None) -> list[str]:
+    if proc is None:
         return []
-    found = re.search(rb"^ciphers (\S+)$", done.stdout, re.MULTILINE)
-    return found[1].decode("ascii", "replace").split(",") if done.returncode == 0 and found else []
+    try:
+        out, _ = proc.communicate(timeout=CONFIG_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        logger.debug("ssh -G took more than %g s", CONFIG_TIMEOUT)
+        return []
+    found = re.search(rb"^ciphers (\S+)$", out, re.MULTILINE)
+    return found[1].decode("ascii", "replace").split(",") if proc.returncode == 0 and found else []
