@@ -59,8 +59,9 @@ from .sftp_sync import RemoteSync
 logger = logging.getLogger(__name__)
 KEYRING_SERVICE = "archive-sftp"
 READ_BUFFER = 1024 * 1024
-#: Sessions a large file's sync may share with the streaming ones: one more than stream (a sync
-#: waits on the server's disk, not on the cores; one session each opened 8 here, and their logins cost more).
+#: Sessions the syncs of large files may use beside the streaming ones: one more than stream.
+#: A sync waits on the server's disk, not on the cores; a session for each opened up to eight
+#: here, each a new ssh and a new SFTP server process, for nothing the third did not do.
 SYNC_CONNECTIONS = BULK_CONNECTIONS + 1
 
 
