@@ -139,10 +139,18 @@ class ArchiveCLI:
         self.home, self.jobs, self.repo = home, jobs, repo
         self.suffix = suffix  # after the labels of this command's rows: " [anchor]" for --anchor's tree
         self.last_rss_kib = 0  # the peak RSS of the last command
+        self.pushes = 0
 
     def push(self, url: str, folder: Path) -> None:
-        cache = self.home / ("cache" if self.repo == REPO else "cache-anchor")  # each tree its own stat cache
-        self._run(url, cache, "push", str(folder), "bench", "1.0.0")
+        """A first publish of ``folder``: in a user cache of its own, empty. With one shared
+        cache every push after the first took another path (the stat cache knew the files, so
+        they were checked for on the server and streamed unhashed) and the rows mixed the two."""
+        self.pushes += 1
+        cache = Path(tempfile.mkdtemp(prefix=f"push{self.pushes}-", dir=self.home))
+        try:
+            self._run(url, cache, "push", str(folder), "bench", "1.0.0")
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
 
     def pull(self, url: str, dest: Path, cache: Path, *options: str) -> None:
         self._run(url, cache, "pull", "bench", "1.0.0", "--to", str(dest), *options)
