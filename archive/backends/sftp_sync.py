@@ -17,8 +17,9 @@ durable as any rename over SFTP (which cannot sync a folder): the server's journ
 before the record that names them, which is written and fsync'd after them.
 
 Whether a server can do this is found once per archive, by running the command on the archive's
-root before the first file relies on it: in the background from the start of a batch, when
-the transport is known by then, so that no group waits for that login. The command runs only on Linux (``uname``),
+root before the first file relies on it: in the background from the first small file a batch
+holds (a push of large files only never runs it), when the transport is known by then, so that
+no group waits for that command. The command runs only on Linux (``uname``),
 where ``syncfs`` and ``sync`` wait until the data is on disk (BSD's ``sync(2)`` may return
 before). A run counts only if it exits with 0 *and* prints the word it was given, new each
 time: a server that runs something else in its place (a ``ForceCommand``, a menu) and exits
