@@ -87,6 +87,22 @@ def test_one_sync_on_the_server_makes_a_whole_batch_durable(sshd: SSHServer, ssh
         assert arc.list_keys(layout.TMP_DIR) == []
 
 
+def test_a_batch_of_large_files_only_runs_no_command(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
+    """Whether the server can sync is found out from the first small file of a batch: a push of
+    large files only, which never uses it, starts no shell on the server."""
+    with archive.get_interface(sshd.url(tmp_path / "store"), create=True) as arc:
+        before = commands_run(sshd)
+        with arc.batched_writes():
+            run_jobs([lambda i=i: arc.write_key(f"blobs/sha256/aa/{i}", [bytes([i]) * (MAX_BATCHED_FILE + 1)])
+                      for i in range(4)], 4)
+        assert commands_run(sshd) - before == 0
+        with arc.batched_writes():
+            arc.write_key("blobs/sha256/bb/small", [b"small"])
+        assert commands_run(sshd) - before == 2  # found out, then the batch's one sync
+        assert arc.read_key("blobs/sha256/bb/small", 10) == b"small"
+        assert all(arc.stat_key(f"blobs/sha256/aa/{i}").size == MAX_BATCHED_FILE + 1 for i in range(4))
+
+
 def test_no_command_runs_where_the_user_says_so_or_the_server_refuses(sshd: SSHServer, ssh_key_home: Path,
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
