@@ -74,6 +74,7 @@ class RemoteSync:
         self._usable: bool | None = None if remote_sync_wanted() else False
         self._lock = threading.Lock()
         self._asked = False  # whether find_out_ahead() started finding out
+        self._asking = threading.Lock()  # not _lock, which a probe holds while it runs
 
     def usable(self) -> bool:
         """Whether the server syncs on request; found by running the sync once, of the archive's
@@ -88,7 +89,7 @@ class RemoteSync:
         """Start finding out :meth:`usable` in the background, once, so that the first group does
         not wait for a login of its own (on a distant server, several round trips)."""
         if self._usable is None and not self._asked:
-            with self._lock:
+            with self._asking:
                 start, self._asked = not self._asked, True
             if start:
                 threading.Thread(target=self.usable, name="archive-sync-probe", daemon=True).start()
