@@ -409,9 +409,10 @@ def test_listing_a_large_folder(sshd: SSHServer, ssh_key_home: Path, store: Path
 
 def test_connections_follow_the_size_of_transfers(sshd: SSHServer, ssh_key_home: Path, tmp_path: Path) -> None:
     """Large files stream over two connections (more would only add handshakes and compete for
-    the same cores), and are synced on at most one more; many small files get one connection per thread, to wait on the server side
-    by side (files too large to wait in a group, see test_sftp_batch.py). Counted by the SFTP
-    sessions the sshd started (the ``sync`` commands of test_sftp_batch.py are not counted)."""
+    the same cores), and are synced on at most one more; many small files get one connection
+    per thread, to wait on the server side by side (files too large to wait in a group, see
+    test_sftp_batch.py). Counted by the SFTP sessions the sshd started (the ``sync`` commands
+    of test_sftp_batch.py are not counted)."""
     large, small = tmp_path / "large", tmp_path / "small"
     make_tree(large, {f"f{i}.bin": os.urandom(8) + bytes(MIB) for i in range(12)})
     make_tree(small, {f"d{i % 4}/f{i}.txt": os.urandom(MAX_BATCHED_FILE + 1000) for i in range(40)})
