@@ -75,7 +75,10 @@ def finish(proc: subprocess.Popen) -> dict:
 
 def data_folder(root: Path, seed: int) -> Path:
     rng = random.Random(seed)
-    files = {f"part{i // 8}/f{i}.bin": rng.randbytes(rng.choice([0, 10, 4096, 300_000])) for i in range(24)}
+    # 700,000 bytes: over SFTP's BULK_BYTES, so a kill also lands between a large file's upload
+    # and its sync on another session
+    files = {f"part{i // 8}/f{i}.bin": rng.randbytes(rng.choice([0, 10, 4096, 300_000, 700_000]))
+             for i in range(24)}
     files["dup/copy.bin"] = files["part0/f1.bin"]
     return make_tree(root, files)
 
