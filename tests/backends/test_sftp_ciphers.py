@@ -14,6 +14,7 @@ from archive.backends import sftp_ciphers
 from archive.backends.sftp_ciphers import AES_FIRST_ENV, AES_GCM, cipher_options, reordered
 from archive.errors import InvalidInputError
 from tests.sshd import SSHServer
+from tests.test_place_workers import children_of
 
 SSH = shutil.which("ssh") or "ssh"
 
@@ -93,11 +94,11 @@ def test_the_shared_connection_offers_aes_gcm_first(sshd: SSHServer, ssh_key_hom
 def _ssh_children() -> list[list[str]]:
     """The argv of every ssh process this process started and that still runs."""
     found = []
-    for entry in Path("/proc").iterdir():
+    for pid in children_of(os.getpid()):
         try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and "(ssh)" in stat:
-                found.append((entry / "cmdline").read_bytes().decode().split("\0"))
-        except (OSError, ValueError, IndexError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
             continue
+        if os.path.basename(argv[0]) == "ssh":
+            found.append(argv)
     return found
