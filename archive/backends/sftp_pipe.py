@@ -245,16 +245,21 @@ class SSHPipe:
     def is_active(self) -> bool:
         return not self._eof and self._proc.poll() is None
 
-    def close(self) -> None:
-        """End the session: ssh sees EOF and exits (one that hangs is killed); keep its last words."""
-        if self._stderr.closed:
-            return
+    def hang_up(self) -> None:
+        """Send ssh EOF without waiting for it to exit: :meth:`close` then waits. A pool hangs
+        up all its sessions first, so that they end side by side rather than one after another."""
         self._queued.clear()  # requests nobody waits for
         for stream in (self._sock, self._proc.stdout):
             try:
                 stream.close()
             except OSError as exc:  # a broken pipe while flushing: the session is gone anyway
                 logger.debug("closing a pipe to ssh: %s", exc)
+
+    def close(self) -> None:
+        """End the session: ssh sees EOF and exits (one that hangs is killed); keep its last words."""
+        if self._stderr.closed:
+            return
+        self.hang_up()
         try:  # ssh exits on EOF at once unless its server stopped answering: not worth a long wait
             self._proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
