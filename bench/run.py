@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import datasets, report
 from .datasets import Sizes, describe_size
-from .measure import RSS_IS_EXACT, describe_filesystem
+from .measure import RSS_IS_EXACT, compile_package, describe_filesystem
 from .plot import plot_rows
 from .report import Row, Target
 from .workloads import (Context, find_cli, memory_rows, pull_cached_row, pull_cold_row, pull_new_folder_row,
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scratch.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="archive-bench-", dir=args.scratch))
     ctx = make_context(args, scratch)
+    compile_package(ctx.python, cwd=scratch)
     meta = describe_run(ctx, args)
     rows: list[Row] = []
     failed = []

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.datasets import KIB, MIB, make_random_folder
-from bench.measure import RSS_IS_EXACT, Sample, prefault_memory, run_timed
+from bench.measure import RSS_IS_EXACT, Sample, compile_package, prefault_memory, run_timed
 
 if TYPE_CHECKING:
     from tests.s3d import S3Server
@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if shutil.which("rclone") is None:
         raise SystemExit("bench.s3: rclone is not installed (Debian package rclone)")
+    for tree in [REPO] + ([args.anchor] if args.anchor else []):
+        compile_package(sys.executable, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
     print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
     print_rows(run(args))
 

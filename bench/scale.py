@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.measure import GNU_TIME, RSS_IS_EXACT, CommandFailed, Sample, describe_filesystem, prefault_memory
+from bench.measure import (GNU_TIME, RSS_IS_EXACT, CommandFailed, Sample, compile_package, describe_filesystem,
+                           prefault_memory)
 from bench.workloads import remove, user_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -299,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if shutil.which("openssl") is None:
         raise SystemExit("bench.scale: openssl is not installed")
+    compile_package(args.python)
     print(f"load before: {os.getloadavg()[0]:.2f}; scratch: {describe_filesystem(args.scratch or Path(tempfile.gettempdir()))}",
           flush=True)
     print_rows(*run(args))

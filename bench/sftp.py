@@ -41,7 +41,7 @@ from typing import Callable
 
 import archive
 from archive.backends.sftp_conn import TRANSPORT_ENV
-from bench.measure import RSS_IS_EXACT, run_timed
+from bench.measure import RSS_IS_EXACT, compile_package, run_timed
 from tests.sshd import SSHServer, start_sshd, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +137,7 @@ class ArchiveCLI:
 
     def __init__(self, home: Path, jobs: int | None, repo: Path = REPO, suffix: str = "") -> None:
         self.home, self.jobs, self.repo = home, jobs, repo
+        compile_package(sys.executable, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
         self.suffix = suffix  # after the labels of this command's rows: " [anchor]" for --anchor's tree
         self.last_rss_kib = 0  # the peak RSS of the last command
         self.pushes = 0
