@@ -272,6 +272,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Row]]:
     reps = args.repeat or (1 if args.quick else 3)
     entries = args.entries or (QUICK_ENTRIES if args.quick else FULL_ENTRIES)
     count, folders = (2_000, 20) if args.quick else (100_000, 1_000)
+    if args.scratch:
+        args.scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.scratch))
     try:
         prefault = args.prefault if args.prefault is not None else (0.25 if args.quick else 3.0)
