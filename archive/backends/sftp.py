@@ -53,6 +53,7 @@ from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, s
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
 from .sftp_read import READ_CONNECTIONS, groups, read_group
+from .sftp_behind import SyncBehind
 from .sftp_resume import PartialUploads, resume_upload
 from .sftp_sync import RemoteSync
 
@@ -137,7 +138,9 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         another session than the one that streamed it: the server's ``fsync`` waits for its
         disk (for 4 MiB, about as long as the file took to send), and one session serves one
         request at a time, so the streaming session goes on with the next file meanwhile. The
-        order stays that of every write: the data durable, then the name.
+        order stays that of every write: the data durable, then the name. A long file is also
+        fsynced behind its writes while it streams (:mod:`~archive.backends.sftp_behind`), so
+        that the server's disk does not start on it only once it has all arrived.
         """
         if exclusive:
             self.flush_writes()
@@ -150,8 +153,12 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         name = f"{blob}.{uuid.uuid4().hex}" if blob else uuid.uuid4().hex
         tmp = self.remote_path(f"{layout.TMP_DIR}/{name}.part")
         shown = shown_key(key)
+        behind = SyncBehind(lambda: self._sync_behind(tmp))
         with self._pool.borrow(transfer=True) as conn, self._kept_on_error(conn, tmp, shown, blob):
-            size, synced = self._upload(conn, chunks, tmp, blob, shown)
+            try:
+                size, synced = self._upload(conn, chunks, tmp, blob, shown, behind)
+            finally:
+                behind.finish()
             if synced:
                 self._place_file(conn.sftp, key, tmp, exclusive, size)
                 return
@@ -165,7 +172,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
             self._place_file(conn.sftp, key, tmp, exclusive, size)
 
     def _upload(self, conn: Connection, chunks: Iterable[bytes], tmp: str, blob: str | None,
-                shown: str) -> tuple[int, bool]:
+                shown: str, behind: SyncBehind) -> tuple[int, bool]:
         """Send ``chunks`` to ``tmp`` (resuming what an interrupted write of ``blob`` left);
         the bytes sent and whether the file was synced (a large one is not: see :meth:`write_key`)."""
         sftp = conn.sftp
@@ -176,10 +183,16 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
             size, stored = resume_upload(sftp, partial, chunks, conn.read_size, conn.write_size)
             synced = True
         else:
-            size, stored, synced = upload(sftp, tmp, chunks, conn.write_size, sync_up_to=BULK_BYTES)
+            size, stored, synced = upload(sftp, tmp, chunks, conn.write_size, sync_up_to=BULK_BYTES, behind=behind)
         if stored != size:  # everything sent must be on the server before it becomes visible
             raise BackendError(f"{shown}: the server stored {stored} of {size} bytes")
         return size, synced
+
+    def _sync_behind(self, tmp: str) -> None:
+        """An fsync of ``tmp`` while it streams (:mod:`~archive.backends.sftp_behind`), on a session
+        of the syncs' (the streaming one is busy)."""
+        with self._pool.borrow(at_most=SYNC_CONNECTIONS) as conn:
+            sync_file(conn.sftp, tmp)
 
     def _place_file(self, sftp: SFTPClient, key: str | Callable[[], str], tmp: str, exclusive: bool, size: int) -> None:
         """Move the durable ``tmp`` to ``key``'s place, making its folder first if need be."""

@@ -15,6 +15,7 @@ from collections import deque
 from typing import Callable, ContextManager, Iterable
 
 from ..errors import TransferInterruptedError
+from .sftp_behind import SyncBehind
 from .sftp_proto import (ATTRS, CLOSE, DATA, EOF, EXTENDED, FLAG_CREATE, FLAG_EXCL, FLAG_READ, FLAG_WRITE, FSTAT,
                          OP_UNSUPPORTED, READ, WRITE, Reply, SFTPClient, check_ok, status_code, status_error, string,
                          u32, u64)
@@ -85,14 +86,16 @@ def remove_quietly(sftp: SFTPClient, path: str) -> None:
 
 
 def upload(sftp: SFTPClient, path: str, chunks: Iterable[bytes], request_size: int,
-           sync_up_to: int | None = None) -> tuple[int, int, bool]:
+           sync_up_to: int | None = None, behind: SyncBehind | None = None) -> tuple[int, int, bool]:
     """Stream ``chunks`` into a new file; return the bytes sent, the size the server reports,
     and whether the file was made durable (``fsync@openssh.com``) before it was closed.
 
     ``sync_up_to``: a file of more bytes than this is closed unsynced, for the caller to sync
     with :func:`sync_file`, on another session if it likes (None: every file is synced here).
+    ``behind``: told each time another ``behind.every`` bytes are acknowledged
+    (:mod:`~archive.backends.sftp_behind`).
     """
-    writer = PipelinedWriter(sftp, sftp.open(path, NEW_FILE), request_size)
+    writer = PipelinedWriter(sftp, sftp.open(path, NEW_FILE), request_size, behind=behind)
     stored = writer.write_all(chunks, sync_up_to)
     return writer.offset, stored, writer.synced
 
@@ -124,7 +127,8 @@ class PipelinedWriter:
     the caller's chunk, never copied here.
     """
 
-    def __init__(self, sftp: SFTPClient, handle: bytes, request_size: int, offset: int = 0) -> None:
+    def __init__(self, sftp: SFTPClient, handle: bytes, request_size: int, offset: int = 0,
+                 behind: SyncBehind | None = None) -> None:
         self.offset = offset
         self._sftp, self._request_size = sftp, request_size
         self._handle = string(handle)  # encoded once: it goes with every write
@@ -133,6 +137,8 @@ class PipelinedWriter:
         self._in_flight = 0
         self._closing = False
         self.synced = False  # whether close() made the file durable
+        self._behind = behind
+        self._next_behind = offset + behind.every if behind else 0  # acknowledged offset that calls it next
 
     def write(self, data: bytes | memoryview) -> None:
         view, step, send = memoryview(data).cast("B"), self._request_size, self._sftp.send
@@ -187,6 +193,9 @@ class PipelinedWriter:
         num, length = self._pending.popleft()
         self._in_flight -= length
         check_ok(self._sftp.reply(num), "write")
+        if self._behind is not None and self.offset - self._in_flight >= self._next_behind:
+            self._next_behind = self.offset - self._in_flight + self._behind.every
+            self._behind.due()
 
 
 def _check_fsync(reply: Reply) -> None:

@@ -8,15 +8,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keyring
 import pytest
 
 import archive
 import archive.backends.sftp as sftp_module
+import archive.backends.sftp_behind as sftp_behind
 from archive import layout
 from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
 from archive.backends.sftp_batch import MAX_BATCHED_FILE
@@ -229,6 +231,42 @@ def test_a_large_write_is_synced_apart_before_its_rename(sshd: SSHServer, ssh_ke
         arc.write_key("blobs/sha256/cc/large", [data[:1000], data[1000:]])
     assert len(synced) == 1 and Path(synced[0]).parent == store / layout.TMP_DIR
     assert seen == [(len(data), False)]
+    assert target.read_bytes() == data
+    assert list((store / layout.TMP_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize("early_fails", [False, True])
+def test_a_long_write_is_synced_behind_as_it_streams(sshd: SSHServer, ssh_key_home: Path, store: Path,
+                                                     transport: str, early_fails: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SYNC_BEHIND_BYTES acknowledged, another session fsyncs the file while it still
+    streams, so the server's disk is not left all of it for the end; the final fsync still comes
+    once the file is whole, before its rename. An early fsync that fails does not fail the write."""
+    monkeypatch.setattr(sftp_behind, "SYNC_BEHIND_BYTES", MIB)
+    data = os.urandom(12 * MIB)  # replies are read once 4 MiB are in flight (WRITE_WINDOW)
+    target = store / "blobs" / "sha256" / "ee" / "long"
+    seen: list[tuple[int, bool]] = []
+    early = threading.Event()
+
+    def before(path: str) -> None:
+        size = Path(path).stat().st_size
+        seen.append((size, target.exists()))
+        if size < len(data):
+            early.set()
+            if early_fails:
+                raise OSError("refused on purpose")
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(data), MIB // 4):
+            if start == 8 * MIB:  # 4 MiB acknowledged by now: the stream waits for an fsync behind it
+                assert early.wait(30), "no fsync while the file streamed"
+            yield data[start:start + MIB // 4]
+
+    _watch_syncs(monkeypatch, before)
+    with archive.get_interface(sshd.url(store), create=True) as arc:
+        arc.write_key("blobs/sha256/ee/long", chunks())
+    assert any(size < len(data) for size, _ in seen[:-1])
+    assert seen[-1] == (len(data), False)  # the final fsync: the whole file, not yet in place
     assert target.read_bytes() == data
     assert list((store / layout.TMP_DIR).iterdir()) == []
 
