@@ -191,7 +191,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
     def _sync_behind(self, tmp: str) -> None:
         """An fsync of ``tmp`` while it streams (:mod:`~archive.backends.sftp_behind`), on a session
         of the syncs' (the streaming one is busy)."""
-        with self._pool.borrow(at_most=SYNC_CONNECTIONS) as conn:
+        with self._pool.borrow(at_most=SYNC_CONNECTIONS) as conn, conn.errors(tmp):  # drops a broken session
             sync_file(conn.sftp, tmp)
 
     def _place_file(self, sftp: SFTPClient, key: str | Callable[[], str], tmp: str, exclusive: bool, size: int) -> None:
