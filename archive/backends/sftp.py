@@ -53,7 +53,7 @@ from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, s
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
 from .sftp_read import READ_CONNECTIONS, groups, read_group
-from .sftp_behind import SyncBehind
+from ..sync_behind import SyncBehind
 from .sftp_resume import PartialUploads, resume_upload
 from .sftp_sync import RemoteSync
 
@@ -139,7 +139,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         disk (for 4 MiB, about as long as the file took to send), and one session serves one
         request at a time, so the streaming session goes on with the next file meanwhile. The
         order stays that of every write: the data durable, then the name. A long file is also
-        fsynced behind its writes while it streams (:mod:`~archive.backends.sftp_behind`), so
+        fsynced behind its writes while it streams (:mod:`~archive.sync_behind`), so
         that the server's disk does not start on it only once it has all arrived.
         """
         if exclusive:
@@ -189,7 +189,7 @@ class SFTPArchive(BatchedUploads, ArchiveInterface):
         return size, synced
 
     def _sync_behind(self, tmp: str) -> None:
-        """An fsync of ``tmp`` while it streams (:mod:`~archive.backends.sftp_behind`), on a session
+        """An fsync of ``tmp`` while it streams (:mod:`~archive.sync_behind`), on a session
         of the syncs' (the streaming one is busy)."""
         with self._pool.borrow(at_most=SYNC_CONNECTIONS) as conn, conn.errors(tmp):  # drops a broken session
             sync_file(conn.sftp, tmp)

@@ -15,7 +15,7 @@ from collections import deque
 from typing import Callable, ContextManager, Iterable
 
 from ..errors import TransferInterruptedError
-from .sftp_behind import SyncBehind
+from ..sync_behind import SyncBehind
 from .sftp_proto import (ATTRS, CLOSE, DATA, EOF, EXTENDED, FLAG_CREATE, FLAG_EXCL, FLAG_READ, FLAG_WRITE, FSTAT,
                          OP_UNSUPPORTED, READ, WRITE, Reply, SFTPClient, check_ok, status_code, status_error, string,
                          u32, u64)
@@ -93,7 +93,7 @@ def upload(sftp: SFTPClient, path: str, chunks: Iterable[bytes], request_size: i
     ``sync_up_to``: a file of more bytes than this is closed unsynced, for the caller to sync
     with :func:`sync_file`, on another session if it likes (None: every file is synced here).
     ``behind``: told each time another ``behind.every`` bytes are acknowledged
-    (:mod:`~archive.backends.sftp_behind`).
+    (:mod:`~archive.sync_behind`).
     """
     writer = PipelinedWriter(sftp, sftp.open(path, NEW_FILE), request_size, behind=behind)
     stored = writer.write_all(chunks, sync_up_to)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 import archive
+import archive.sync_behind as sync_behind
 from archive import layout
 from archive.backends.filesystem import FileSystemArchive
 from archive.errors import NotAnArchiveError, StorageFullError
@@ -183,3 +186,47 @@ def test_an_archive_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> Non
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr == f"archive: error: cannot write archive.json in {tmp_path / 'file' / 'store'}: Not a directory\n"
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("early_fails", [False, True])
+def test_a_long_write_is_synced_behind_as_it_is_written(folder_archive: FileSystemArchive, early_fails: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every SYNC_BEHIND_BYTES written, another thread fdatasyncs the file while the writer goes
+    on, so the disk is not left all of it for the final fsync; that final fsync still comes once
+    the file is whole, before its rename. An early sync that fails does not fail the write."""
+    monkeypatch.setattr(sync_behind, "SYNC_BEHIND_BYTES", MIB)
+    data = os.urandom(4 * MIB)
+    early, sizes, real = threading.Event(), [], os.fdatasync
+
+    def watched(fd: int) -> None:
+        sizes.append(os.fstat(fd).st_size)
+        early.set()
+        if early_fails:
+            raise OSError("refused on purpose")
+        real(fd)
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(data), MIB // 4):
+            if start == 2 * MIB:  # the writer waits for a sync behind it
+                assert early.wait(30), "no sync while the file was written"
+            yield data[start:start + MIB // 4]
+
+    monkeypatch.setattr(os, "fdatasync", watched)
+    folder_archive.write_key("blobs/sha256/ee/long", chunks())
+    assert sizes[0] < len(data)  # the first sync came while the file was still being written
+    assert (folder_archive.root / "blobs" / "sha256" / "ee" / "long").read_bytes() == data
+    assert list((folder_archive.root / layout.TMP_DIR).iterdir()) == []
+
+
+def test_a_write_that_need_not_be_durable_is_never_synced_behind(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_behind, "SYNC_BEHIND_BYTES", MIB)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", synced.append)
+    arc = FileSystemArchive(tmp_path / "store", durable=False)
+    arc.write_key("blobs/sha256/ee/long", [bytes(MIB)] * 4)
+    assert synced == []
+    assert (arc.root / "blobs" / "sha256" / "ee" / "long").stat().st_size == 4 * MIB

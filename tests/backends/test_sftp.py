@@ -18,7 +18,7 @@ import pytest
 
 import archive
 import archive.backends.sftp as sftp_module
-import archive.backends.sftp_behind as sftp_behind
+import archive.sync_behind as sync_behind
 from archive import layout
 from archive.backends.sftp import KEYRING_SERVICE, SFTPArchive
 from archive.backends.sftp_batch import MAX_BATCHED_FILE
@@ -242,7 +242,7 @@ def test_a_long_write_is_synced_behind_as_it_streams(sshd: SSHServer, ssh_key_ho
     """Every SYNC_BEHIND_BYTES acknowledged, another session fsyncs the file while it still
     streams, so the server's disk is not left all of it for the end; the final fsync still comes
     once the file is whole, before its rename. An early fsync that fails does not fail the write."""
-    monkeypatch.setattr(sftp_behind, "SYNC_BEHIND_BYTES", MIB)
+    monkeypatch.setattr(sync_behind, "SYNC_BEHIND_BYTES", MIB)
     data = os.urandom(12 * MIB)  # replies are read once 4 MiB are in flight (WRITE_WINDOW)
     target = store / "blobs" / "sha256" / "ee" / "long"
     seen: list[tuple[int, bool]] = []
