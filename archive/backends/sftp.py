@@ -47,13 +47,13 @@ from ..errors import ArchiveError, BackendError, InvalidInputError, KeyExistsErr
 from ..interface import ArchiveInterface, KeyInfo, key_of, shown_key
 from ..keys import check_key, usable_name
 from ..locations import password_of, redact
+from ..sync_behind import SyncBehind
 from .sftp_batch import BatchedUploads
 from .sftp_conn import BULK_BYTES, BULK_CONNECTIONS, Connection, ConnectionPool, Connector, Endpoint
 from .sftp_io import WindowedReader, close_later, interrupted, remove_quietly, sync_file, upload
 from .sftp_paths import CheckedFolders, list_names
 from .sftp_proto import Attributes, SFTPClient
 from .sftp_read import READ_CONNECTIONS, groups, read_group
-from ..sync_behind import SyncBehind
 from .sftp_resume import PartialUploads, resume_upload
 from .sftp_sync import RemoteSync
 
