@@ -29,15 +29,23 @@ SYNC_BEHIND_BYTES = 64 * 1024 * 1024
 
 
 class SyncBehind:
-    """Calls ``sync`` (an fsync of the file being written) in a thread of its own each time it is
-    :meth:`due`, unless the last one still runs; :meth:`finish` waits for the last one."""
+    """Calls ``sync`` (an fsync of the file being written) in a thread of its own each time
+    another :attr:`every` bytes are written, unless the last one still runs; :meth:`finish`
+    waits for the last one."""
 
     def __init__(self, sync: Callable[[], None], every: int | None = None) -> None:
         self.every = every or SYNC_BEHIND_BYTES
         self._sync = sync
         self._thread: threading.Thread | None = None
+        self._next = self.every  # bytes written at which the next fsync starts
 
-    def due(self) -> None:
+    def wrote(self, total: int) -> None:
+        """``total`` bytes of the file are written (for SFTP: acknowledged by the server)."""
+        if total >= self._next:
+            self._next = total + self.every
+            self._start()
+
+    def _start(self) -> None:
         """Another :attr:`every` bytes are written: start an fsync of them, unless one still runs."""
         if self._thread is not None and self._thread.is_alive():
             return  # the next mark asks again: one fsync at a time is all the disk takes

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-import math
 import os
 import threading
 import uuid
@@ -395,7 +394,6 @@ def _write_file(fd: int, chunks: Iterable[bytes], durable: bool, deferred_up_to:
     """
     size, small = 0, bytearray()  # no file object (its isatty, lseek and fstat per file): small chunks gathered here
     behind: SyncBehind | None = None  # made for a long file only: most are small
-    next_sync = sync_behind.SYNC_BEHIND_BYTES if durable else math.inf
     try:
         for chunk in chunks:
             size += len(chunk)
@@ -408,10 +406,9 @@ def _write_file(fd: int, chunks: Iterable[bytes], durable: bool, deferred_up_to:
                 _write_all(fd, small)
                 small = bytearray()
             _write_all(fd, chunk)
-            if size >= next_sync:  # a long file: the disk starts on it now
+            if durable and size >= sync_behind.SYNC_BEHIND_BYTES:  # a long file: the disk starts on it now
                 behind = behind or SyncBehind(lambda: _sync_data(fd))
-                next_sync = size + behind.every
-                behind.due()
+                behind.wrote(size)
         if small:
             _write_all(fd, small)
         os.fchmod(fd, FILE_MODE)

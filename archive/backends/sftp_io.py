@@ -92,8 +92,7 @@ def upload(sftp: SFTPClient, path: str, chunks: Iterable[bytes], request_size: i
 
     ``sync_up_to``: a file of more bytes than this is closed unsynced, for the caller to sync
     with :func:`sync_file`, on another session if it likes (None: every file is synced here).
-    ``behind``: told each time another ``behind.every`` bytes are acknowledged
-    (:mod:`~archive.sync_behind`).
+    ``behind``: told how many bytes the server has acknowledged (:mod:`~archive.sync_behind`).
     """
     writer = PipelinedWriter(sftp, sftp.open(path, NEW_FILE), request_size, behind=behind)
     stored = writer.write_all(chunks, sync_up_to)
@@ -138,7 +137,6 @@ class PipelinedWriter:
         self._closing = False
         self.synced = False  # whether close() made the file durable
         self._behind = behind
-        self._next_behind = offset + behind.every if behind else 0  # acknowledged offset that calls it next
 
     def write(self, data: bytes | memoryview) -> None:
         view, step, send = memoryview(data).cast("B"), self._request_size, self._sftp.send
@@ -193,9 +191,8 @@ class PipelinedWriter:
         num, length = self._pending.popleft()
         self._in_flight -= length
         check_ok(self._sftp.reply(num), "write")
-        if self._behind is not None and self.offset - self._in_flight >= self._next_behind:
-            self._next_behind = self.offset - self._in_flight + self._behind.every
-            self._behind.due()
+        if self._behind is not None:
+            self._behind.wrote(self.offset - self._in_flight)
 
 
 def _check_fsync(reply: Reply) -> None:
